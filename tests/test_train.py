@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainer import data
+from trainer.artifacts import Artifacts
+from trainer.fit import TrainConfig, compile_for_training, fit, images, one_hot
+from trainer.models import create_model, load_trained
+from trainer.reports import RunMetadata
+from trainer.train import main, train_one
+
+TINY = ["--epochs", "1", "--batch-size", "32", "--quiet"]
+
+
+def _config(name: str = "model1", **overrides) -> TrainConfig:
+    values = dict(model=name, epochs=3, batch_size=32, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class Crash(keras.callbacks.Callback):
+    """Stands in for a kill: dies after the backup of epoch ``after`` is written."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after:
+            raise KeyboardInterrupt
+
+
+def test_cli_writes_every_artifact_of_the_report(idx_dir: Path, artifacts_dir: Path):
+    assert main(["model1", "--data", str(idx_dir), *TINY]) == 0
+    art = Artifacts(artifacts_dir)
+    meta = RunMetadata.read(art.metadata_file("model1"))
+    assert meta.data["split"] == {"train": 320, "val": 40, "test": 40}
+    assert meta.params["total"] == 240_901
+    assert meta.base_weights == "n/a"
+    assert set(meta.test["classification_report"]) >= {"Class 1", "Class 5", "accuracy", "macro avg"}
+    assert np.array(meta.test["confusion_matrix"]).sum() == 40
+    assert meta.test["evaluate_s"] > 0 and meta.test["predict_s"] > 0
+
+    history = pd.read_csv(art.history_file("model1"))
+    assert list(history["epoch"]) == [0]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s"} <= set(history.columns)
+    for png in (art.plot_file("model1"), art.plot_file("samples")):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_csv(art.reports_dir / "table1.csv")
+    assert list(table["Model"]) == ["Model 1"] and table.loc[0, "Report Test Accuracy"] == 0.9017
+    assert "| Model 1" in (art.reports_dir / "table1.md").read_text()
+
+    # The saved model is the one that was evaluated.
+    model = load_trained(art.model_file("model1"))
+    splits = data.split_dataset(data.load_dataset(idx_dir))
+    accuracy = float(np.mean(model.predict(images(splits.test), verbose=0).argmax(-1) == splits.test.y))
+    assert accuracy == pytest.approx(meta.test["accuracy"])
+
+
+def test_cli_reads_the_reports_npy(report_npy: Path, artifacts_dir: Path):
+    assert main(["model2", "--data", str(report_npy), *TINY]) == 0
+    meta = json.loads((artifacts_dir / "models" / "model2.json").read_text())
+    assert meta["data"]["source"] == str(report_npy) and meta["data"]["images"] == 300
+    assert meta["schema_version"] == 1
+
+
+def test_interrupted_training_resumes_where_it_stopped(idx_dir: Path, tmp_path: Path):
+    dataset = data.load_dataset(idx_dir)
+    splits = data.split_dataset(dataset)
+    art = Artifacts(tmp_path / "art")
+    with pytest.raises(KeyboardInterrupt):
+        train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=1)])
+    assert (art.backup_dir("model1") / "training_metadata.json").exists()
+    assert not art.model_file("model1").exists()
+
+    log = io.StringIO()
+    meta = train_one(_config(), dataset, splits, art, log=log)
+    assert meta.training["resumed_from_epoch"] == 2
+    assert "resuming at epoch 3/3" in log.getvalue()
+    assert log.getvalue().count("] epoch ") == 1  # only the third epoch ran again
+    assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1, 2]
+    assert not art.backup_dir("model1").exists()
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(idx_dir: Path, tmp_path: Path):
+    dataset = data.load_dataset(idx_dir)
+    splits = data.split_dataset(dataset)
+    art = Artifacts(tmp_path / "art")
+    with pytest.raises(KeyboardInterrupt):
+        train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=1)])
+    log = io.StringIO()
+    meta = train_one(_config(lr=5e-4), dataset, splits, art, quiet=True, log=log)
+    assert "discarding checkpoint" in log.getvalue()
+    assert meta.training["resumed_from_epoch"] == 0
+    assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1, 2]
+
+
+def test_head_on_cached_features_equals_training_through_the_frozen_base(idx_dir: Path, tmp_path: Path):
+    dataset = data.load_dataset(idx_dir)
+    splits = data.split_dataset(dataset)
+    config = _config("vgg16", epochs=2)
+
+    keras.utils.set_random_seed(0)
+    fast = create_model("vgg16")
+    keras.utils.set_random_seed(0)
+    slow = create_model("vgg16")
+    outcome = fit(fast, dataset, splits, config, Artifacts(tmp_path / "art"), quiet=True)
+    assert not outcome.features_cached
+
+    # The report's way: fit the whole model on images, the frozen base recomputed every batch.
+    compile_for_training(slow.model, config)
+    keras.utils.set_random_seed(config.seed)
+    slow.model.fit(images(splits.train), one_hot(splits.train.y), epochs=2, batch_size=32, verbose=0)
+
+    x_test = images(splits.test)
+    fast_p = fast.model.predict(x_test, verbose=0)
+    slow_p = slow.model.predict(x_test, verbose=0)
+    np.testing.assert_allclose(fast_p, slow_p, atol=1e-4)
+    assert not np.allclose(fast_p, create_model("vgg16").model.predict(x_test, verbose=0), atol=1e-4)  # it did train
+
+
+def test_feature_cache_is_reused_and_keyed_by_data(idx_dir: Path, tmp_path: Path):
+    art = Artifacts(tmp_path / "art")
+    dataset = data.load_dataset(idx_dir)
+    for expected_cached, ds in ((False, dataset), (True, dataset), (False, dataset.limit(200))):
+        keras.utils.set_random_seed(0)
+        outcome = fit(create_model("resnet50"), ds, data.split_dataset(ds), _config("resnet50", epochs=1), art, quiet=True)
+        assert outcome.features_cached is expected_cached
+    assert len(list(art.features_dir().glob("resnet50-*.npy"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["model9"], "unknown model 'model9'; choose from model1"),
+        (["model1", "--data", "/nonexistent/fm"], "--data /nonexistent/fm: no such file or folder"),
+        (["model1", "--data", "{file}"], "unsupported data file"),
+        (["model1", "--artifacts", "{file}/sub"], "artifacts folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path: Path, capsys: pytest.CaptureFixture):
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    argv = [a.replace("{file}", str(a_file)) for a in argv]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fmnist-train: error: ") and message in err and "\n" not in err
+
+
+def test_console_script_rejects_bad_options_without_a_traceback():
+    result = subprocess.run([sys.executable, "-m", "trainer.train", "model1", "--epochs", "0"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--epochs: '0' must be positive" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,1 @@
+"""Train Fashion-MNIST classifiers with Keras (imports no TensorFlow at package level)."""

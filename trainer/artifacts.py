@@ -1,0 +1,102 @@
+"""Where every command of the toolkit finds and writes its files, and how it writes them.
+
+``--artifacts DIR`` wins, then ``$FMNIST_ARTIFACTS``, then ``artifacts/`` in the current
+folder. Imports no TensorFlow (bench uses it on edge machines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = "artifacts"
+
+
+class ArtifactsError(OSError):
+    """The artifacts folder cannot be used; the message names it."""
+
+
+def resolve_artifacts_dir(option: str | os.PathLike | None = None) -> Path:
+    if option is not None:
+        return Path(option)
+    return Path(os.environ.get("FMNIST_ARTIFACTS") or DEFAULT_DIR)
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """The layout of the artifacts folder (documented in artifacts/README.md)."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, option: str | os.PathLike | None = None) -> "Artifacts":
+        return cls(resolve_artifacts_dir(option))
+
+    def model_file(self, name: str) -> Path:
+        return self.root / "models" / f"{name}.keras"
+
+    def metadata_file(self, name: str) -> Path:
+        return self.root / "models" / f"{name}.json"
+
+    def history_file(self, name: str) -> Path:
+        return self.root / "history" / f"{name}.csv"
+
+    def backup_dir(self, name: str) -> Path:
+        return self.root / "checkpoints" / name
+
+    def plot_file(self, name: str) -> Path:
+        return self.root / "plots" / f"{name}.png"
+
+    def features_dir(self) -> Path:
+        return self.root / "cache" / "features"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.root / "onnx"
+
+    def ensure(self, *folders: Path) -> None:
+        """Create folders, failing with one line that names the folder when it cannot."""
+        for folder in folders or (self.root,):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ArtifactsError(f"artifacts folder {folder}: cannot create it ({exc.strerror})") from None
+            if not os.access(folder, os.W_OK):
+                raise ArtifactsError(f"artifacts folder {folder}: not writable")
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` only if the block succeeds.
+
+    The temporary name keeps the target's suffix (Keras insists on ``.keras``), and lives in the
+    same folder so the rename is atomic. A crash leaves no file that looks finished.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(target: Path, payload: Any) -> None:
+    write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")

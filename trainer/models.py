@@ -1,0 +1,294 @@
+"""The model registry: the one place that knows the report's six models.
+
+Every consumer (trainer, exporter, bench, tests) asks here: ``list_models()``,
+``get_spec(name)``, ``create_model(name, ...)``. A model is registered once with its builder,
+its input adapter and its default hyper-parameters, in the manner of timm's registry.
+
+Every model built here takes the trainer's canonical input, float32 ``(batch, 28, 28, 1)`` in
+[0, 1]. The transfer models' 32x32x3 input is made inside the model by their input adapter
+(the report's ``np.pad(x, ((0,0),(2,2),(2,2),(1,1)))``), so the saved ``.keras`` file, the ONNX
+graph and every benchmark see the same tensor without guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, regularizers
+
+from trainer.data import IMAGE_SHAPE, NUM_CLASSES
+
+INPUT_SHAPE = (*IMAGE_SHAPE, 1)
+TRANSFER_INPUT_SHAPE = (32, 32, 3)
+# The report's padding of (N, 28, 28, 1) to (N, 32, 32, 3): 2 pixels each side, and the
+# grey channel in the middle of three.
+REPORT_PADDING = ((0, 0), (2, 2), (2, 2), (1, 1))
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """The report's protocol: Adam, lr 1e-3, batch 128, 50 epochs."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    display_name: str
+    builder: Callable[..., keras.Model]
+    # Layers that turn the canonical (28, 28, 1) input into what the network was built for.
+    input_adapter: Callable[[], list[keras.layers.Layer]]
+    defaults: TrainDefaults = field(default_factory=TrainDefaults)
+    conv_layers: int | None = None  # the report's "Layers" column
+    expected_params: int | None = None  # the report's "Total params"
+    transfer: bool = False  # frozen ImageNet base + trainable head
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; choose from {', '.join(list_models())}") from None
+
+
+def create_model(name: str, base_weights: str = "none") -> "BuiltModel":
+    """Build a registered model (uncompiled) on the canonical 28x28x1 input."""
+    spec = get_spec(name)
+    return spec.builder(spec, base_weights=base_weights)
+
+
+@dataclass
+class BuiltModel:
+    model: keras.Model
+    # What the frozen base's weights are ("not a transfer model", "imagenet", ...), for reports.
+    base_weights: str = "n/a"
+    # For transfer models: the frozen part (canonical input -> features) and the trainable head.
+    base: keras.Model | None = None
+    head: keras.Model | None = None
+
+
+# --------------------------------------------------------------------------- input adapters
+
+@keras.saving.register_keras_serializable(package="fmnist_edge")
+class ReportPadding(keras.layers.Layer):
+    """Zero-pads (N, 28, 28, 1) to (N, 32, 32, 3) exactly as the report's ``np.pad``."""
+
+    def call(self, inputs):
+        return keras.ops.pad(inputs, REPORT_PADDING)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *TRANSFER_INPUT_SHAPE)
+
+
+def no_adapter() -> list[keras.layers.Layer]:
+    return []
+
+
+def report_padding_adapter() -> list[keras.layers.Layer]:
+    return [ReportPadding(name="report_padding")]
+
+
+def report_padding_numpy(x: np.ndarray) -> np.ndarray:
+    """The report's own padding code, kept to check the adapter against it."""
+    return np.pad(x, REPORT_PADDING, mode="constant", constant_values=0)
+
+
+# --------------------------------------------------------------------------- the four CNNs
+
+def _cnn(spec: ModelSpec, body: list[keras.layers.Layer]) -> keras.Model:
+    model = keras.Sequential([keras.Input(INPUT_SHAPE, name="image"), *spec.input_adapter(), *body], name=spec.name)
+    return model
+
+
+def build_model1(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
+    return BuiltModel(_cnn(spec, [
+        layers.Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_normal"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(64, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(128, (3, 3), activation="relu"),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(NUM_CLASSES, activation="softmax"),
+    ]))
+
+
+def build_model2(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
+    return BuiltModel(_cnn(spec, [
+        layers.Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_normal"),
+        layers.BatchNormalization(axis=-1),
+        layers.Dropout(0.25),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(64, (3, 3), activation="relu"),
+        layers.BatchNormalization(axis=-1),
+        layers.MaxPooling2D((2, 2)),
+        layers.Dropout(0.25),
+        layers.Conv2D(128, (3, 3), activation="relu"),
+        layers.BatchNormalization(axis=-1),
+        layers.Dropout(0.4),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(0.3),
+        layers.Dense(NUM_CLASSES, activation="softmax"),
+    ]))
+
+
+def build_model3(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
+    return BuiltModel(_cnn(spec, [
+        layers.Conv2D(32, (3, 3), activation="relu"),
+        layers.BatchNormalization(),
+        layers.Conv2D(32, (3, 3), activation="relu"),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D((2, 2)),
+        layers.Dropout(0.2),
+        layers.Conv2D(64, (3, 3), activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(0.2),
+        layers.Conv2D(128, (3, 3), activation="relu"),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D((2, 2)),
+        layers.Dropout(0.3),
+        layers.Flatten(),
+        layers.Dense(512, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(0.4),
+        layers.Dense(128, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(0.4),
+        layers.Dense(NUM_CLASSES, activation="softmax"),
+    ]))
+
+
+def build_model4(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
+    def conv(filters: int, **kwargs) -> layers.Conv2D:
+        return layers.Conv2D(filters, (3, 3), padding="same", activation="relu",
+                             kernel_regularizer=regularizers.l2(0.001), **kwargs)
+
+    return BuiltModel(_cnn(spec, [
+        conv(32, kernel_initializer="he_normal"),
+        layers.BatchNormalization(),
+        conv(32),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D((2, 2)),
+        layers.Dropout(0.25),
+        conv(64),
+        layers.BatchNormalization(),
+        layers.Dropout(0.25),
+        conv(128),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D((2, 2)),
+        layers.Dropout(0.4),
+        layers.Flatten(),
+        layers.Dense(512, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(0.5),
+        layers.Dense(128, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(0.5),
+        layers.Dense(NUM_CLASSES, activation="softmax"),
+    ]))
+
+
+# --------------------------------------------------------------------------- transfer models
+
+class BaseWeightsError(RuntimeError):
+    pass
+
+
+def _load_base(application: Callable[..., keras.Model], base_weights: str, name: str) -> tuple[keras.Model, str]:
+    """Build the ImageNet base per ``--base-weights auto|imagenet|none|PATH``; say what was used."""
+    kwargs = dict(input_shape=TRANSFER_INPUT_SHAPE, include_top=False)
+    if base_weights == "none":
+        return application(weights=None, **kwargs), "none (random init)"
+    if base_weights in ("imagenet", "auto"):
+        try:
+            return application(weights="imagenet", **kwargs), "imagenet"
+        except Exception as exc:  # Keras raises a bare Exception on a failed download
+            reason = str(exc).splitlines()[0][:300]
+            if base_weights == "imagenet":
+                raise BaseWeightsError(
+                    f"--base-weights imagenet: the ImageNet weights for {name} cannot be had ({reason}); "
+                    "put the .h5 file in ~/.keras/models/ or pass --base-weights PATH"
+                ) from None
+            warnings.warn(
+                f"\n{'!' * 78}\n{name}: ImageNet weights unavailable ({reason}).\n"
+                f"Training on a RANDOMLY INITIALISED frozen base; results are NOT the report's transfer learning.\n{'!' * 78}",
+                stacklevel=2,
+            )
+            return application(weights=None, **kwargs), "none (random init; imagenet unavailable)"
+    path = Path(base_weights)
+    if not path.is_file():
+        raise BaseWeightsError(f"--base-weights {base_weights}: expected auto, imagenet, none or an existing weights file")
+    base = application(weights=None, **kwargs)
+    try:
+        base.load_weights(path)
+    except Exception as exc:
+        raise BaseWeightsError(f"--base-weights {path}: cannot load into {name} ({str(exc).splitlines()[0][:200]})") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return base, f"file {os.fspath(path)} (sha256 {digest})"
+
+
+def _transfer(application: Callable[..., keras.Model]) -> Callable[..., BuiltModel]:
+    def build(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
+        network, used = _load_base(application, base_weights, spec.display_name)
+        network.trainable = False
+        image = keras.Input(INPUT_SHAPE, name="image")
+        x = image
+        for adapter in spec.input_adapter():
+            x = adapter(x)
+        # training=False keeps BatchNormalization in inference mode, as a frozen base should be.
+        features = network(x, training=False)
+        base = keras.Model(image, features, name=f"{spec.name}_base")
+        head = keras.Sequential([
+            keras.Input(features.shape[1:], name="features"),
+            layers.Flatten(),
+            layers.Dense(NUM_CLASSES, activation="softmax"),
+        ], name=f"{spec.name}_head")
+        model = keras.Model(image, head(base(image)), name=spec.name)
+        return BuiltModel(model, used, base=base, head=head)
+
+    return build
+
+
+register(ModelSpec("model1", "Model 1", build_model1, no_adapter, conv_layers=3, expected_params=240_901))
+register(ModelSpec("model2", "Model 2", build_model2, no_adapter, conv_layers=3, expected_params=242_309))
+register(ModelSpec("model3", "Model 3", build_model3, no_adapter, conv_layers=4, expected_params=1_220_901))
+register(ModelSpec("model4", "Model 4", build_model4, no_adapter, conv_layers=4, expected_params=3_383_589))
+register(ModelSpec("resnet50", "ResNet50", _transfer(keras.applications.ResNet50), report_padding_adapter, transfer=True))
+register(ModelSpec("vgg16", "VGG16", _transfer(keras.applications.VGG16), report_padding_adapter, transfer=True))
+
+
+def load_trained(path: Path) -> keras.Model:
+    """Load a ``.keras`` file written by the trainer (its custom layers are registered above)."""
+    return keras.saving.load_model(path, compile=False)

@@ -1,0 +1,96 @@
+"""Per-model run metadata (JSON with a schema version) and the report's Table 1 built from it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from trainer.artifacts import Artifacts, atomic_path, write_json_atomic, write_text_atomic
+
+METADATA_SCHEMA_VERSION = 1
+
+# Table 1 of the report (50 epochs, batch 128, Adam), for side-by-side comparison.
+REPORT_TABLE1 = {
+    "model1": dict(train_accuracy=0.9953, val_accuracy=0.8937, train_loss=0.0141, val_loss=0.6910, test_accuracy=0.9017, training_min=2.29),
+    "model2": dict(train_accuracy=0.9527, val_accuracy=0.9057, train_loss=0.1224, val_loss=0.2599, test_accuracy=0.9148, training_min=2.27),
+    "model3": dict(train_accuracy=0.9605, val_accuracy=0.9025, train_loss=0.0901, val_loss=0.2946, test_accuracy=0.9061, training_min=3.11),
+    "model4": dict(train_accuracy=0.9674, val_accuracy=0.9210, train_loss=0.1309, val_loss=0.2542, test_accuracy=0.9285, training_min=4.53),
+    "resnet50": dict(train_accuracy=0.7398, val_accuracy=0.7350, train_loss=0.6461, val_loss=0.6525, test_accuracy=0.7443, training_min=8.28),
+    "vgg16": dict(train_accuracy=0.8244, val_accuracy=0.8176, train_loss=0.4486, val_loss=0.4596, test_accuracy=0.8182, training_min=5.74),
+}
+
+
+@dataclass
+class RunMetadata:
+    """Everything about one trained model that a report or an exporter needs; written as JSON."""
+
+    model: str
+    display_name: str
+    config: dict
+    data: dict
+    base_weights: str
+    params: dict
+    training: dict
+    final_epoch: dict
+    test: dict
+    model_file: dict
+    machine: dict
+    created_at: str
+    schema_version: int = METADATA_SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> "RunMetadata":
+        payload = json.loads(path.read_text())
+        version = payload.get("schema_version")
+        if version != METADATA_SCHEMA_VERSION:
+            raise ValueError(f"{path}: metadata schema_version {version}, this toolkit reads {METADATA_SCHEMA_VERSION}")
+        return cls(**payload)
+
+
+def table1(artifacts: Artifacts, model_names: list[str]) -> pd.DataFrame:
+    """Table 1 of the report, from the metadata of every trained model, with the report's numbers beside ours."""
+    rows = []
+    for name in model_names:
+        path = artifacts.metadata_file(name)
+        if not path.exists():
+            continue
+        meta = RunMetadata.read(path)
+        ours = dict(
+            train_accuracy=meta.final_epoch["accuracy"], val_accuracy=meta.final_epoch["val_accuracy"],
+            train_loss=meta.final_epoch["loss"], val_loss=meta.final_epoch["val_loss"],
+            test_accuracy=meta.test["accuracy"], training_min=meta.training["training_time_s"] / 60,
+        )
+        report = REPORT_TABLE1.get(name, {})
+        rows.append({
+            "Model": meta.display_name,
+            "Layers": meta.extra.get("conv_layers") or "",
+            "Optimizer": meta.config["optimizer"].capitalize() if meta.config["optimizer"] == "adam" else meta.config["optimizer"].upper(),
+            "Epochs": meta.config["epochs"],
+            "Train Accuracy": ours["train_accuracy"],
+            "Val Accuracy": ours["val_accuracy"],
+            "Train Loss": ours["train_loss"],
+            "Val Loss": ours["val_loss"],
+            "Test Accuracy": ours["test_accuracy"],
+            "Report Test Accuracy": report.get("test_accuracy"),
+            "Δ Test Accuracy": ours["test_accuracy"] - report["test_accuracy"] if report else None,
+            "Training Time (min)": ours["training_min"],
+            "Report Training Time (min)": report.get("training_min"),
+            "Base weights": meta.base_weights,
+        })
+    return pd.DataFrame(rows)
+
+
+def write_table(frame: pd.DataFrame, stem: Path, caption: str) -> tuple[Path, Path]:
+    """Write ``stem``.csv and ``stem``.md (a caption, then the table)."""
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    with atomic_path(csv_path) as tmp:
+        frame.to_csv(tmp, index=False)
+    write_text_atomic(md_path, f"{caption}\n\n{frame.to_markdown(index=False, floatfmt='.4f')}\n")
+    return csv_path, md_path
