@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DIR = "artifacts"
+# Read once at import: os.umask can only be read by setting it, which is racy once threads run.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class ArtifactsError(OSError):
@@ -88,6 +91,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual mode
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

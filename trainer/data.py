@@ -368,3 +368,21 @@ def split_dataset(dataset: Dataset) -> Splits:
         test=dataset.subset(test_idx),
         indices={"train": train_idx, "val": val_idx, "test": test_idx},
     )
+
+
+def reload_dataset(record: dict, limit: int | None, data: str | os.PathLike | None = None) -> Dataset:
+    """The data set a model was trained on, from its metadata's ``data`` record, hash-checked.
+
+    ``data`` overrides where to read it from (the files may have moved); the content must match.
+    """
+    class_map = tuple(record["class_map"]) if record.get("class_map") else DEFAULT_CLASS_MAP
+    source = data
+    if source is None and Path(record["source"].split(" (first ")[0]).exists():
+        source = record["source"].split(" (first ")[0]
+    dataset = load_dataset(source, class_map).limit(limit)
+    if dataset.sha256 != record["sha256"]:
+        raise DataError(
+            f"{dataset.source}: not the data the model was trained on "
+            f"(sha256 {dataset.sha256[:12]}, trained on {record['sha256'][:12]} from {record['source']}); pass --data"
+        )
+    return dataset

@@ -1,0 +1,76 @@
+"""``fmnist-export``: trained Keras models -> validated ONNX (fp32, fp16, int8).
+
+    fmnist-export model4
+    fmnist-export all --variants fp32,int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from exporter.convert import DEFAULT_OPSET
+from exporter.export import ExportError, ExportOptions, export_model
+from exporter.validate import ParityError, Tolerances
+from exporter.variants import VARIANTS
+from trainer.artifacts import Artifacts, ArtifactsError
+from trainer.data import DataError
+from trainer.models import UnknownModelError, get_spec, list_models
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(VARIANTS)}")
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fmnist-export", description="Export trained models to validated ONNX.")
+    parser.add_argument("models", nargs="+", metavar="MODEL", help=f"'all' (every trained model) or any of: {', '.join(list_models())}")
+    parser.add_argument("--variants", type=_variants, default=VARIANTS, help="comma-separated, default fp32,fp16,int8")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
+    parser.add_argument("--data", help="where the training data is now, if it moved (its hash must match)")
+    parser.add_argument("--parity-images", type=int, default=1000, help="test images compared with Keras (default 1000)")
+    parser.add_argument("--calibration-images", type=int, default=500, help="training images for int8 calibration (default 500)")
+    parser.add_argument("--int8-max-drop", type=float, default=1.0, help="test-accuracy points int8 may lose against fp32 (default 1.0)")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _models(names: list[str], artifacts: Artifacts) -> list[str]:
+    if "all" not in names:
+        for name in names:
+            get_spec(name)
+        return list(dict.fromkeys(names))
+    trained = [name for name in list_models() if artifacts.model_file(name).exists()]
+    if not trained:
+        raise ExportError(f"{artifacts.root / 'models'}: no trained models; make them with: fmnist-train all")
+    return trained
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = ExportOptions(
+        variants=args.variants, opset=args.opset, parity_images=args.parity_images,
+        calibration_images=args.calibration_images, data=args.data,
+        tolerances=Tolerances(int8_max_accuracy_drop_points=args.int8_max_drop),
+    )
+    artifacts = Artifacts.at(args.artifacts)
+    log = open("/dev/null", "w") if args.quiet else sys.stdout  # noqa: SIM115 - lives as long as the command
+    try:
+        for name in _models(args.models, artifacts):
+            export_model(name, artifacts, options, log)
+    except ParityError as exc:
+        print(f"fmnist-export: error: {exc}; nothing was written", file=sys.stderr)
+        return 1
+    except (ExportError, DataError, ArtifactsError, UnknownModelError) as exc:
+        print(f"fmnist-export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

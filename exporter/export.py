@@ -1,0 +1,185 @@
+"""Export one trained model to validated ONNX variants, and keep ``onnx/manifest.json`` up to date."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as pkg_metadata
+from pathlib import Path
+from typing import TextIO
+
+import keras
+import numpy as np
+import onnx
+
+from exporter.convert import DEFAULT_OPSET, keras_to_onnx
+from exporter.validate import Parity, Tolerances, check_model, compare, cpu_session, enforce, run_probabilities
+from exporter.variants import VARIANTS, to_fp16, to_int8, variant_filename
+from trainer.artifacts import Artifacts, atomic_path, write_json_atomic
+from trainer.data import reload_dataset, split_dataset
+from trainer.fit import images
+from trainer.models import get_spec, load_trained
+from trainer.reports import RunMetadata
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+class ExportError(RuntimeError):
+    """A model cannot be exported; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    variants: tuple[str, ...] = VARIANTS
+    opset: int = DEFAULT_OPSET
+    parity_images: int = 1000
+    calibration_images: int = 500
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    data: str | None = None
+
+
+@dataclass
+class ExportedFile:
+    """One row of the manifest."""
+
+    file: str
+    model: str
+    variant: str
+    opset: int
+    bytes: int
+    sha256: str
+    validation: dict
+
+
+@dataclass
+class SourceModel:
+    name: str
+    model: keras.Model
+    meta: RunMetadata
+    path: Path
+
+
+def load_source(name: str, artifacts: Artifacts) -> SourceModel:
+    """The trained ``.keras`` file and its metadata, or an error that says how to make them."""
+    get_spec(name)
+    path, meta_path = artifacts.model_file(name), artifacts.metadata_file(name)
+    if not path.exists() or not meta_path.exists():
+        missing = path if not path.exists() else meta_path
+        raise ExportError(f"{missing}: no trained {name}; make it with: fmnist-train {name} --artifacts {artifacts.root}")
+    meta = RunMetadata.read(meta_path)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    if sha256 != meta.model_file["sha256"]:
+        raise ExportError(f"{path}: does not match its metadata {meta_path} (sha256 differs); retrain with: fmnist-train {name}")
+    try:
+        model = load_trained(path)
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise ExportError(f"{path}: cannot load the Keras model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    return SourceModel(name, model, meta, path)
+
+
+def _metadata_props(source: SourceModel, variant: str, opset: int) -> dict[str, str]:
+    spec = get_spec(source.name)
+    versions = {name: pkg_metadata.version(name) for name in ("tensorflow", "tf2onnx", "onnx")}
+    input_text = "image: float32 [batch, 28, 28, 1], grey pixels in [0, 1] (Fashion-MNIST / 255)"
+    if spec.transfer:
+        input_text += "; padded to 32x32x3 inside the graph as the report's np.pad((2,2),(2,2),(1,1))"
+    return {
+        "model": source.name,
+        "display_name": spec.display_name,
+        "variant": variant,
+        "class_names": json.dumps(source.meta.data["class_names"]),
+        "input": input_text,
+        "output": "probabilities: float32 [batch, 5], softmax over class_names",
+        "source_keras_sha256": source.meta.model_file["sha256"],
+        "test_accuracy_keras": f"{source.meta.test['accuracy']:.6f}",
+        "base_weights": source.meta.base_weights,
+        "opset": str(opset),
+        **{f"{name}_version": version for name, version in versions.items()},
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def export_model(name: str, artifacts: Artifacts, options: ExportOptions, log: TextIO = sys.stdout) -> list[ExportedFile]:
+    source = load_source(name, artifacts)
+    dataset = reload_dataset(source.meta.data, source.meta.config.get("limit"), options.data)
+    splits = split_dataset(dataset)
+    test_x = images(splits.test)
+    rng = np.random.default_rng(0)
+    train_x = images(splits.train)
+    calibration = train_x[rng.choice(len(train_x), size=min(options.calibration_images, len(train_x)), replace=False)]
+    parity_x = test_x[: options.parity_images]
+    reference = source.model.predict(parity_x, batch_size=256, verbose=0)
+    return export_variants(source, reference, parity_x, test_x, splits.test.y, calibration, artifacts, options, log)
+
+
+def export_variants(
+    source: SourceModel,
+    reference: np.ndarray,
+    parity_x: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    calibration_x: np.ndarray,
+    artifacts: Artifacts,
+    options: ExportOptions,
+    log: TextIO = sys.stdout,
+) -> list[ExportedFile]:
+    """Convert, check and validate every variant into temporary files; rename them all only if all pass.
+
+    ``reference`` are the Keras model's probabilities for ``parity_x``, taken before conversion.
+    """
+    artifacts.ensure(artifacts.onnx_dir)
+    fp32 = keras_to_onnx(source.model, options.opset)
+    builders = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32), "int8": lambda: to_int8(fp32, calibration_x)}
+    fp32_accuracy = None
+    exported: list[ExportedFile] = []
+    with contextlib.ExitStack() as staged:
+        for variant in ("fp32", *[v for v in options.variants if v != "fp32"]):
+            proto = builders[variant]()
+            onnx.helper.set_model_props(proto, _metadata_props(source, variant, options.opset))
+            target = artifacts.onnx_dir / variant_filename(source.name, variant)
+            tmp = staged.enter_context(atomic_path(target)) if variant in options.variants else None
+            path = tmp or artifacts.onnx_dir / f".{source.name}.fp32-reference.onnx"
+            onnx.save(proto, path)
+            try:
+                check_model(path)
+                session = cpu_session(path)
+                parity = compare(reference, run_probabilities(session, parity_x))
+                accuracy = float(np.mean(run_probabilities(session, test_x).argmax(-1) == test_y))
+            finally:
+                if tmp is None:
+                    path.unlink(missing_ok=True)
+            fp32_accuracy = accuracy if variant == "fp32" else fp32_accuracy
+            parity.accuracy_onnx, parity.accuracy_fp32_onnx = accuracy, fp32_accuracy
+            # Rounded: 100 * (0.39 - 0.40) is -1.0000000000000009, which must not fail a 1.0 threshold.
+            parity.accuracy_change_points = round(100 * (accuracy - fp32_accuracy), 6)
+            enforce(source.name, variant, parity, options.tolerances)
+            if tmp is None:
+                continue
+            print(f"[{source.name}] {variant:>4}: max|diff| {parity.max_abs_diff:.2e}, argmax agreement {parity.argmax_agreement:.2%}, "
+                  f"test accuracy {accuracy:.4f} ({parity.accuracy_change_points:+.2f} pt vs fp32), "
+                  f"{path.stat().st_size / 1e6:.2f} MB -> {target}", file=log, flush=True)
+            exported.append(_entry(target, tmp, source.name, variant, options.opset, parity))
+    _update_manifest(artifacts, exported)
+    return exported
+
+
+def _entry(target: Path, written: Path, model: str, variant: str, opset: int, parity: Parity) -> ExportedFile:
+    data = written.read_bytes()
+    return ExportedFile(file=target.name, model=model, variant=variant, opset=opset, bytes=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(), validation=parity.to_dict())
+
+
+def _update_manifest(artifacts: Artifacts, exported: list[ExportedFile]) -> None:
+    path = artifacts.onnx_dir / "manifest.json"
+    files: dict[str, dict] = {}
+    if path.exists():
+        files = json.loads(path.read_text()).get("files", {})
+    for entry in exported:
+        files[entry.file] = asdict(entry)
+    # Drop rows whose file is gone (deleted by hand, or never renamed into place).
+    files = {name: row for name, row in files.items() if (artifacts.onnx_dir / name).exists()}
+    write_json_atomic(path, {"schema_version": MANIFEST_SCHEMA_VERSION, "files": files})

@@ -1,0 +1,85 @@
+"""Validation of exported files: ONNX's checker, then parity with the Keras model on test images.
+
+As in optimum's exporter: explicit tolerances, and a failure names the model, the variant and the
+figures. A model that fails is never written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from exporter.convert import INPUT_NAME, OUTPUT_NAME
+
+PREDICT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    fp32_max_abs: float = 1e-4
+    fp32_min_agreement: float = 1.0
+    fp16_max_abs: float = 1e-2
+    fp16_min_agreement: float = 0.995
+    int8_max_accuracy_drop_points: float = 1.0
+
+
+@dataclass
+class Parity:
+    images: int
+    max_abs_diff: float
+    argmax_agreement: float
+    accuracy_onnx: float | None = None  # on the whole test split
+    accuracy_fp32_onnx: float | None = None
+    accuracy_change_points: float | None = None  # onnx - fp32 onnx, in percentage points
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def check_model(path: Path) -> None:
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def cpu_session(path: Path | bytes) -> ort.InferenceSession:
+    source = str(path) if isinstance(path, Path) else path
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+def run_probabilities(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    out = [session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + PREDICT_BATCH]})[0]
+           for i in range(0, len(images), PREDICT_BATCH)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    return Parity(
+        images=len(reference),
+        max_abs_diff=float(np.max(np.abs(reference - candidate))),
+        argmax_agreement=float(np.mean(reference.argmax(-1) == candidate.argmax(-1))),
+    )
+
+
+def enforce(model: str, variant: str, parity: Parity, tol: Tolerances) -> None:
+    """Raise ParityError with the figures when ``parity`` is outside ``tol`` for ``variant``."""
+    problems = []
+    if variant in ("fp32", "fp16"):
+        max_abs = getattr(tol, f"{variant}_max_abs")
+        min_agree = getattr(tol, f"{variant}_min_agreement")
+        if not parity.max_abs_diff <= max_abs:
+            problems.append(f"max |p_onnx - p_keras| {parity.max_abs_diff:.3g} > {max_abs:g}")
+        if parity.argmax_agreement < min_agree:
+            problems.append(f"argmax agreement {parity.argmax_agreement:.2%} < {min_agree:.2%}")
+    if variant == "int8" and parity.accuracy_change_points is not None:
+        if parity.accuracy_change_points < -tol.int8_max_accuracy_drop_points:
+            problems.append(f"test accuracy {parity.accuracy_onnx:.4f} vs fp32 {parity.accuracy_fp32_onnx:.4f}: "
+                            f"{-parity.accuracy_change_points:.2f} points lost > {tol.int8_max_accuracy_drop_points:g} allowed")
+    if problems:
+        raise ParityError(f"{model} {variant}: parity check failed on {parity.images} test images: " + "; ".join(problems))

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from exporter import export as export_mod
+from exporter.cli import main
+from exporter.export import ExportOptions, export_variants, load_source
+from exporter.validate import ParityError, Tolerances, cpu_session
+from tests.conftest import write_idx_dir
+from trainer import data
+from trainer.artifacts import Artifacts
+from trainer.fit import TrainConfig, images
+from trainer.train import train_one
+
+LENIENT = ["--quiet", "--parity-images", "200", "--calibration-images", "64", "--int8-max-drop", "10"]
+
+
+def _train(name: str, folder: Path, idx: Path) -> Artifacts:
+    dataset = data.load_dataset(idx)
+    art = Artifacts(folder)
+    config = TrainConfig(model=name, epochs=1, batch_size=64, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
+    train_one(config, dataset, data.split_dataset(dataset), art, quiet=True)
+    return art
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    """model1 trained for one epoch on 2,000 tiny images (200 test images); copied per test."""
+    root = tmp_path_factory.mktemp("trained")
+    return _train("model1", root / "art", write_idx_dir(root / "idx", n=2000))
+
+
+@pytest.fixture
+def art(trained: Artifacts, tmp_path: Path) -> Artifacts:
+    shutil.copytree(trained.root, tmp_path / "art")
+    return Artifacts(tmp_path / "art")
+
+
+def _onnx_files(art: Artifacts) -> list[str]:
+    return sorted(p.name for p in art.onnx_dir.glob("*") if p.name != "manifest.json") if art.onnx_dir.exists() else []
+
+
+def test_every_variant_is_exported_checked_and_described(art: Artifacts):
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT]) == 0
+    assert _onnx_files(art) == ["model1.fp16.onnx", "model1.int8.onnx", "model1.onnx"]
+    manifest = json.loads((art.onnx_dir / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    meta = json.loads(art.metadata_file("model1").read_text())
+    for file, variant in (("model1.onnx", "fp32"), ("model1.fp16.onnx", "fp16"), ("model1.int8.onnx", "int8")):
+        path = art.onnx_dir / file
+        row = manifest["files"][file]
+        assert row["variant"] == variant and row["opset"] == 17
+        assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and row["bytes"] == path.stat().st_size
+        proto = onnx.load(path)
+        onnx.checker.check_model(proto, full_check=True)
+        (inp,), (out,) = proto.graph.input, proto.graph.output
+        assert inp.name == "image" and out.name == "probabilities"
+        assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 28, 28, 1]
+        assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 5]
+        assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT == out.type.tensor_type.elem_type
+        props = {p.key: p.value for p in proto.metadata_props}
+        assert props["model"] == "model1" and props["variant"] == variant and props["opset"] == "17"
+        assert json.loads(props["class_names"])[0].startswith("Class 1")
+        assert props["source_keras_sha256"] == meta["model_file"]["sha256"]
+        assert float(props["test_accuracy_keras"]) == pytest.approx(meta["test"]["accuracy"], abs=1e-6)
+        assert {"tensorflow_version", "tf2onnx_version", "onnx_version", "base_weights", "input"} <= set(props)
+        for batch in (1, 7):  # the batch dimension is dynamic
+            probs = cpu_session(path).run(["probabilities"], {"image": np.zeros((batch, 28, 28, 1), np.float32)})[0]
+            assert probs.shape == (batch, 5)
+
+    validation = {manifest["files"][f]["variant"]: manifest["files"][f]["validation"] for f in manifest["files"]}
+    assert validation["fp32"]["max_abs_diff"] <= 1e-4 and validation["fp32"]["argmax_agreement"] == 1.0
+    assert validation["fp16"]["max_abs_diff"] <= 1e-2 and validation["fp16"]["argmax_agreement"] >= 0.995
+    assert validation["int8"]["accuracy_change_points"] >= -10
+    assert validation["fp32"]["images"] == 200
+
+
+def test_a_model_changed_after_the_reference_fails_parity_and_writes_nothing(art: Artifacts):
+    source = load_source("model1", art)
+    splits = data.split_dataset(data.reload_dataset(source.meta.data, None))
+    x = images(splits.test)
+    reference = source.model.predict(x, verbose=0)
+    kernel = source.model.layers[-1].kernel
+    kernel.assign(np.zeros_like(kernel.numpy()))  # broken after the reference was taken
+    with pytest.raises(ParityError, match=r"model1 fp32: parity check failed on 200 test images: max \|p_onnx - p_keras\| .* > 0.0001"):
+        export_variants(source, reference, x, x, splits.test.y, x[:32], art, ExportOptions())
+    assert _onnx_files(art) == []
+
+
+def test_a_crash_while_writing_leaves_no_onnx_behind(art: Artifacts, monkeypatch: pytest.MonkeyPatch):
+    real_check = export_mod.check_model
+
+    def crash_on_int8(path: Path) -> None:
+        real_check(path)
+        if "int8" in path.name:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(export_mod, "check_model", crash_on_int8)
+    with pytest.raises(OSError, match="disk full"):
+        main(["model1", "--artifacts", str(art.root), *LENIENT])
+    assert _onnx_files(art) == []  # fp32 and fp16 had passed, but nothing is half-exported
+
+
+def test_int8_accuracy_threshold_fails_the_export(art: Artifacts, capsys: pytest.CaptureFixture):
+    assert main(["model1", "--artifacts", str(art.root), "--quiet", "--variants", "int8",
+                 "--parity-images", "200", "--calibration-images", "64", "--int8-max-drop", "-50"]) == 1
+    err = capsys.readouterr().err
+    assert "model1 int8: parity check failed" in err and "points lost" in err and "nothing was written" in err
+    assert _onnx_files(art) == []
+
+
+def test_untrained_model_names_the_command_that_makes_it(art: Artifacts, capsys: pytest.CaptureFixture):
+    assert main(["model3", "--artifacts", str(art.root), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fmnist-export: error: ") and "no trained model3; make it with: fmnist-train model3" in err
+
+
+def test_truncated_keras_file_is_refused(art: Artifacts, capsys: pytest.CaptureFixture):
+    path = art.model_file("model1")
+    path.write_bytes(path.read_bytes()[:1000])
+    assert main(["model1", "--artifacts", str(art.root), "--quiet"]) == 2
+    assert "model1.keras: does not match its metadata" in capsys.readouterr().err
+
+
+def test_corrupt_keras_file_is_refused(art: Artifacts, capsys: pytest.CaptureFixture):
+    path = art.model_file("model1")
+    path.write_bytes(b"not a zip archive")
+    meta_path = art.metadata_file("model1")
+    meta = json.loads(meta_path.read_text())
+    meta["model_file"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    assert main(["model1", "--artifacts", str(art.root), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "model1.keras: cannot load the Keras model" in err and err.count("\n") == 1
+
+
+def test_unknown_model_and_unwritable_folder(art: Artifacts, capsys: pytest.CaptureFixture):
+    assert main(["model9", "--artifacts", str(art.root)]) == 2
+    assert "unknown model 'model9'" in capsys.readouterr().err
+    art.onnx_dir.write_text("a file where the folder should be")
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT]) == 2
+    assert "artifacts folder" in capsys.readouterr().err
+
+
+def test_bad_variant_option_is_refused(capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["model1", "--variants", "fp32,bf16"])
+    assert exit_info.value.code == 2
+    assert "choose from fp32,fp16,int8" in capsys.readouterr().err
+
+
+def test_transfer_model_pads_inside_the_graph(tmp_path: Path):
+    art = _train("vgg16", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=300))
+    assert main(["vgg16", "--artifacts", str(art.root), "--variants", "fp32", "--quiet", "--parity-images", "30"]) == 0
+    proto = onnx.load(art.onnx_dir / "vgg16.onnx")
+    assert [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", 28, 28, 1]
+    assert "Pad" in {node.op_type for node in proto.graph.node}
+    assert "32x32x3 inside the graph" in {p.key: p.value for p in proto.metadata_props}["input"]
+
+
+def test_tolerances_are_explicit():
+    assert Tolerances() == Tolerances(1e-4, 1.0, 1e-2, 0.995, 1.0)
