@@ -163,7 +163,7 @@ def export_variants(
                   f"test accuracy {accuracy:.4f} ({parity.accuracy_change_points:+.2f} pt vs fp32), "
                   f"{path.stat().st_size / 1e6:.2f} MB -> {target}", file=log, flush=True)
             exported.append(_entry(target, tmp, source.name, variant, options.opset, parity))
-    _update_manifest(artifacts, exported)
+    _update_manifest(artifacts, exported, source)
     return exported
 
 
@@ -173,13 +173,22 @@ def _entry(target: Path, written: Path, model: str, variant: str, opset: int, pa
                         sha256=hashlib.sha256(data).hexdigest(), validation=parity.to_dict())
 
 
-def _update_manifest(artifacts: Artifacts, exported: list[ExportedFile]) -> None:
+def _update_manifest(artifacts: Artifacts, exported: list[ExportedFile], source: SourceModel) -> None:
+    """Merge ``exported`` into the manifest; its ``models`` section lets bench find the test data without Keras."""
     path = artifacts.onnx_dir / "manifest.json"
-    files: dict[str, dict] = {}
-    if path.exists():
-        files = json.loads(path.read_text()).get("files", {})
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    files: dict[str, dict] = manifest.get("files", {})
+    models: dict[str, dict] = manifest.get("models", {})
     for entry in exported:
         files[entry.file] = asdict(entry)
+    models[source.name] = {
+        "data": source.meta.data,
+        "limit": source.meta.config.get("limit"),
+        "base_weights": source.meta.base_weights,
+        "keras_file": str(source.path),
+        "keras_test_accuracy": source.meta.test["accuracy"],
+    }
     # Drop rows whose file is gone (deleted by hand, or never renamed into place).
     files = {name: row for name, row in files.items() if (artifacts.onnx_dir / name).exists()}
-    write_json_atomic(path, {"schema_version": MANIFEST_SCHEMA_VERSION, "files": files})
+    models = {name: row for name, row in models.items() if any(f["model"] == name for f in files.values())}
+    write_json_atomic(path, {"schema_version": MANIFEST_SCHEMA_VERSION, "models": models, "files": files})

@@ -1,0 +1,107 @@
+"""Quality metrics of a run (scikit-learn) and the work a model does (multiply-adds from its ONNX graph)."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
+
+
+def cross_entropy(y: np.ndarray, probabilities: np.ndarray) -> float:
+    """Categorical cross-entropy of integer labels; rows renormalised, since fp16 and int8 outputs
+    sum to 1 only within their precision."""
+    p = probabilities.astype(np.float64)
+    p /= p.sum(axis=1, keepdims=True)
+    return float(log_loss(y, p, labels=list(range(p.shape[1]))))
+
+
+def quality(y: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]) -> dict:
+    """Accuracy, loss, per-class precision/recall/F1/support and the confusion matrix."""
+    labels = list(range(len(class_names)))
+    y_pred = probabilities.argmax(-1)
+    precision, recall, f1, support = precision_recall_fscore_support(y, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y, y_pred)),
+        "loss": cross_entropy(y, probabilities),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        },
+        "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).tolist(),
+    }
+
+
+def multiply_adds_per_image(path: Path) -> int:
+    """Multiply-accumulates of one image through the Conv, MatMul and Gemm nodes of an ONNX graph.
+
+    Shapes come from ONNX shape inference with the batch fixed to 1. Quantized (QDQ) graphs keep
+    the same Conv/MatMul nodes, so every variant of a model counts the same work.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param:
+            dims[0].dim_value = 1
+    model = shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    # A quantized weight reaches its Conv through DequantizeLinear: follow it to the initializer.
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def shape_of(name: str) -> list[int] | None:
+        while name not in shapes and name in producer and producer[name].op_type in ("DequantizeLinear", "Cast", "Identity"):
+            name = producer[name].input[0]
+        return shapes.get(name)
+
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            out, weight = shape_of(node.output[0]), shape_of(node.input[1])
+            if out and weight:
+                total += int(np.prod(out)) * int(np.prod(weight[1:]))  # per output element: Cin/group * kh * kw
+        elif node.op_type in ("MatMul", "Gemm"):
+            # The weight is a 2-D initializer; the activation's shape is often not inferable after
+            # tf2onnx's Reshape, so count rows from the output when known, else one row per image.
+            weight, out = shape_of(node.input[1]), shape_of(node.output[0])
+            if weight and len(weight) == 2:
+                rows = int(np.prod(out[:-1])) if out and all(out[:-1]) else 1
+                total += rows * weight[0] * weight[1]
+    return total
+
+
+def achieved_gflops(macs_per_image: int, images: int, seconds: float) -> float:
+    return 2 * macs_per_image * images / seconds / 1e9
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """What a large single-precision matrix product reaches here: the yardstick for achieved GFLOP/s."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    a @ b
+    best = min(_time(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _time(call) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * resource.getpagesize() / 2**20

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from bench import compare as compare_mod
+from bench.cli import main
+from bench.metrics import multiply_adds_per_image
+from bench.report import BenchRecord, BenchReport, SchemaError, load
+from bench.sut import InterfaceError, OrtSUT
+from exporter.cli import main as export_main
+from tests.conftest import write_idx_dir
+from trainer import data
+from trainer.artifacts import Artifacts
+from trainer.fit import TrainConfig
+from trainer.train import train_one
+
+FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--quiet"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    """model1, trained one epoch on 1,000 tiny images and exported in all three variants."""
+    root = tmp_path_factory.mktemp("bench")
+    dataset = data.load_dataset(write_idx_dir(root / "idx", n=1000))
+    art = Artifacts(root / "art")
+    config = TrainConfig(model="model1", epochs=1, batch_size=64, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
+    train_one(config, dataset, data.split_dataset(dataset), art, quiet=True)
+    assert export_main(["model1", "--artifacts", str(art.root), "--quiet", "--calibration-images", "64", "--int8-max-drop", "10"]) == 0
+    return art
+
+
+def _latest_report(art: Artifacts) -> Path:
+    return max(art.reports_dir.glob("bench-*.json"))
+
+
+def test_run_writes_a_versioned_report_with_honest_providers(exported: Artifacts):
+    assert main(["run", "--artifacts", str(exported.root), "--no-reference", *FAST_RUN]) == 0
+    path = _latest_report(exported)
+    report = load(path)
+    assert report.schema_version == 1
+    assert {"cpu", "cores", "versions", "sgemm_gflops", "onnxruntime_providers_available", "git_commit"} <= set(report.machine)
+    ran = [r for r in report.records if not r.skipped]
+    assert {(r.variant, r.operation, r.batch_size) for r in ran if r.provider == "cpu"} >= {
+        ("fp32", "predict", 128), ("int8", "evaluate", 100), ("fp16", "single-stream", 1)}
+    for r in ran:
+        assert r.median_s > 0 and r.throughput_ips > 0 and r.gflops > 0 and r.session_create_s > 0
+        expected = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[r.provider]
+        assert r.providers_used[0] == expected  # a row is reported only for the provider that really ran
+    predict = next(r for r in ran if r.operation == "predict" and r.variant == "fp32")
+    class_names = json.loads(exported.metadata_file("model1").read_text())["data"]["class_names"]
+    assert list(predict.quality["per_class"]) == class_names
+    assert sum(c["support"] for c in predict.quality["per_class"].values()) == 100
+    assert sum(map(sum, predict.quality["confusion_matrix"])) == 100
+    single = next(r for r in ran if r.operation == "single-stream")
+    assert single.latency_ms["p50"] <= single.latency_ms["p99"] and single.latency_ms["queries"] >= 5
+    for r in report.records:
+        if r.provider == "cuda" and r.skipped:
+            assert "CUDAExecutionProvider requested but the session runs on CPU only" in r.skipped
+    assert "| model1 | int8 | cpu (CPUExecutionProvider) | predict | 128 |" in path.with_suffix(".md").read_text()
+
+
+def test_pytest_benchmark_suite_on_tiny_models(exported: Artifacts, tmp_path: Path):
+    out = tmp_path / "pb.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-p", "no:cacheprovider", "-q",
+         f"--fmnist-artifacts={exported.root}", "--fmnist-providers=cuda,cpu,keras", "--fmnist-operations=predict,single-stream",
+         "--fmnist-batch-sizes=128,all", "--fmnist-min-queries=5", "--benchmark-min-rounds=1", "--benchmark-max-time=0.001",
+         "--benchmark-warmup=off", f"--benchmark-json={out}"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    benchmarks = {b["name"]: b for b in json.loads(out.read_text())["benchmarks"]}
+    assert {"test_latency[model1-int8-cpu-predict-b128]", "test_latency[model1-fp16-cpu-predict-b100]",
+            "test_latency[model1-fp32-cpu-single-stream-b1]", "test_latency[model1-fp32-keras-predict-b128]"} <= set(benchmarks)
+    info = benchmarks["test_latency[model1-int8-cpu-predict-b128]"]["extra_info"]
+    assert info["providers_used"][0] == "CPUExecutionProvider" and 0 <= info["accuracy"] <= 1
+    assert len(info["per_class"]) == 5 and info["gflops"] > 0
+    assert "p99" in benchmarks["test_latency[model1-fp32-cpu-single-stream-b1]"]["extra_info"]["latency_ms"]
+    if "test_latency[model1-fp32-cuda-predict-b128]" not in benchmarks:  # no usable CUDA here: skipped, with the reason
+        assert "SKIPPED" in result.stdout and "CUDAExecutionProvider requested but the session runs on CPU only" in result.stdout
+
+    # pytest-benchmark's JSON and ours compare by the same ids.
+    assert main(["run", "--artifacts", str(exported.root), "--no-reference", "--providers", "cpu", *FAST_RUN]) == 0
+    rows = compare_mod.compare(compare_mod.load_medians(_latest_report(exported)), compare_mod.load_medians(out))
+    joined = [r for r in rows if r.ratio is not None]
+    assert {r.id for r in joined} >= {"model1-int8-cpu-predict-b128", "model1-fp32-cpu-single-stream-b1"}
+
+
+def _report(median_s: float) -> dict:
+    record = BenchRecord("model4", "int8", "cpu", "predict", 128, ["CPUExecutionProvider"], 6000, 3, median_s, median_s, median_s)
+    return json.loads(BenchReport({"cpu": "test"}, {}, "2026-11-24T00:00:00+00:00", [record]).to_json())
+
+
+@pytest.mark.parametrize(("slower", "exit_code"), [(1.20, 1), (1.05, 0)])
+def test_compare_flags_a_20_percent_regression_and_passes_5(tmp_path: Path, slower: float, exit_code: int, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(_report(0.500)))
+    new.write_text(json.dumps(_report(0.500 * slower)))
+    assert main(["compare", str(old), str(new), "--fail-on-regression", "10%"]) == exit_code
+    out = capsys.readouterr().out
+    assert "model4-int8-cpu-predict-b128" in out and f"{slower:.3f}" in out
+    assert ("REGRESSION" in out) == (exit_code == 1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: p.update(schema_version=99), "schema_version 99, expected 1"),
+        (lambda p: p.pop("machine"), "missing 'machine'"),
+        (lambda p: p["records"][0].pop("median_s"), r"record 0 lacks \['median_s'\]"),
+        (lambda p: p["records"][0].update(speed=1), r"record 0 has unknown \['speed'\]"),
+    ],
+)
+def test_report_schema_is_validated(tmp_path: Path, mutate, message: str, capsys):
+    payload = _report(0.5)
+    mutate(payload)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(SchemaError, match=message):
+        load(path)
+    assert main(["compare", str(path), str(path)]) == 2
+    assert f"fmnist-bench: error: {path}" in capsys.readouterr().err
+
+
+def test_a_model_with_a_wrong_input_shape_gives_a_clear_error(tmp_path: Path):
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["probabilities"])], "wrong",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 32, 32, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 32, 32, 3])],
+    )
+    path = tmp_path / "wrong.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    with pytest.raises(InterfaceError, match=r"wrong.onnx: input 'image' is tensor\(float\) \['batch', 32, 32, 3\]; expected input 'image' float32 \[batch, 28, 28, 1\]"):
+        OrtSUT(path)
+    path.write_bytes(b"not onnx")
+    with pytest.raises(InterfaceError, match="wrong.onnx: onnxruntime cannot load it"):
+        OrtSUT(path)
+
+
+def test_nothing_exported_says_what_to_run(tmp_path: Path, capsys):
+    assert main(["run", "--artifacts", str(tmp_path / "empty")]) == 2
+    assert "nothing exported yet; run: fmnist-train all && fmnist-export all" in capsys.readouterr().err
+    result = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-p", "no:cacheprovider",
+                             f"--fmnist-artifacts={tmp_path / 'empty'}"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0 and "nothing exported yet; run: fmnist-train all && fmnist-export all" in result.stdout + result.stderr
+
+
+def test_multiply_adds_are_counted_from_the_graph(exported: Artifacts):
+    # model1 by hand: three convolutions and two dense layers.
+    expected = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 32 * 9 + 3 * 3 * 128 * 64 * 9 + 1152 * 128 + 128 * 5
+    for name in ("model1.onnx", "model1.fp16.onnx", "model1.int8.onnx"):
+        assert multiply_adds_per_image(exported.onnx_dir / name) == expected
+
+
+def test_bench_runs_without_tensorflow(exported: Artifacts, tmp_path: Path):
+    art = tmp_path / "art"
+    shutil.copytree(exported.root, art)
+    code = (f"import sys; from bench.cli import main; rc = main(['run', '--artifacts', {str(art)!r}, '--no-reference', "
+            "'--variants', 'int8', '--providers', 'cpu', '--rounds', '1', '--min-queries', '2', '--min-duration', '0', '--quiet']); "
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; sys.exit(f'rc={rc} imported {bad}' if rc or bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    assert np.isfinite(load(max((art / "reports").glob("bench-*.json"))).records[0].median_s)
