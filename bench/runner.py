@@ -93,7 +93,8 @@ def open_sut(case: Case, settings: SessionSettings) -> OrtSUT:
 
 
 def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: str | None = None,
-        log: TextIO | None = sys.stdout) -> BenchReport:
+        log: TextIO | None = None) -> BenchReport:
+    """Measure ``cases``; progress goes to ``log`` when one is given."""
     report = BenchReport(machine=machine(), settings=_settings_dict(settings),
                          created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     manifest = read_manifest(artifacts)

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from exporter.convert import DEFAULT_OPSET
@@ -59,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         tolerances=Tolerances(int8_max_accuracy_drop_points=args.int8_max_drop),
     )
     artifacts = Artifacts.at(args.artifacts)
-    log = open("/dev/null", "w") if args.quiet else sys.stdout  # noqa: SIM115 - lives as long as the command
     try:
-        for name in _models(args.models, artifacts):
-            export_model(name, artifacts, options, log)
+        with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stdout) as log:
+            for name in _models(args.models, artifacts):
+                export_model(name, artifacts, options, log)
     except ParityError as exc:
         print(f"fmnist-export: error: {exc}; nothing was written", file=sys.stderr)
         return 1

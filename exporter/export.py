@@ -103,7 +103,8 @@ def _metadata_props(source: SourceModel, variant: str, opset: int) -> dict[str, 
     }
 
 
-def export_model(name: str, artifacts: Artifacts, options: ExportOptions, log: TextIO = sys.stdout) -> list[ExportedFile]:
+def export_model(name: str, artifacts: Artifacts, options: ExportOptions, log: TextIO | None = None) -> list[ExportedFile]:
+    log = log or sys.stdout
     source = load_source(name, artifacts)
     dataset = reload_dataset(source.meta.data, source.meta.config.get("limit"), options.data)
     splits = split_dataset(dataset)
@@ -125,12 +126,13 @@ def export_variants(
     calibration_x: np.ndarray,
     artifacts: Artifacts,
     options: ExportOptions,
-    log: TextIO = sys.stdout,
+    log: TextIO | None = None,
 ) -> list[ExportedFile]:
     """Convert, check and validate every variant into temporary files; rename them all only if all pass.
 
     ``reference`` are the Keras model's probabilities for ``parity_x``, taken before conversion.
     """
+    log = log or sys.stdout
     artifacts.ensure(artifacts.onnx_dir)
     fp32 = keras_to_onnx(source.model, options.opset)
     builders = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32), "int8": lambda: to_int8(fp32, calibration_x)}

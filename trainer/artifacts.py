@@ -86,7 +86,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
     same folder so the rename is atomic. A crash leaves no file that looks finished.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    suffixes = "".join(target.suffixes)  # all of them: Keras wants ".weights.h5", not ".h5"
+    stem = target.name[: len(target.name) - len(suffixes)] if suffixes else target.name
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffixes}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

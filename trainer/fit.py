@@ -95,9 +95,9 @@ class EpochTimer(keras.callbacks.Callback):
 class EpochProgress(keras.callbacks.Callback):
     """One line per epoch with the metrics and an ETA from the median epoch time."""
 
-    def __init__(self, label: str, epochs: int, stream: TextIO = sys.stdout):
+    def __init__(self, label: str, epochs: int, stream: TextIO | None = None):
         super().__init__()
-        self.label, self.epochs, self.stream = label, epochs, stream
+        self.label, self.epochs, self.stream = label, epochs, stream or sys.stdout
         self._times: list[float] = []
 
     def on_epoch_end(self, epoch, logs=None):
@@ -189,9 +189,10 @@ def fit(
     artifacts: Artifacts,
     quiet: bool = False,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
-    log: TextIO = sys.stdout,
+    log: TextIO | None = None,
 ) -> FitOutcome:
     """Train ``built`` per ``config``; resumes from ``artifacts``' checkpoint when one matches."""
+    log = log or sys.stdout
     artifacts.ensure(artifacts.history_file(config.model).parent, artifacts.backup_dir(config.model).parent)
     resume_epoch = _prepare_resume(artifacts, config, dataset.sha256, log)
 

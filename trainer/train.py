@@ -3,6 +3,8 @@
     fmnist-train all                      # the six models, the report's protocol
     fmnist-train model4 --epochs 5        # one model
     fmnist-train model4 --limit 2000 --epochs 1 --quiet
+    fmnist-train sweep model4 --grid optimizer=sgd,adam
+    fmnist-train report
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from trainer.fit import OPTIMIZERS, FitOutcome, TrainConfig, compile_for_trainin
 from trainer.models import BaseWeightsError, UnknownModelError, create_model, get_spec, list_models  # noqa: E402
 from trainer.plots import accuracy_loss_plot, sample_grid  # noqa: E402
 from trainer.reports import RunMetadata, table1, write_table  # noqa: E402
+from trainer.sweep import SweepError, parse_grid, run_sweep  # noqa: E402
 
 # Keras' own default learning rate per optimizer: the report used Adam() and 'sgd' as they come.
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
@@ -57,9 +60,10 @@ def train_one(
     artifacts: Artifacts,
     quiet: bool = False,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
-    log: TextIO = sys.stdout,
+    log: TextIO | None = None,
 ) -> RunMetadata:
     """Train, evaluate and save one model; returns the metadata written beside its ``.keras`` file."""
+    log = log or sys.stdout
     spec = get_spec(config.model)
     keras.utils.set_random_seed(config.seed)
     built = create_model(config.model, base_weights=config.base_weights)
@@ -126,8 +130,16 @@ def _metadata(config, display_name, conv_layers, built, dataset, splits, outcome
 # --------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fmnist-train", description="Train the report's Fashion-MNIST models.")
+    parser = argparse.ArgumentParser(
+        prog="fmnist-train", description="Train the report's Fashion-MNIST models.",
+        epilog="Also: 'fmnist-train sweep MODEL --grid NAME=V1,V2' (experiment tables) and 'fmnist-train report'.",
+    )
     parser.add_argument("models", nargs="+", metavar="MODEL", help=f"'all' or any of: {', '.join(list_models())}")
+    add_training_options(parser)
+    return parser
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_positive_int, help="epochs (default 50, the report's)")
     parser.add_argument("--batch-size", type=_positive_int, help="batch size (default 128)")
     parser.add_argument("--lr", type=_positive_float, help="learning rate (default: Keras' for the optimizer, 1e-3 for Adam)")
@@ -139,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--artifacts", help="output folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--limit", type=_positive_int, help="use only the first N images (smoke runs)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+
+def build_sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fmnist-train sweep", description="Train a grid of configurations; rows go to reports/experiments.csv.")
+    parser.add_argument("model", help=f"any of: {', '.join(list_models())}")
+    parser.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
+                        help="optimizer, batch_size, lr, epochs or seed; several --grid make a product")
+    parser.add_argument("--force", action="store_true", help="rerun configurations already in experiments.csv")
+    add_training_options(parser)
     return parser
 
 
@@ -170,14 +191,20 @@ def expand_models(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def run(args: argparse.Namespace, log: TextIO = sys.stdout) -> list[RunMetadata]:
-    names = expand_models(args.models)
-    artifacts = Artifacts.at(args.artifacts)
+def load_data(args: argparse.Namespace, artifacts: Artifacts, log: TextIO) -> tuple[Dataset, Splits]:
     artifacts.ensure(artifacts.root, artifacts.reports_dir, artifacts.plot_file("samples").parent)
     dataset = data_mod.load_dataset(args.data, data_mod.parse_class_map(args.class_map)).limit(args.limit)
     splits = data_mod.split_dataset(dataset)
     if not args.quiet:
         print(f"data: {dataset.source}, {len(dataset)} images, split {splits.sizes()}", file=log, flush=True)
+    return dataset, splits
+
+
+def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata]:
+    log = log or sys.stdout
+    names = expand_models(args.models)
+    artifacts = Artifacts.at(args.artifacts)
+    dataset, splits = load_data(args, artifacts, log)
     sample_grid(splits.train, artifacts.plot_file("samples"))
 
     results, start = [], time.perf_counter()
@@ -190,12 +217,34 @@ def run(args: argparse.Namespace, log: TextIO = sys.stdout) -> list[RunMetadata]
     return results
 
 
+def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> list[dict]:
+    log = log or sys.stdout
+    get_spec(args.model)
+    grid = parse_grid(args.grid)
+    artifacts = Artifacts.at(args.artifacts)
+    dataset, splits = load_data(args, artifacts, log)
+    rows = run_sweep(args.model, grid, resolve_config(args.model, args), dataset, splits, artifacts, DEFAULT_LR,
+                     lr_given=args.lr is not None, force=args.force, quiet=args.quiet, log=log)
+    print(f"sweep: {len(rows)} row(s) written to {artifacts.reports_dir / 'experiments.csv'}", file=log)
+    return rows
+
+
+ERRORS = (DataError, ArtifactsError, UnknownModelError, BaseWeightsError, SweepError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else None
     try:
-        run(args)
-    except (DataError, ArtifactsError, UnknownModelError, BaseWeightsError) as exc:
+        if command == "sweep":
+            run_sweep_command(build_sweep_parser().parse_args(argv[1:]))
+        elif command == "report":
+            from trainer.report_md import main as report_main  # noqa: PLC0415
+
+            return report_main(argv[1:])
+        else:
+            run(build_parser().parse_args(argv))
+    except ERRORS as exc:
         print(f"fmnist-train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

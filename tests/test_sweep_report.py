@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.test_train import Crash
+from trainer import data
+from trainer.artifacts import Artifacts
+from trainer.fit import TrainConfig
+from trainer.report_md import build
+from trainer.sweep import SweepError, parse_grid, run_sweep
+from trainer.train import DEFAULT_LR, main
+
+TINY = ["--limit", "200", "--batch-size", "32", "--quiet"]
+
+
+def _rows(art: Path) -> pd.DataFrame:
+    return pd.read_csv(art / "reports" / "experiments.csv")
+
+
+def test_sweep_writes_a_row_per_configuration_and_never_reruns_one(idx_dir: Path, artifacts_dir: Path, capsys):
+    argv = ["sweep", "model1", "--grid", "optimizer=sgd,adam", "--epochs", "1", "--data", str(idx_dir), *TINY]
+    assert main(argv) == 0
+    rows = _rows(artifacts_dir)
+    assert list(rows["optimizer"]) == ["sgd", "adam"]
+    assert list(rows["lr"]) == [0.01, 0.001]  # each optimizer with Keras' default, as the report used them
+    assert set(rows["measured_as"]) == {"own run"} and (rows["sweep"] == "optimizer=sgd,adam").all()
+    first_created = list(rows["created_at"])
+    capsys.readouterr()
+
+    assert main(argv) == 0
+    assert "skipped (--force reruns)" in capsys.readouterr().out
+    assert list(_rows(artifacts_dir)["created_at"]) == first_created
+
+    assert main([*argv, "--force"]) == 0
+    assert len(_rows(artifacts_dir)) == 2
+    assert "skipped" not in capsys.readouterr().out
+
+
+def test_epoch_sweep_is_one_run_evaluated_at_each_epoch(idx_dir: Path, artifacts_dir: Path, capsys):
+    assert main(["sweep", "model1", "--grid", "epochs=1,2", "--data", str(idx_dir), *TINY]) == 0
+    rows = _rows(artifacts_dir).set_index("epochs")
+    assert list(rows["measured_as"]) == ["epoch 1 of a 2-epoch run", "own run"]
+    assert capsys.readouterr().out.count("[sweep] model1") == 1
+    assert rows.loc[1, "run_dir"] == rows.loc[2, "run_dir"]
+    history = pd.read_csv(Path(rows.loc[2, "run_dir"]) / "history" / "model1.csv")
+    assert rows.loc[1, "val_accuracy"] == pytest.approx(history.loc[0, "val_accuracy"])
+    assert rows.loc[1, "training_time_min"] < rows.loc[2, "training_time_min"]
+
+
+def test_a_killed_sweep_resumes(idx_dir: Path, tmp_path: Path):
+    dataset = data.load_dataset(idx_dir).limit(200)
+    splits = data.split_dataset(dataset)
+    art = Artifacts(tmp_path / "art")
+    base = TrainConfig(model="model1", epochs=3, batch_size=32, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
+    grid = parse_grid(["seed=0,1"])
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep("model1", grid, base, dataset, splits, art, DEFAULT_LR, quiet=True, extra_callbacks=[Crash(after=1)])
+    assert not (art.reports_dir / "experiments.csv").exists()
+
+    log = io.StringIO()
+    rows = run_sweep("model1", grid, base, dataset, splits, art, DEFAULT_LR, log=log)
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert "resuming at epoch 3/3" in log.getvalue()
+    meta = json.loads((Path(rows[0]["run_dir"]) / "models" / "model1.json").read_text())
+    assert meta["training"]["resumed_from_epoch"] == 2
+
+
+@pytest.mark.parametrize("grid", [["depth=1,2"], ["lr=fast"], ["optimizer=rmsprop"], ["lr=0.1", "lr=0.2"], []])
+def test_bad_grids_are_refused(grid: list[str]):
+    with pytest.raises(SweepError):
+        parse_grid(grid)
+
+
+def test_report_renders_every_table_and_notes_what_is_missing(idx_dir: Path, artifacts_dir: Path, tmp_path: Path):
+    assert main(["model1", "model4", "--epochs", "1", "--data", str(idx_dir), *TINY]) == 0
+    assert main(["sweep", "model4", "--grid", "lr=0.001,0.002", "--epochs", "1", "--data", str(idx_dir), *TINY]) == 0
+    out = tmp_path / "docs"
+    report = build(Artifacts(artifacts_dir), out).read_text()
+    for heading in ("## Data", "## Table 1: the six models", "### Table 2: Model 4, optimizers", "### Table 3: Model 4, batch size",
+                    "### Table 4: Model 4, learning rate", "### Table 5: Model 4, epochs", "## Accuracy and loss",
+                    "## Best model", "## Latency"):
+        assert heading in report
+    assert "Make it with `fmnist-train sweep model4 --grid optimizer=sgd,adam`" in report  # not run: a note, not a failure
+    assert "No bench results yet" in report
+    table4 = report.split("### Table 4")[1].split("###")[0]
+    assert "0.9285" in table4 and "0.9265" in table4  # the report's numbers beside ours
+    assert "| Model 4" in report and "0.9285" in report.split("## Table 1")[1]
+    assert (out / "plots" / "model4.png").exists() and "](plots/model4.png)" in report
+    assert "581" in report.split("## Latency")[1]
+
+
+def test_report_without_trained_models_says_what_to_run(tmp_path: Path, capsys):
+    assert main(["report", "--artifacts", str(tmp_path / "none")]) == 2
+    assert "no trained models to report; run: fmnist-train all" in capsys.readouterr().err

@@ -1,0 +1,190 @@
+"""``fmnist-train sweep``: the report's experiment tables as grids of training runs.
+
+    fmnist-train sweep model4 --grid optimizer=sgd,adam
+    fmnist-train sweep model4 --grid batch_size=16,32,64,128
+    fmnist-train sweep model4 --grid epochs=10,30,50,70        # one 70-epoch run, evaluated at 10/30/50/70
+
+Every row goes to ``reports/experiments.csv`` with its full configuration and a key made of the
+configuration and the data's hash; a row whose key is there already is not run again (an interrupted
+sweep resumes; the run in progress resumes from its checkpoint), unless ``--force``.
+
+Values of ``epochs`` that differ only in the epoch count share one run to the largest count: the
+weights are kept at each requested epoch and evaluated there, which for test accuracy is the same as
+stopping at that epoch. Such rows say so in ``measured_as``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import keras
+import pandas as pd
+
+from trainer.artifacts import Artifacts, atomic_path
+from trainer.data import Dataset, Splits
+from trainer.evaluation import evaluate
+from trainer.fit import TrainConfig, compile_for_training
+from trainer.models import get_spec, load_trained
+
+GRID_TYPES = {"optimizer": str, "batch_size": int, "lr": float, "epochs": int, "seed": int}
+EXPERIMENT_COLUMNS = [
+    "key", "model", "sweep", "optimizer", "batch_size", "lr", "epochs", "seed", "base_weights", "limit",
+    "train_accuracy", "val_accuracy", "train_loss", "val_loss", "test_accuracy", "test_loss",
+    "training_time_min", "measured_as", "data_sha256", "run_dir", "created_at",
+]
+
+
+class SweepError(ValueError):
+    pass
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["optimizer=sgd,adam", "lr=0.01,0.001"]`` -> ``{"optimizer": ["sgd", "adam"], "lr": [0.01, 0.001]}``."""
+    grid: dict[str, list] = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        if name not in GRID_TYPES or not values:
+            raise SweepError(f"--grid {item!r}: expected NAME=V1,V2 with NAME one of {', '.join(GRID_TYPES)}")
+        try:
+            parsed = [GRID_TYPES[name](v.strip()) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise SweepError(f"--grid {item!r}: {name} takes {GRID_TYPES[name].__name__} values") from None
+        if name == "optimizer" and set(parsed) - {"adam", "sgd"}:
+            raise SweepError(f"--grid {item!r}: optimizers are adam and sgd")
+        if name in grid:
+            raise SweepError(f"--grid {name} given twice")
+        grid[name] = list(dict.fromkeys(parsed))
+    if not grid:
+        raise SweepError("sweep needs at least one --grid NAME=V1,V2")
+    return grid
+
+
+def expand(base: TrainConfig, grid: dict[str, list], default_lr: dict[str, float], lr_given: bool) -> list[TrainConfig]:
+    """Every combination of the grid applied to ``base``. An optimizer without an explicit lr gets Keras' default for it."""
+    names = list(grid)
+    configs = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        overrides = dict(zip(names, values))
+        if "optimizer" in overrides and "lr" not in overrides and not lr_given:
+            overrides["lr"] = default_lr[overrides["optimizer"]]
+        configs.append(replace(base, **overrides))
+    return configs
+
+
+def row_key(config: TrainConfig, data_sha256: str) -> str:
+    return hashlib.sha256(json.dumps([asdict(config), data_sha256], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_experiments(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=EXPERIMENT_COLUMNS)
+
+
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    table = read_experiments(path)
+    table = table[~table["key"].isin([r["key"] for r in rows])]
+    table = pd.concat([table, pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)], ignore_index=True)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+class EpochSnapshots(keras.callbacks.Callback):
+    """Keeps the trainable weights at the requested (1-based) epochs; files survive an interrupted run."""
+
+    def __init__(self, epochs: set[int], folder: Path):
+        super().__init__()
+        self.epochs, self.folder = epochs, folder
+
+    def path(self, epoch: int) -> Path:
+        return self.folder / f"epoch{epoch:04d}.weights.h5"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 in self.epochs:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path(epoch + 1)) as tmp:
+                self.model.save_weights(tmp)
+
+
+def run_sweep(
+    model: str,
+    grid: dict[str, list],
+    base: TrainConfig,
+    dataset: Dataset,
+    splits: Splits,
+    artifacts: Artifacts,
+    default_lr: dict[str, float],
+    lr_given: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+    log: TextIO | None = None,
+) -> list[dict]:
+    """Run what is not in ``experiments.csv`` yet; return the rows written by this call."""
+    log = log or sys.stdout
+    from trainer.train import train_one  # noqa: PLC0415 - train imports this module's siblings
+
+    get_spec(model)
+    sweep_name = " ".join(f"{k}={','.join(map(str, v))}" for k, v in grid.items())
+    experiments = artifacts.reports_dir / "experiments.csv"
+    artifacts.ensure(artifacts.reports_dir)
+    configs = expand(replace(base, model=model), grid, default_lr, lr_given)
+    # Configurations that differ only in epochs share one run to the largest epoch count.
+    groups: dict[TrainConfig, list[int]] = {}
+    for config in configs:
+        groups.setdefault(replace(config, epochs=0), []).append(config.epochs)
+
+    written: list[dict] = []
+    for shared, epoch_list in groups.items():
+        longest = replace(shared, epochs=max(epoch_list))
+        keys = {e: row_key(replace(shared, epochs=e), dataset.sha256) for e in epoch_list}
+        done = set(read_experiments(experiments)["key"])
+        if not force and all(k in done for k in keys.values()):
+            print(f"[sweep] {model} {_describe(longest, epoch_list)}: already in {experiments}, skipped (--force reruns)", file=log)
+            continue
+        run_dir = artifacts.root / "experiments" / f"{model}-{row_key(longest, dataset.sha256)}"
+        run_artifacts = Artifacts(run_dir)
+        snapshots = EpochSnapshots(set(epoch_list), run_dir / "snapshots")
+        print(f"[sweep] {model} {_describe(longest, epoch_list)} -> {run_dir}", file=log, flush=True)
+        meta = train_one(longest, dataset, splits, run_artifacts, quiet=quiet,
+                         extra_callbacks=[snapshots, *(extra_callbacks or [])], log=log)
+        history = pd.read_csv(run_artifacts.history_file(model))
+        rows = []
+        for epochs in sorted(epoch_list):
+            if epochs == longest.epochs:
+                test_loss, test_accuracy, measured_as = meta.test["loss"], meta.test["accuracy"], "own run"
+            else:
+                test_loss, test_accuracy = _evaluate_snapshot(run_artifacts, model, longest, snapshots.path(epochs), splits)
+                measured_as = f"epoch {epochs} of a {longest.epochs}-epoch run"
+            at = history[history["epoch"] == epochs - 1].iloc[0]
+            feature_s = meta.training["feature_extraction_s"]
+            rows.append({
+                "key": keys[epochs], "model": model, "sweep": sweep_name, **{k: v for k, v in asdict(replace(shared, epochs=epochs)).items() if k != "model"},
+                "base_weights": meta.base_weights, "train_accuracy": at["accuracy"], "val_accuracy": at["val_accuracy"],
+                "train_loss": at["loss"], "val_loss": at["val_loss"], "test_accuracy": test_accuracy, "test_loss": test_loss,
+                "training_time_min": (feature_s + history[history["epoch"] < epochs]["epoch_time_s"].sum()) / 60,
+                "measured_as": measured_as, "data_sha256": dataset.sha256, "run_dir": str(run_dir),
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
+        _append_rows(experiments, rows)
+        written += rows
+    return written
+
+
+def _evaluate_snapshot(run_artifacts: Artifacts, model: str, config: TrainConfig, weights: Path, splits: Splits) -> tuple[float, float]:
+    full = load_trained(run_artifacts.model_file(model))
+    trainable = full.get_layer(f"{model}_head") if get_spec(model).transfer else full
+    trainable.load_weights(weights)
+    compile_for_training(full, config)
+    result = evaluate(full, splits.test, repeats=1)
+    return result.loss, result.accuracy
+
+
+def _describe(config: TrainConfig, epoch_list: list[int]) -> str:
+    epochs = ",".join(map(str, sorted(epoch_list)))
+    return f"optimizer={config.optimizer} lr={config.lr:g} batch_size={config.batch_size} seed={config.seed} epochs={epochs}"
