@@ -377,8 +377,9 @@ def reload_dataset(record: dict, limit: int | None, data: str | os.PathLike | No
     """
     class_map = tuple(record["class_map"]) if record.get("class_map") else DEFAULT_CLASS_MAP
     source = data
-    if source is None and Path(record["source"].split(" (first ")[0]).exists():
-        source = record["source"].split(" (first ")[0]
+    recorded = record["source"].split(" (first ")[0]  # Dataset.limit appends " (first N)"; the limit comes back separately
+    if source is None and Path(recorded).exists():
+        source = recorded
     dataset = load_dataset(source, class_map).limit(limit)
     if dataset.sha256 != record["sha256"]:
         raise DataError(
