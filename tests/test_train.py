@@ -13,7 +13,7 @@ import pytest
 
 from trainer import data
 from trainer.artifacts import Artifacts
-from trainer.fit import TrainConfig, compile_for_training, fit, images, one_hot
+from trainer.fit import TrainConfig, fit, images
 from trainer.models import create_model, load_trained
 from trainer.reports import RunMetadata
 from trainer.train import main, train_one
@@ -117,9 +117,7 @@ def test_head_on_cached_features_equals_training_through_the_frozen_base(idx_dir
     assert not outcome.features_cached
 
     # The report's way: fit the whole model on images, the frozen base recomputed every batch.
-    compile_for_training(slow.model, config)
-    keras.utils.set_random_seed(config.seed)
-    slow.model.fit(images(splits.train), one_hot(splits.train.y), epochs=2, batch_size=32, verbose=0)
+    fit(slow, dataset, splits, config, Artifacts(tmp_path / "slow"), quiet=True, feature_cache=False)
 
     x_test = images(splits.test)
     fast_p = fast.model.predict(x_test, verbose=0)
