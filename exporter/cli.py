@@ -10,11 +10,12 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 from exporter.convert import DEFAULT_OPSET
 from exporter.export import ExportError, ExportOptions, export_model
 from exporter.validate import ParityError, Tolerances
-from exporter.variants import VARIANTS
+from exporter.variants import INT8_ACTIVATIONS, INT8_FORMATS, VARIANTS
 from trainer.artifacts import Artifacts, ArtifactsError
 from trainer.data import DataError
 from trainer.models import UnknownModelError, get_spec, list_models
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parity-images", type=int, default=1000, help="test images compared with Keras (default 1000)")
     parser.add_argument("--calibration-images", type=int, default=500, help="training images for int8 calibration (default 500)")
     parser.add_argument("--int8-max-drop", type=float, default=1.0, help="test-accuracy points int8 may lose against fp32 (default 1.0)")
+    parser.add_argument("--int8-format", choices=sorted(INT8_FORMATS), default="qdq", help="quantized graph format (default qdq)")
+    parser.add_argument("--int8-activations", choices=sorted(INT8_ACTIVATIONS), default="uint8", help="activation type (default uint8)")
+    parser.add_argument("--onnx-dir", help="where the .onnx files and manifest go (default: the artifacts' onnx/); for trying export settings side by side")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ExportOptions(
         variants=args.variants, opset=args.opset, parity_images=args.parity_images,
         calibration_images=args.calibration_images, data=args.data,
+        int8_format=args.int8_format, int8_activations=args.int8_activations,
+        onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
         tolerances=Tolerances(int8_max_accuracy_drop_points=args.int8_max_drop),
     )
     artifacts = Artifacts.at(args.artifacts)

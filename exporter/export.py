@@ -40,6 +40,9 @@ class ExportOptions:
     calibration_images: int = 500
     tolerances: Tolerances = field(default_factory=Tolerances)
     data: str | None = None
+    int8_format: str = "qdq"
+    int8_activations: str = "uint8"
+    onnx_dir: Path | None = None  # default: the artifacts' onnx/
 
 
 @dataclass
@@ -133,18 +136,23 @@ def export_variants(
     ``reference`` are the Keras model's probabilities for ``parity_x``, taken before conversion.
     """
     log = log or sys.stdout
-    artifacts.ensure(artifacts.onnx_dir)
+    onnx_dir = options.onnx_dir or artifacts.onnx_dir
+    artifacts.ensure(onnx_dir)
     fp32 = keras_to_onnx(source.model, options.opset)
-    builders = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32), "int8": lambda: to_int8(fp32, calibration_x)}
+    builders = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32),
+                "int8": lambda: to_int8(fp32, calibration_x, options.int8_format, options.int8_activations)}
     fp32_accuracy = None
     exported: list[ExportedFile] = []
     with contextlib.ExitStack() as staged:
         for variant in ("fp32", *[v for v in options.variants if v != "fp32"]):
             proto = builders[variant]()
-            onnx.helper.set_model_props(proto, _metadata_props(source, variant, options.opset))
-            target = artifacts.onnx_dir / variant_filename(source.name, variant)
+            props = _metadata_props(source, variant, options.opset)
+            if variant == "int8":
+                props.update(int8_format=options.int8_format, int8_activations=options.int8_activations, int8_weights="int8 per-channel")
+            onnx.helper.set_model_props(proto, props)
+            target = onnx_dir / variant_filename(source.name, variant)
             tmp = staged.enter_context(atomic_path(target)) if variant in options.variants else None
-            path = tmp or artifacts.onnx_dir / f".{source.name}.fp32-reference.onnx"
+            path = tmp or onnx_dir / f".{source.name}.fp32-reference.onnx"
             onnx.save(proto, path)
             try:
                 check_model(path)
@@ -165,7 +173,7 @@ def export_variants(
                   f"test accuracy {accuracy:.4f} ({parity.accuracy_change_points:+.2f} pt vs fp32), "
                   f"{path.stat().st_size / 1e6:.2f} MB -> {target}", file=log, flush=True)
             exported.append(_entry(target, tmp, source.name, variant, options.opset, parity))
-    _update_manifest(artifacts, exported, source)
+    _update_manifest(onnx_dir, exported, source)
     return exported
 
 
@@ -175,9 +183,9 @@ def _entry(target: Path, written: Path, model: str, variant: str, opset: int, pa
                         sha256=hashlib.sha256(data).hexdigest(), validation=parity.to_dict())
 
 
-def _update_manifest(artifacts: Artifacts, exported: list[ExportedFile], source: SourceModel) -> None:
+def _update_manifest(onnx_dir: Path, exported: list[ExportedFile], source: SourceModel) -> None:
     """Merge ``exported`` into the manifest; its ``models`` section lets bench find the test data without Keras."""
-    path = artifacts.onnx_dir / "manifest.json"
+    path = onnx_dir / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     files: dict[str, dict] = manifest.get("files", {})
     models: dict[str, dict] = manifest.get("models", {})
@@ -191,6 +199,6 @@ def _update_manifest(artifacts: Artifacts, exported: list[ExportedFile], source:
         "keras_test_accuracy": source.meta.test["accuracy"],
     }
     # Drop rows whose file is gone (deleted by hand, or never renamed into place).
-    files = {name: row for name, row in files.items() if (artifacts.onnx_dir / name).exists()}
+    files = {name: row for name, row in files.items() if (onnx_dir / name).exists()}
     models = {name: row for name, row in models.items() if any(f["model"] == name for f in files.values())}
     write_json_atomic(path, {"schema_version": MANIFEST_SCHEMA_VERSION, "models": models, "files": files})

@@ -43,15 +43,21 @@ class _Calibration(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def to_int8(fp32: onnx.ModelProto, calibration_images: np.ndarray) -> onnx.ModelProto:
-    """Static QDQ quantization: uint8 activations and int8 per-channel weights (U8S8, which x86 VNNI runs fastest)."""
+INT8_FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+INT8_ACTIVATIONS = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+
+
+def to_int8(fp32: onnx.ModelProto, calibration_images: np.ndarray, quant_format: str = "qdq",
+            activations: str = "uint8") -> onnx.ModelProto:
+    """Static quantization with per-channel int8 weights; by default QDQ with uint8 activations
+    (U8S8, the pairing x86 VNNI kernels take; see the README's performance section)."""
     with tempfile.TemporaryDirectory(prefix="fmnist-int8-") as work:
         source, prepared, quantized = (Path(work) / name for name in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         onnx.save(fp32, source)
         quant_pre_process(str(source), str(prepared))
         quantize_static(
             str(prepared), str(quantized), _Calibration(calibration_images.astype(np.float32)),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            quant_format=INT8_FORMATS[quant_format], per_channel=True,
+            activation_type=INT8_ACTIVATIONS[activations], weight_type=QuantType.QInt8,
         )
         return onnx.load(quantized)

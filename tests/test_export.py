@@ -167,3 +167,15 @@ def test_transfer_model_pads_inside_the_graph(tmp_path: Path):
 
 def test_tolerances_are_explicit():
     assert Tolerances() == Tolerances(1e-4, 1.0, 1e-2, 0.995, 1.0)
+
+
+def test_int8_format_options_and_a_separate_onnx_dir(art: Artifacts, tmp_path: Path):
+    side = tmp_path / "tune" / "onnx"
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--variants", "int8",
+                 "--int8-format", "qoperator", "--int8-activations", "int8", "--onnx-dir", str(side)]) == 0
+    proto = onnx.load(side / "model1.int8.onnx")
+    assert "QLinearConv" in {node.op_type for node in proto.graph.node}
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["int8_format"] == "qoperator" and props["int8_activations"] == "int8"
+    assert json.loads((side / "manifest.json").read_text())["models"]["model1"]["data"]["images"] == 2000
+    assert _onnx_files(art) == []  # the default folder is untouched
