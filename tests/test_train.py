@@ -91,6 +91,25 @@ def test_interrupted_training_resumes_where_it_stopped(idx_dir: Path, tmp_path: 
     assert not art.backup_dir("model1").exists()
 
 
+def test_a_kill_after_the_last_epoch_keeps_the_trained_weights(idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    dataset = data.load_dataset(idx_dir)
+    splits = data.split_dataset(dataset)
+    art = Artifacts(tmp_path / "art")
+    import trainer.train as train_mod
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_mod, "evaluate", killed)  # dies after fit(), before anything is saved
+        with pytest.raises(KeyboardInterrupt):
+            train_one(_config(epochs=2), dataset, splits, art, quiet=True)
+    log = io.StringIO()
+    meta = train_one(_config(epochs=2), dataset, splits, art, log=log)
+    assert meta.training["resumed_from_epoch"] == 2 and "] epoch " not in log.getvalue()  # no epoch trained again
+    assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1]
+
+
 def test_checkpoint_of_another_configuration_is_not_resumed(idx_dir: Path, tmp_path: Path):
     dataset = data.load_dataset(idx_dir)
     splits = data.split_dataset(dataset)

@@ -121,7 +121,7 @@ def _fmt_duration(seconds: float) -> str:
 
 # --------------------------------------------------------------------------- resume
 
-def _prepare_resume(artifacts: Artifacts, config: TrainConfig, data_sha256: str, log: TextIO) -> int:
+def _prepare_resume(artifacts: Artifacts, config: TrainConfig, data_sha256: str, mode: str, log: TextIO) -> int:
     """Return the epoch to resume from, and make the history CSV agree with it.
 
     ``BackupAndRestore`` keeps the weights, optimizer and epoch; we only guard it against a
@@ -130,7 +130,7 @@ def _prepare_resume(artifacts: Artifacts, config: TrainConfig, data_sha256: str,
     backup = artifacts.backup_dir(config.model)
     history = artifacts.history_file(config.model)
     run_file = backup / "run.json"
-    identity = {"config": asdict(config), "data_sha256": data_sha256}
+    identity = {"config": asdict(config), "data_sha256": data_sha256, "mode": mode}
     resume_epoch = 0
     if run_file.exists():
         if json.loads(run_file.read_text()) == identity:
@@ -200,7 +200,8 @@ def fit(
     """
     log = log or sys.stdout
     artifacts.ensure(artifacts.history_file(config.model).parent, artifacts.backup_dir(config.model).parent)
-    resume_epoch = _prepare_resume(artifacts, config, dataset.sha256, log)
+    through_base = built.head is not None and not feature_cache
+    resume_epoch = _prepare_resume(artifacts, config, dataset.sha256, "through-base" if through_base else "default", log)
 
     if built.head is not None and feature_cache:
         features, feature_s, cached = base_features(built.base, dataset, artifacts.features_dir(), config.model)
@@ -217,7 +218,9 @@ def fit(
     compile_for_training(trainable, config)
     callbacks: list[keras.callbacks.Callback] = [
         EpochTimer(),
-        keras.callbacks.BackupAndRestore(str(artifacts.backup_dir(config.model)), double_checkpoint=True),
+        # Kept after fit() (delete_checkpoint=False): a kill while evaluating or saving must not lose
+        # the finished epochs. train_one discards it once everything is written.
+        keras.callbacks.BackupAndRestore(str(artifacts.backup_dir(config.model)), double_checkpoint=True, delete_checkpoint=False),
         keras.callbacks.CSVLogger(str(artifacts.history_file(config.model)), append=True),
     ]
     if not quiet:
@@ -234,12 +237,16 @@ def fit(
         callbacks=callbacks, verbose=0,
     )
     fit_wall_s = time.perf_counter() - start
-    shutil.rmtree(artifacts.backup_dir(config.model), ignore_errors=True)
     return FitOutcome(
         history=pd.read_csv(artifacts.history_file(config.model)),
         resumed_from_epoch=resume_epoch,
         feature_extraction_s=feature_s,
         features_cached=cached,
         fit_wall_s=fit_wall_s,
-        through_frozen_base=built.head is not None and not feature_cache,
+        through_frozen_base=through_base,
     )
+
+
+def discard_checkpoint(artifacts: Artifacts, name: str) -> None:
+    """Call once the trained model and its metadata are safely written."""
+    shutil.rmtree(artifacts.backup_dir(name), ignore_errors=True)

@@ -28,7 +28,7 @@ from trainer.artifacts import Artifacts, ArtifactsError, atomic_path  # noqa: E4
 from trainer.data import DataError, Dataset, Splits  # noqa: E402
 from trainer.environment import machine_info  # noqa: E402
 from trainer.evaluation import evaluate  # noqa: E402
-from trainer.fit import OPTIMIZERS, FitOutcome, TrainConfig, compile_for_training, fit  # noqa: E402
+from trainer.fit import OPTIMIZERS, FitOutcome, TrainConfig, compile_for_training, discard_checkpoint, fit  # noqa: E402
 from trainer.models import BaseWeightsError, UnknownModelError, create_model, get_spec, list_models  # noqa: E402
 from trainer.plots import accuracy_loss_plot, sample_grid  # noqa: E402
 from trainer.reports import RunMetadata, table1, write_table  # noqa: E402
@@ -87,6 +87,7 @@ def train_one(
 
     metadata = _metadata(config, spec.display_name, spec.conv_layers, built, dataset, splits, outcome, result, model_path)
     metadata.write(artifacts.metadata_file(config.model))
+    discard_checkpoint(artifacts, config.model)
     if not quiet:
         print(f"[{config.model}] test accuracy {result.accuracy:.4f}, loss {result.loss:.4f}; "
               f"evaluate {result.evaluate_s * 1000:.0f} ms, predict {result.predict_s * 1000:.0f} ms; "
