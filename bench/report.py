@@ -30,7 +30,7 @@ class BenchRecord:
     gflops: float | None = None
     session_create_s: float | None = None
     model_bytes: int | None = None
-    rss_mb: float | None = None
+    peak_rss_mb: float | None = None  # the process's peak resident memory while this system under test was measured
     quality: dict | None = None  # accuracy, loss, per_class, confusion_matrix
     skipped: str | None = None
 
@@ -88,12 +88,12 @@ def markdown(report: BenchReport) -> str:
         f"onnxruntime {machine.get('versions', {}).get('onnxruntime-gpu') or machine.get('versions', {}).get('onnxruntime')}; "
         f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.1f} GFLOP/s; commit {machine.get('git_commit')}",
         "",
-        "| model | variant | runtime (ran on) | operation | batch | median ms | images/s | p50 / p99 ms | GFLOP/s | accuracy | loss | MB | cold start ms |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | variant | runtime (ran on) | operation | batch | median ms | images/s | p50 / p99 ms | GFLOP/s | accuracy | loss | MB | cold start ms | peak RSS MB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report.records:
         if r.skipped:
-            lines.append(f"| {r.model} | {r.variant} | {r.provider} | {r.operation} | {r.batch_size} | skipped: {r.skipped} ||||||||")
+            lines.append(f"| {r.model} | {r.variant} | {r.provider} | {r.operation} | {r.batch_size} | skipped: {r.skipped} |||||||||")
             continue
         ran = ", ".join(r.providers_used)
         latency = f"{r.latency_ms['p50']:.2f} / {r.latency_ms['p99']:.2f}" if r.latency_ms else ""
@@ -101,7 +101,8 @@ def markdown(report: BenchReport) -> str:
         lines.append(
             f"| {r.model} | {r.variant} | {r.provider} ({ran}) | {r.operation} | {r.batch_size} | {r.median_s * 1000:.1f} | "
             f"{_num(r.throughput_ips, '.0f')} | {latency} | {_num(r.gflops, '.1f')} | {_num(quality.get('accuracy'), '.4f')} | "
-            f"{_num(quality.get('loss'), '.4f')} | {_num(r.model_bytes and r.model_bytes / 1e6, '.2f')} | {_num(r.session_create_s and r.session_create_s * 1000, '.0f')} |"
+            f"{_num(quality.get('loss'), '.4f')} | {_num(r.model_bytes and r.model_bytes / 1e6, '.2f')} | {_num(r.session_create_s and r.session_create_s * 1000, '.0f')} | "
+            f"{_num(r.peak_rss_mb, '.0f')} |"
         )
     return "\n".join(lines) + "\n"
 

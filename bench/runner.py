@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from bench import scenarios
 from bench.cases import Case, TestSplit, read_manifest, test_split
-from bench.metrics import achieved_gflops, current_rss_mb, multiply_adds_per_image, peak_rss_mb, quality, sgemm_gflops
+from bench.metrics import achieved_gflops, multiply_adds_per_image, peak_rss_mb, quality, reset_peak_rss, sgemm_gflops
 from bench.report import BenchRecord, BenchReport
 from bench.sut import KerasSUT, OrtSUT, ProviderUnavailable, SessionSettings, TFLiteSUT
 from trainer.artifacts import Artifacts
@@ -62,7 +62,7 @@ def measure(sut, model: str, variant: str, provider: str, split: TestSplit, sett
             providers_used=list(sut.providers_used), images=images_per_call, rounds=len(times),
             median_s=median, min_s=min(times), max_s=max(times), throughput_ips=images_per_call / median,
             gflops=achieved_gflops(macs_per_image, images_per_call, median) if macs_per_image else None,
-            session_create_s=sut.session_create_s, model_bytes=model_bytes, rss_mb=current_rss_mb(), **extra,
+            session_create_s=sut.session_create_s, model_bytes=model_bytes, peak_rss_mb=peak_rss_mb(), **extra,
         )
         records.append(rec)
         if log:
@@ -103,6 +103,7 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
         split = splits.get(case.model) or splits.setdefault(case.model, test_split(artifacts, case.model, data))
         if log:
             print(f"[{i}/{len(cases)}] {case.id} ({len(split.y)} test images)", file=log, flush=True)
+        reset_peak_rss()  # the peak then covers this case: its session and its runs
         try:
             sut = open_sut(case, settings.session)
         except ProviderUnavailable as exc:
@@ -115,7 +116,6 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
     if settings.references:
         for model in dict.fromkeys(case.model for case in cases):
             report.records += _reference_rows(model, manifest, splits[model], settings, artifacts, log)
-    report.machine["peak_rss_mb"] = peak_rss_mb()
     return report
 
 
@@ -129,6 +129,7 @@ def _reference_rows(model: str, manifest: dict, split: TestSplit, settings: RunS
     for runtime, factory in (("keras", KerasSUT), ("tflite", TFLiteSUT)):
         if log:
             print(f"[reference] {model}-fp32-{runtime}", file=log, flush=True)
+        reset_peak_rss()
         try:
             sut = factory(keras_file)
         except ImportError as exc:

@@ -17,16 +17,16 @@ import numpy as np
 from sklearn.metrics import accuracy_score
 
 from bench.metrics import cross_entropy
+from bench.sut import SUT
 
-Model = Callable[[np.ndarray], np.ndarray]
 OPERATIONS = ("predict", "evaluate", "single-stream")
 
 
-def predict(model: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+def predict(model: SUT, x: np.ndarray, batch_size: int) -> np.ndarray:
+    return model.predict(x, batch_size)
 
 
-def evaluate(model: Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+def evaluate(model: SUT, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
     """(categorical cross-entropy, accuracy), as Keras' evaluate reports them (without regularisation)."""
     probabilities = predict(model, x, batch_size)
     return cross_entropy(y, probabilities), float(accuracy_score(y, probabilities.argmax(-1)))
@@ -40,7 +40,7 @@ class SingleStreamSettings:
     max_queries: int = 20_000
 
 
-def single_stream(model: Model, x: np.ndarray, settings: SingleStreamSettings = SingleStreamSettings()) -> np.ndarray:
+def single_stream(model: SUT, x: np.ndarray, settings: SingleStreamSettings = SingleStreamSettings()) -> np.ndarray:
     """Per-query latencies in milliseconds, cycling through the test images."""
     for i in range(settings.warmup_queries):
         model(x[i % len(x)][np.newaxis])

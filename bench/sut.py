@@ -85,7 +85,20 @@ def _check_interface(session: ort.InferenceSession, path: Path) -> None:
         raise InterfaceError(f"{path}: output {out.name!r} has shape {out.shape}; expected {expected}")
 
 
-class OrtSUT:
+class SUT:
+    """A system under test: ``sut(batch)`` answers one query; ``sut.predict(x, batch_size)`` a whole set."""
+
+    providers_used: list[str]
+    session_create_s: float
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+class OrtSUT(SUT):
     """An onnxruntime session on exactly one provider (never a silent CPU fallback)."""
 
     def __init__(self, path: Path, provider: str = "cpu", settings: SessionSettings = SessionSettings()):
@@ -109,8 +122,10 @@ class OrtSUT:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
 
-class KerasSUT:
-    """The trained ``.keras`` model, called as the report timed it (``model.predict``)."""
+class KerasSUT(SUT):
+    """The trained ``.keras`` model: a whole set through ``model.predict`` (as the report timed it),
+    a single query through ``model(x, training=False)`` (Keras' advice for small inputs; ``predict``
+    costs tens of milliseconds per call)."""
 
     provider = "keras"
 
@@ -124,10 +139,13 @@ class KerasSUT:
         self.name = "keras"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.model.predict(batch, batch_size=len(batch), verbose=0)
+        return np.asarray(self.model(batch, training=False))
+
+    def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        return self.model.predict(x, batch_size=batch_size, verbose=0)
 
 
-class TFLiteSUT:
+class TFLiteSUT(SUT):
     """TF Lite fp32 of the same ``.keras`` model, on its default CPU delegate (XNNPACK)."""
 
     provider = "tflite"

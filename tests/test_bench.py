@@ -53,7 +53,7 @@ def test_run_writes_a_versioned_report_with_honest_providers(exported: Artifacts
     assert {(r.variant, r.operation, r.batch_size) for r in ran if r.provider == "cpu"} >= {
         ("fp32", "predict", 128), ("int8", "evaluate", 100), ("fp16", "single-stream", 1)}
     for r in ran:
-        assert r.median_s > 0 and r.throughput_ips > 0 and r.gflops > 0 and r.session_create_s > 0
+        assert r.median_s > 0 and r.throughput_ips > 0 and r.gflops > 0 and r.session_create_s > 0 and r.peak_rss_mb > 0
         expected = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[r.provider]
         assert r.providers_used[0] == expected  # a row is reported only for the provider that really ran
     predict = next(r for r in ran if r.operation == "predict" and r.variant == "fp32")
