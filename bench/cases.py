@@ -35,7 +35,7 @@ class Case:
 
 
 @dataclass(frozen=True)
-class TestSplit:
+class HeldOutSplit:
     x: np.ndarray  # (N, 28, 28, 1) float32
     y: np.ndarray
     class_names: tuple[str, ...]
@@ -65,13 +65,9 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
     return cases
 
 
-def test_split(artifacts: Artifacts, model: str, data: str | None = None) -> TestSplit:
+def load_test_split(artifacts: Artifacts, model: str, data: str | None = None) -> HeldOutSplit:
     """The test split of the data ``model`` was trained on (hash-checked), as the model's input tensor."""
     record = read_manifest(artifacts)["models"][model]
     dataset = reload_dataset(record["data"], record["limit"], data)
     test = split_dataset(dataset).test
-    return TestSplit(test.x[..., np.newaxis], test.y, tuple(record["data"]["class_names"]), dataset.source)
-
-
-test_split.__test__ = False  # not a pytest test, despite the name
-TestSplit.__test__ = False
+    return HeldOutSplit(test.x[..., np.newaxis], test.y, tuple(record["data"]["class_names"]), dataset.source)

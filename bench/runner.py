@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import statistics
 import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TextIO
@@ -14,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import scenarios
-from bench.cases import Case, TestSplit, read_manifest, test_split
+from bench.cases import Case, HeldOutSplit, load_test_split
 from bench.metrics import achieved_gflops, multiply_adds_per_image, peak_rss_mb, quality, reset_peak_rss, sgemm_gflops
 from bench.report import BenchRecord, BenchReport
 from bench.sut import KerasSUT, OrtSUT, ProviderUnavailable, SessionSettings, TFLiteSUT
@@ -48,7 +47,7 @@ def machine() -> dict:
     return info
 
 
-def measure(sut, model: str, variant: str, provider: str, split: TestSplit, settings: RunSettings,
+def measure(sut, model: str, variant: str, provider: str, split: HeldOutSplit, settings: RunSettings,
             macs_per_image: int | None, model_bytes: int | None, log: TextIO | None = None) -> list[BenchRecord]:
     """Every operation of ``settings`` on one system under test."""
     x, y, n = split.x, split.y, len(split.y)
@@ -97,10 +96,9 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
     """Measure ``cases``; progress goes to ``log`` when one is given."""
     report = BenchReport(machine=machine(), settings=_settings_dict(settings),
                          created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    manifest = read_manifest(artifacts)
-    splits: dict[str, TestSplit] = {}
+    splits: dict[str, HeldOutSplit] = {}
     for i, case in enumerate(cases, 1):
-        split = splits.get(case.model) or splits.setdefault(case.model, test_split(artifacts, case.model, data))
+        split = splits.get(case.model) or splits.setdefault(case.model, load_test_split(artifacts, case.model, data))
         if log:
             print(f"[{i}/{len(cases)}] {case.id} ({len(split.y)} test images)", file=log, flush=True)
         reset_peak_rss()  # the peak then covers this case: its session and its runs
@@ -115,11 +113,11 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
                                   multiply_adds_per_image(case.path), case.path.stat().st_size, log)
     if settings.references:
         for model in dict.fromkeys(case.model for case in cases):
-            report.records += _reference_rows(model, manifest, splits[model], settings, artifacts, log)
+            report.records += _reference_rows(model, splits[model], settings, artifacts, log)
     return report
 
 
-def _reference_rows(model: str, manifest: dict, split: TestSplit, settings: RunSettings, artifacts: Artifacts,
+def _reference_rows(model: str, split: HeldOutSplit, settings: RunSettings, artifacts: Artifacts,
                     log: TextIO | None) -> list[BenchRecord]:
     """Keras and TF Lite on the same test split, for the ratios a user cares about."""
     keras_file = artifacts.model_file(model)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bench import scenarios
-from bench.cases import Case, TestSplit, test_split
+from bench.cases import Case, HeldOutSplit, load_test_split
 from bench.conftest import BenchParam, option
 from bench.metrics import achieved_gflops, multiply_adds_per_image, quality
 from bench.sut import KerasSUT, OrtSUT, ProviderUnavailable, TFLiteSUT
@@ -30,8 +30,8 @@ def artifacts(pytestconfig: pytest.Config) -> Artifacts:
 
 @pytest.fixture(scope="session")
 def splits(artifacts: Artifacts):
-    cache: dict[str, TestSplit] = {}
-    return lambda model: cache.get(model) or cache.setdefault(model, test_split(artifacts, model))
+    cache: dict[str, HeldOutSplit] = {}
+    return lambda model: cache.get(model) or cache.setdefault(model, load_test_split(artifacts, model))
 
 
 @pytest.fixture(scope="session")
