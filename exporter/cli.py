@@ -68,16 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     artifacts = Artifacts.at(args.artifacts)
     try:
-        with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stdout) as log:
-            for name in _models(args.models, artifacts):
-                export_model(name, artifacts, options, log)
-    except ParityError as exc:
-        print(f"fmnist-export: error: {exc}; nothing was written", file=sys.stderr)
-        return 1
-    except (ExportError, DataError, ArtifactsError, UnknownModelError) as exc:
+        names = _models(args.models, artifacts)
+    except (ExportError, UnknownModelError) as exc:
         print(f"fmnist-export: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    # Every model is tried: one that fails does not stop the others; the exit code reports the worst.
+    exit_code = 0
+    with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stdout) as log:
+        for name in names:
+            try:
+                export_model(name, artifacts, options, log)
+            except ParityError as exc:
+                print(f"fmnist-export: error: {exc}; nothing was written for {name}", file=sys.stderr)
+                exit_code = max(exit_code, 1)
+            except (ExportError, DataError, ArtifactsError) as exc:
+                print(f"fmnist-export: error: {exc}", file=sys.stderr)
+                exit_code = 2
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_int8_accuracy_threshold_fails_the_export(art: Artifacts, capsys: pytest
     assert main(["model1", "--artifacts", str(art.root), "--quiet", "--variants", "int8",
                  "--parity-images", "200", "--calibration-images", "64", "--int8-max-drop", "-50"]) == 1
     err = capsys.readouterr().err
-    assert "model1 int8: parity check failed" in err and "points lost" in err and "nothing was written" in err
+    assert "model1 int8: parity check failed" in err and "points lost" in err and "nothing was written for model1" in err
     assert _onnx_files(art) == []
 
 
@@ -179,3 +179,9 @@ def test_int8_format_options_and_a_separate_onnx_dir(art: Artifacts, tmp_path: P
     assert props["int8_format"] == "qoperator" and props["int8_activations"] == "int8"
     assert json.loads((side / "manifest.json").read_text())["models"]["model1"]["data"]["images"] == 2000
     assert _onnx_files(art) == []  # the default folder is untouched
+
+
+def test_one_failing_model_does_not_stop_the_others(art: Artifacts, capsys: pytest.CaptureFixture):
+    assert main(["model3", "model1", "--artifacts", str(art.root), *LENIENT]) == 2
+    assert "no trained model3" in capsys.readouterr().err
+    assert _onnx_files(art) == ["model1.fp16.onnx", "model1.int8.onnx", "model1.onnx"]
