@@ -88,10 +88,21 @@ def test_report_renders_every_table_and_notes_what_is_missing(idx_dir: Path, art
     assert "Make it with `fmnist-train sweep model4 --grid optimizer=sgd,adam`" in report  # not run: a note, not a failure
     assert "No bench results yet" in report
     table4 = report.split("### Table 4")[1].split("###")[0]
-    assert "0.9285" in table4 and "0.9265" in table4  # the report's numbers beside ours
+    assert "0.001" in table4 and "0.9285" not in table4  # 1-epoch rows: the report's 50-epoch numbers are not set beside them
     assert "| Model 4" in report and "0.9285" in report.split("## Table 1")[1]
     assert (out / "plots" / "model4.png").exists() and "](plots/model4.png)" in report
     assert "581" in report.split("## Latency")[1]
+
+
+def test_report_numbers_stand_only_beside_comparable_rows():
+    from trainer.report_md import _comparable
+
+    row = pd.Series({"optimizer": "sgd", "batch_size": 128, "lr": 0.01, "epochs": 50})
+    assert _comparable(row, "optimizer")  # Table 2: SGD with its own default lr
+    assert not _comparable(row, "batch_size")
+    assert _comparable(pd.Series({"optimizer": "adam", "batch_size": 16, "lr": 0.001, "epochs": 50}), "batch_size")
+    assert not _comparable(pd.Series({"optimizer": "adam", "batch_size": 128, "lr": 0.001, "epochs": 10}), "lr")
+    assert _comparable(pd.Series({"optimizer": "adam", "batch_size": 128, "lr": 0.001, "epochs": 10}), "epochs")
 
 
 def test_report_without_trained_models_says_what_to_run(tmp_path: Path, capsys):

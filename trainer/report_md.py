@@ -64,23 +64,34 @@ def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
         if rows.empty:
             parts.append(f"### {title}\n\n_Not run yet._ Make it with `{command}`.\n")
             continue
-        report = REPORT_EXPERIMENTS[param]
+        report = [REPORT_EXPERIMENTS[param].get(_key(param, row[param]), {}) if _comparable(row, param) else {}
+                  for _, row in rows.iterrows()]
         frame = pd.DataFrame({
             "Epochs": rows["epochs"], "Batch": rows["batch_size"], "Optimizer": rows["optimizer"], "LR": rows["lr"],
             "Train Accuracy": rows["train_accuracy"], "Val Accuracy": rows["val_accuracy"],
             "Train Loss": rows["train_loss"], "Val Loss": rows["val_loss"],
             "Test Accuracy": rows["test_accuracy"],
-            "Report Test Accuracy": [report.get(_key(param, v), {}).get("test_accuracy") for v in rows[param]],
+            "Report Test Accuracy": [r.get("test_accuracy") for r in report],
             "Training Time (min)": rows["training_time_min"],
-            "Report Training Time (min)": [report.get(_key(param, v), {}).get("training_min") for v in rows[param]],
+            "Report Training Time (min)": [r.get("training_min") for r in report],
             "Measured as": rows["measured_as"],
         })
         frame["Δ Test Accuracy"] = frame["Test Accuracy"] - pd.to_numeric(frame["Report Test Accuracy"])
         epochs = sorted(set(rows["epochs"]))
         caption = (f"{title}. Other settings as the report (Adam, batch 128, lr 0.001) unless the row says otherwise; "
-                   f"epochs {', '.join(map(str, epochs))} (the report: 50, and 10-70 in Table 5).")
+                   f"epochs {', '.join(map(str, epochs))} (the report: 50, and 10-70 in Table 5). The report's numbers "
+                   "stand only beside rows whose other settings are the report's.")
         parts.append(f"### {title}\n\n{caption}\n\n{_md(frame)}\n")
     return "\n".join(parts)
+
+
+REPORT_FIXED = {"optimizer": "adam", "batch_size": 128, "lr": 0.001, "epochs": 50}
+
+
+def _comparable(row: pd.Series, param: str) -> bool:
+    """Whether a row varies only ``param`` from the report's settings (Table 2 used each optimizer's default lr)."""
+    fixed = {k: v for k, v in REPORT_FIXED.items() if k != param and not (param == "optimizer" and k == "lr")}
+    return all(_key(k, row[k]) == v for k, v in fixed.items())
 
 
 def _key(param: str, value):
