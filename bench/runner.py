@@ -16,7 +16,7 @@ from bench import scenarios
 from bench.cases import Case, HeldOutSplit, load_test_split
 from bench.metrics import achieved_gflops, multiply_adds_per_image, peak_rss_mb, quality, reset_peak_rss, sgemm_gflops
 from bench.report import BenchRecord, BenchReport
-from bench.sut import KerasSUT, OrtSUT, ProviderUnavailable, SessionSettings, TFLiteSUT
+from bench.sut import SUT, KerasSUT, OrtSUT, ProviderUnavailable, SessionSettings, TFLiteSUT
 from trainer.artifacts import Artifacts
 from trainer.environment import git_commit, machine_info
 
@@ -87,7 +87,15 @@ def measure(sut, model: str, variant: str, provider: str, split: HeldOutSplit, s
     return records
 
 
-def open_sut(case: Case, settings: SessionSettings) -> OrtSUT:
+REFERENCE_RUNTIMES = {"keras": KerasSUT, "tflite": TFLiteSUT}
+
+
+def make_sut(case: Case, artifacts: Artifacts, settings: SessionSettings = SessionSettings()) -> SUT:
+    """The system under test for a case: an onnxruntime session on its provider, or a TensorFlow
+    reference (``keras``, ``tflite``) built from the trained ``.keras`` file. Raises
+    ProviderUnavailable, or ImportError where TensorFlow is missing."""
+    if case.provider in REFERENCE_RUNTIMES:
+        return REFERENCE_RUNTIMES[case.provider](artifacts.model_file(case.model))
     return OrtSUT(case.path, case.provider, settings)
 
 
@@ -103,7 +111,7 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
             print(f"[{i}/{len(cases)}] {case.id} ({len(split.y)} test images)", file=log, flush=True)
         reset_peak_rss()  # the peak then covers this case: its session and its runs
         try:
-            sut = open_sut(case, settings.session)
+            sut = make_sut(case, artifacts, settings.session)
         except ProviderUnavailable as exc:
             report.records.append(BenchRecord(case.model, case.variant, case.provider, "all", 0, skipped=str(exc)))
             if log:
@@ -124,12 +132,12 @@ def _reference_rows(model: str, split: HeldOutSplit, settings: RunSettings, arti
     fp32 = artifacts.onnx_dir / f"{model}.onnx"
     macs = multiply_adds_per_image(fp32) if fp32.exists() else None
     rows: list[BenchRecord] = []
-    for runtime, factory in (("keras", KerasSUT), ("tflite", TFLiteSUT)):
+    for runtime in REFERENCE_RUNTIMES:
         if log:
             print(f"[reference] {model}-fp32-{runtime}", file=log, flush=True)
         reset_peak_rss()
         try:
-            sut = factory(keras_file)
+            sut = make_sut(Case(model, "fp32", runtime, fp32), artifacts)
         except ImportError as exc:
             rows.append(BenchRecord(model, "fp32", runtime, "all", 0, skipped=f"TensorFlow not installed ({exc})"))
             continue

@@ -19,7 +19,8 @@ from bench import scenarios
 from bench.cases import Case, HeldOutSplit, load_test_split
 from bench.conftest import BenchParam, option
 from bench.metrics import achieved_gflops, multiply_adds_per_image, quality
-from bench.sut import KerasSUT, OrtSUT, ProviderUnavailable, TFLiteSUT
+from bench.runner import make_sut
+from bench.sut import ProviderUnavailable
 from trainer.artifacts import Artifacts
 
 
@@ -42,12 +43,7 @@ def suts(artifacts: Artifacts):
     def get(case: Case):
         if case not in cache:
             try:
-                if case.provider == "keras":
-                    cache[case] = KerasSUT(artifacts.model_file(case.model))
-                elif case.provider == "tflite":
-                    cache[case] = TFLiteSUT(artifacts.model_file(case.model))
-                else:
-                    cache[case] = OrtSUT(case.path, case.provider)
+                cache[case] = make_sut(case, artifacts)
             except ProviderUnavailable as exc:
                 cache[case] = str(exc)
             except ImportError as exc:
