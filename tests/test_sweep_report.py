@@ -11,7 +11,7 @@ from tests.test_train import Crash
 from trainer import data
 from trainer.artifacts import Artifacts
 from trainer.fit import TrainConfig
-from trainer.report_md import build
+from trainer.report_md import build, experiment_section
 from trainer.sweep import SweepError, parse_grid, run_sweep
 from trainer.train import DEFAULT_LR, main
 
@@ -39,6 +39,21 @@ def test_sweep_writes_a_row_per_configuration_and_never_reruns_one(idx_dir: Path
     assert main([*argv, "--force"]) == 0
     assert len(_rows(artifacts_dir)) == 2
     assert "skipped" not in capsys.readouterr().out
+
+
+def test_a_row_shared_by_two_sweeps_is_run_once_and_shown_in_both(idx_dir: Path, artifacts_dir: Path, capsys):
+    common = ["--epochs", "1", "--data", str(idx_dir), *TINY]
+    assert main(["sweep", "model4", "--grid", "optimizer=sgd,adam", *common]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "model4", "--grid", "lr=0.001,0.002", *common]) == 0
+    assert capsys.readouterr().out.count("skipped (--force reruns)") == 1  # Adam at 0.001 ran in the first sweep
+    rows = _rows(artifacts_dir)
+    assert len(rows) == 3
+    shared = rows[(rows["optimizer"] == "adam") & (rows["lr"] == 0.001)]
+    assert list(shared["sweep"]) == ["optimizer=sgd,adam; lr=0.001,0.002"]
+    tables = experiment_section(Artifacts(artifacts_dir))
+    table4 = tables.split("### Table 4")[1].split("###")[0]
+    assert table4.count("| adam ") == 2  # lr 0.001 (from Table 2's run) and lr 0.002
 
 
 def test_epoch_sweep_is_one_run_evaluated_at_each_epoch(idx_dir: Path, artifacts_dir: Path, capsys):

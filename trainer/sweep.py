@@ -94,6 +94,18 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
         table.to_csv(tmp, index=False)
 
 
+def _add_sweep_name(path: Path, keys: list[str], sweep_name: str) -> None:
+    """A row shared by two sweeps (Adam, batch 128, lr 0.001 is in Tables 2, 3 and 4) belongs to both."""
+    table = read_experiments(path)
+    rows = table["key"].isin(keys)
+    names = table.loc[rows, "sweep"].astype(str).str.split("; ")
+    if names.map(lambda n: sweep_name in n).all():
+        return
+    table.loc[rows, "sweep"] = names.map(lambda n: "; ".join(n if sweep_name in n else [*n, sweep_name]))
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 class EpochSnapshots(keras.callbacks.Callback):
     """Keeps the trainable weights at the requested (1-based) epochs; files survive an interrupted run."""
 
@@ -145,6 +157,7 @@ def run_sweep(
         keys = {e: row_key(replace(shared, epochs=e), dataset.sha256) for e in epoch_list}
         done = set(read_experiments(experiments)["key"])
         if not force and all(k in done for k in keys.values()):
+            _add_sweep_name(experiments, list(keys.values()), sweep_name)
             print(f"[sweep] {model} {_describe(longest, epoch_list)}: already in {experiments}, skipped (--force reruns)", file=log)
             continue
         run_dir = artifacts.root / "experiments" / f"{model}-{row_key(longest, dataset.sha256)}"
