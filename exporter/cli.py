@@ -15,7 +15,7 @@ from pathlib import Path
 from exporter.convert import DEFAULT_OPSET
 from exporter.export import ExportError, ExportOptions, export_model
 from exporter.validate import ParityError, Tolerances
-from exporter.variants import INT8_ACTIVATIONS, INT8_FORMATS, VARIANTS
+from exporter.variants import CALIBRATION_METHODS, INT8_ACTIVATIONS, INT8_FORMATS, VARIANTS, Int8Config
 from trainer.artifacts import Artifacts, ArtifactsError
 from trainer.data import DataError
 from trainer.models import UnknownModelError, get_spec, list_models
@@ -37,10 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--data", help="where the training data is now, if it moved (its hash must match)")
     parser.add_argument("--parity-images", type=int, default=1000, help="test images compared with Keras (default 1000)")
-    parser.add_argument("--calibration-images", type=int, default=500, help="training images for int8 calibration (default 500)")
+    parser.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration, in batches of 32 (default 512)")
     parser.add_argument("--int8-max-drop", type=float, default=1.0, help="test-accuracy points int8 may lose against fp32 (default 1.0)")
     parser.add_argument("--int8-format", choices=sorted(INT8_FORMATS), default="qdq", help="quantized graph format (default qdq)")
     parser.add_argument("--int8-activations", choices=sorted(INT8_ACTIVATIONS), default="uint8", help="activation type (default uint8)")
+    parser.add_argument("--int8-calibration", choices=sorted(CALIBRATION_METHODS), default="minmax",
+                        help="how activation ranges are calibrated (default minmax)")
+    parser.add_argument("--no-affine-rewrite", action="store_true",
+                        help="int8: quantize BatchNormalization after ReLU as Mul+Add instead of a depthwise 1x1 Conv (for comparison)")
     parser.add_argument("--onnx-dir", help="where the .onnx files and manifest go (default: the artifacts' onnx/); for trying export settings side by side")
     parser.add_argument("--quiet", action="store_true")
     return parser
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ExportOptions(
         variants=args.variants, opset=args.opset, parity_images=args.parity_images,
         calibration_images=args.calibration_images, data=args.data,
-        int8_format=args.int8_format, int8_activations=args.int8_activations,
+        int8=Int8Config(args.int8_format, args.int8_activations, args.int8_calibration, not args.no_affine_rewrite),
         onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
         tolerances=Tolerances(int8_max_accuracy_drop_points=args.int8_max_drop),
     )

@@ -15,14 +15,15 @@ from typing import TextIO
 import keras
 import numpy as np
 import onnx
+import pandas as pd
 
 from exporter.convert import DEFAULT_OPSET, keras_to_onnx
 from exporter.validate import Parity, Tolerances, check_model, compare, cpu_session, enforce, run_probabilities
-from exporter.variants import VARIANTS, to_fp16, to_int8, variant_filename
-from trainer.artifacts import Artifacts, atomic_path, write_json_atomic
+from exporter.variants import VARIANTS, Int8Config, to_fp16, to_int8, variant_filename
+from trainer.artifacts import Artifacts, atomic_path, write_json_atomic, write_text_atomic
 from trainer.data import reload_dataset, split_dataset
 from trainer.fit import images
-from trainer.models import get_spec, load_trained
+from trainer.models import get_spec, list_models, load_trained
 from trainer.reports import RunMetadata
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -37,11 +38,10 @@ class ExportOptions:
     variants: tuple[str, ...] = VARIANTS
     opset: int = DEFAULT_OPSET
     parity_images: int = 1000
-    calibration_images: int = 500
+    calibration_images: int = 512
     tolerances: Tolerances = field(default_factory=Tolerances)
     data: str | None = None
-    int8_format: str = "qdq"
-    int8_activations: str = "uint8"
+    int8: Int8Config = Int8Config()
     onnx_dir: Path | None = None  # default: the artifacts' onnx/
 
 
@@ -140,7 +140,7 @@ def export_variants(
     artifacts.ensure(onnx_dir)
     fp32 = keras_to_onnx(source.model, options.opset)
     builders = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32),
-                "int8": lambda: to_int8(fp32, calibration_x, options.int8_format, options.int8_activations)}
+                "int8": lambda: to_int8(fp32, calibration_x, options.int8)}
     fp32_accuracy = None
     exported: list[ExportedFile] = []
     with contextlib.ExitStack() as staged:
@@ -148,7 +148,7 @@ def export_variants(
             proto = builders[variant]()
             props = _metadata_props(source, variant, options.opset)
             if variant == "int8":
-                props.update(int8_format=options.int8_format, int8_activations=options.int8_activations, int8_weights="int8 per-channel")
+                props.update(options.int8.metadata())
             onnx.helper.set_model_props(proto, props)
             target = onnx_dir / variant_filename(source.name, variant)
             tmp = staged.enter_context(atomic_path(target)) if variant in options.variants else None
@@ -202,3 +202,20 @@ def _update_manifest(onnx_dir: Path, exported: list[ExportedFile], source: Sourc
     files = {name: row for name, row in files.items() if (onnx_dir / name).exists()}
     models = {name: row for name, row in models.items() if any(f["model"] == name for f in files.values())}
     write_json_atomic(path, {"schema_version": MANIFEST_SCHEMA_VERSION, "models": models, "files": files})
+    write_text_atomic(onnx_dir / "manifest.md", manifest_table(files, models).to_markdown(index=False, disable_numparse=True) + "\n")
+
+
+def manifest_table(files: dict[str, dict], models: dict[str, dict]) -> pd.DataFrame:
+    """The manifest as the README's export table: one row per file, its parity figures and size."""
+    rows = []
+    for row in sorted(files.values(), key=lambda r: (list_models().index(r["model"]), VARIANTS.index(r["variant"]))):
+        v = row["validation"]
+        rows.append({
+            "model": row["model"], "variant": row["variant"], "MB": round(row["bytes"] / 1e6, 2),
+            f"max abs diff vs Keras ({v['images']} images)": f"{v['max_abs_diff']:.1e}",
+            "argmax agreement": f"{v['argmax_agreement']:.2%}",
+            "test accuracy": f"{v['accuracy_onnx']:.4f}",
+            "vs fp32 (points)": f"{v['accuracy_change_points']:+.2f}",
+            "base weights": models[row["model"]]["base_weights"] if get_spec(row["model"]).transfer else "n/a",
+        })
+    return pd.DataFrame(rows)

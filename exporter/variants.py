@@ -10,13 +10,16 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnxconverter_common import float16
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
+                                      quantize_static)
 
+from exporter.affine import channel_affine_to_depthwise, float_affine_nodes
 from exporter.convert import INPUT_NAME
 
 VARIANTS = ("fp32", "fp16", "int8")
@@ -35,8 +38,13 @@ def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class _Calibration(CalibrationDataReader):
+    """Equal batches of CALIBRATION_BATCH images (the remainder is left out): onnxruntime's histogram
+    calibrators (entropy, percentile) stack the batches' outputs and fail on a shorter last batch."""
+
     def __init__(self, images: np.ndarray):
-        self._batches: Iterator[np.ndarray] = iter(np.array_split(images, max(1, len(images) // CALIBRATION_BATCH)))
+        batches = max(1, len(images) // CALIBRATION_BATCH)
+        usable = len(images) if len(images) < CALIBRATION_BATCH else batches * CALIBRATION_BATCH
+        self._batches: Iterator[np.ndarray] = iter(np.split(images[:usable], batches))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
@@ -45,19 +53,39 @@ class _Calibration(CalibrationDataReader):
 
 INT8_FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 INT8_ACTIVATIONS = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                       "percentile": CalibrationMethod.Percentile}
 
 
-def to_int8(fp32: onnx.ModelProto, calibration_images: np.ndarray, quant_format: str = "qdq",
-            activations: str = "uint8") -> onnx.ModelProto:
-    """Static quantization with per-channel int8 weights; by default QDQ with uint8 activations
-    (U8S8, the pairing x86 VNNI kernels take; see the README's performance section)."""
+@dataclass(frozen=True)
+class Int8Config:
+    """How the int8 variant is made. The defaults are QDQ with uint8 activations (U8S8, the pairing
+    x86 VNNI kernels take) and min/max calibration; the README's performance section says what the
+    alternatives measured."""
+
+    format: str = "qdq"
+    activations: str = "uint8"
+    calibration: str = "minmax"
+    affine_rewrite: bool = True  # see exporter/affine.py
+
+    def metadata(self) -> dict[str, str]:
+        return {"int8_format": self.format, "int8_activations": self.activations,
+                "int8_calibration": self.calibration, "int8_weights": "int8 per-channel",
+                "int8_affine_rewrite": str(self.affine_rewrite).lower()}
+
+
+def to_int8(fp32: onnx.ModelProto, calibration_images: np.ndarray, config: Int8Config = Int8Config()) -> onnx.ModelProto:
+    """Static quantization with per-channel int8 weights, after onnxruntime's pre-processing."""
+    source_model = channel_affine_to_depthwise(fp32)[0] if config.affine_rewrite else fp32
     with tempfile.TemporaryDirectory(prefix="fmnist-int8-") as work:
         source, prepared, quantized = (Path(work) / name for name in ("fp32.onnx", "prep.onnx", "int8.onnx"))
-        onnx.save(fp32, source)
+        onnx.save(source_model, source)
         quant_pre_process(str(source), str(prepared))
+        excluded = float_affine_nodes(onnx.load(prepared)) if config.affine_rewrite else []
         quantize_static(
             str(prepared), str(quantized), _Calibration(calibration_images.astype(np.float32)),
-            quant_format=INT8_FORMATS[quant_format], per_channel=True,
-            activation_type=INT8_ACTIVATIONS[activations], weight_type=QuantType.QInt8,
+            quant_format=INT8_FORMATS[config.format], per_channel=True,
+            activation_type=INT8_ACTIVATIONS[config.activations], weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[config.calibration], nodes_to_exclude=excluded,
         )
         return onnx.load(quantized)

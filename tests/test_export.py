@@ -44,7 +44,7 @@ def art(trained: Artifacts, tmp_path: Path) -> Artifacts:
 
 
 def _onnx_files(art: Artifacts) -> list[str]:
-    return sorted(p.name for p in art.onnx_dir.glob("*") if p.name != "manifest.json") if art.onnx_dir.exists() else []
+    return sorted(p.name for p in art.onnx_dir.glob("*") if not p.name.startswith("manifest.")) if art.onnx_dir.exists() else []
 
 
 def test_every_variant_is_exported_checked_and_described(art: Artifacts):
@@ -52,6 +52,9 @@ def test_every_variant_is_exported_checked_and_described(art: Artifacts):
     assert _onnx_files(art) == ["model1.fp16.onnx", "model1.int8.onnx", "model1.onnx"]
     manifest = json.loads((art.onnx_dir / "manifest.json").read_text())
     assert manifest["schema_version"] == 1
+    table = (art.onnx_dir / "manifest.md").read_text().splitlines()
+    assert len(table) == 2 + 3 and "max abs diff vs Keras" in table[0]
+    assert [line.split("|")[2].strip() for line in table[2:]] == ["fp32", "fp16", "int8"]
     meta = json.loads(art.metadata_file("model1").read_text())
     for file, variant in (("model1.onnx", "fp32"), ("model1.fp16.onnx", "fp16"), ("model1.int8.onnx", "int8")):
         path = art.onnx_dir / file
@@ -172,11 +175,12 @@ def test_tolerances_are_explicit():
 def test_int8_format_options_and_a_separate_onnx_dir(art: Artifacts, tmp_path: Path):
     side = tmp_path / "tune" / "onnx"
     assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--variants", "int8",
-                 "--int8-format", "qoperator", "--int8-activations", "int8", "--onnx-dir", str(side)]) == 0
+                 "--int8-format", "qoperator", "--int8-activations", "int8", "--int8-calibration", "percentile",
+                 "--onnx-dir", str(side)]) == 0
     proto = onnx.load(side / "model1.int8.onnx")
     assert "QLinearConv" in {node.op_type for node in proto.graph.node}
     props = {p.key: p.value for p in proto.metadata_props}
-    assert props["int8_format"] == "qoperator" and props["int8_activations"] == "int8"
+    assert props["int8_format"] == "qoperator" and props["int8_activations"] == "int8" and props["int8_calibration"] == "percentile"
     assert json.loads((side / "manifest.json").read_text())["models"]["model1"]["data"]["images"] == 2000
     assert _onnx_files(art) == []  # the default folder is untouched
 

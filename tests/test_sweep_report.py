@@ -123,3 +123,22 @@ def test_report_numbers_stand_only_beside_comparable_rows():
 def test_report_without_trained_models_says_what_to_run(tmp_path: Path, capsys):
     assert main(["report", "--artifacts", str(tmp_path / "none")]) == 2
     assert "no trained models to report; run: fmnist-train all" in capsys.readouterr().err
+
+
+def test_latency_section_shows_the_newest_result_of_each_case(tmp_path: Path):
+    from trainer.report_md import latency_section
+
+    art = Artifacts(tmp_path / "art")
+    art.ensure(art.reports_dir)
+    machine = {"cpu": "Test CPU", "cores": 2, "gpu": None}
+
+    def record(model: str, median_s: float) -> dict:
+        return {"model": model, "variant": "fp32", "provider": "cpu", "operation": "predict", "batch_size": 128,
+                "providers_used": ["CPUExecutionProvider"], "median_s": median_s, "throughput_ips": 6000 / median_s}
+
+    for name, records in (("bench-20260101-000000.json", [record("model1", 1.0), record("model4", 2.0)]),
+                          ("bench-20260102-000000.json", [record("model4", 3.0)])):
+        (art.reports_dir / name).write_text(json.dumps({"machine": machine, "records": records}))
+    section = latency_section(art, {})
+    assert "`bench-20260101-000000.json`, `bench-20260102-000000.json`" in section
+    assert "| 1000.00 |" in section and "| 3000.00 |" in section and "| 2000.00 |" not in section

@@ -1,0 +1,83 @@
+"""Graph rewrites that make the report's BatchNormalization layers quantize well.
+
+The report's CNNs put BatchNormalization after the ReLU (Conv -> ReLU -> BN), so no converter can
+fold it into the convolution: tf2onnx leaves it as ``Mul(x, scale) -> Add(., offset)`` with one
+scale and offset per channel. onnxruntime's static quantization then quantizes the per-channel scale
+as one per-tensor int8 constant (precision lost on channels with small scales) and runs the pair as
+QLinearMul + QLinearAdd, which on Model 4 took 41% of the int8 run time.
+
+- On feature maps (NCHW, constants shaped [1, C, 1, 1]) the pair is exactly a depthwise 1x1
+  convolution with weight ``scale`` and bias ``offset``: it quantizes per channel and runs as one
+  QLinearConv.
+- On dense features (constants shaped [K]) the pair stays in float: :func:`float_affine_nodes`
+  names those nodes so the quantizer leaves them out.
+
+Measured on Model 4 (README, performance section): int8 predict 1.23 s -> 0.65 s, and the int8
+accuracy change against fp32 from -0.55 to +0.08 points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def _affine_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray, np.ndarray]]:
+    """Every ``Mul(x, const) -> Add(., const)`` whose Mul output feeds only that Add, with both constants."""
+    constants = {init.name: init for init in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    pairs = []
+    for mul in model.graph.node:
+        if mul.op_type != "Mul" or not mul.name or len(mul.input) != 2 or mul.input[1] not in constants:
+            continue
+        users = consumers.get(mul.output[0], [])
+        if (len(users) != 1 or users[0].op_type != "Add" or not users[0].name
+                or users[0].input[0] != mul.output[0] or users[0].input[1] not in constants):
+            continue
+        scale, offset = (numpy_helper.to_array(constants[name]) for name in (mul.input[1], users[0].input[1]))
+        if scale.shape == offset.shape:
+            pairs.append((mul, users[0], scale, offset))
+    return pairs
+
+
+def _is_channel_affine(scale: np.ndarray) -> bool:
+    return scale.ndim == 4 and scale.shape[0] == 1 and scale.shape[2:] == (1, 1) and scale.dtype == np.float32
+
+
+def channel_affine_to_depthwise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` with every per-channel Mul+Add on NCHW feature maps as a depthwise 1x1 Conv; and how many."""
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    replace: dict[str, onnx.NodeProto] = {}  # Mul's name -> the Conv that takes its place
+    drop: set[str] = set()  # the Adds folded into those Convs
+    for i, (mul, add, scale, offset) in enumerate(_affine_pairs(rewritten)):
+        if not _is_channel_affine(scale):
+            continue
+        channels = scale.shape[1]
+        weight = numpy_helper.from_array(scale.reshape(channels, 1, 1, 1), f"affine_depthwise_{i}_weight")
+        bias = numpy_helper.from_array(offset.reshape(channels), f"affine_depthwise_{i}_bias")
+        rewritten.graph.initializer.extend([weight, bias])
+        replace[mul.name] = helper.make_node("Conv", [mul.input[0], weight.name, bias.name], [add.output[0]],
+                                             name=f"affine_depthwise_{i}", group=channels, kernel_shape=[1, 1])
+        drop.add(add.name)
+    nodes = [replace.get(node.name, node) for node in rewritten.graph.node if node.name not in drop]
+    del rewritten.graph.node[:]
+    rewritten.graph.node.extend(nodes)
+    _drop_unused_initializers(rewritten)
+    return rewritten, len(replace)
+
+
+def float_affine_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the per-feature Mul+Add pairs on dense features ([K] constants): left in float by the quantizer."""
+    return [node.name for mul, add, scale, _ in _affine_pairs(model) if scale.ndim == 1 for node in (mul, add)]
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
