@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from datetime import datetime, timezone
 
 from bench import compare as compare_mod
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-reference", action="store_true", help="skip the Keras and TF Lite rows (no TensorFlow needed)")
     r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     r.add_argument("--data", help="where the training data is now, if it moved")
+    r.add_argument("--report-dir", help="where bench-<timestamp>.json/.md go (default: the artifacts' reports/, "
+                                        "which fmnist-train report reads; use another for tuning runs)")
     r.add_argument("--quiet", action="store_true")
 
     c = sub.add_parser("compare", help="compare two reports (ours or pytest-benchmark's JSON)")
@@ -82,9 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         references=not args.no_reference,
     )
     report = run(artifacts, cases, settings, args.data, log=None if args.quiet else sys.stdout)
-    artifacts.ensure(artifacts.reports_dir)
+    report_dir = Path(args.report_dir) if args.report_dir else artifacts.reports_dir
+    artifacts.ensure(report_dir)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    json_path = artifacts.reports_dir / f"bench-{stamp}.json"
+    json_path = report_dir / f"bench-{stamp}.json"
     write_text_atomic(json_path, report.to_json())
     write_text_atomic(json_path.with_suffix(".md"), markdown(report))
     print(f"wrote {json_path} and {json_path.with_suffix('.md').name}")

@@ -96,6 +96,16 @@ def test_pytest_benchmark_suite_on_tiny_models(exported: Artifacts, tmp_path: Pa
     assert {r.id for r in joined} >= {"model1-int8-cpu-predict-b128", "model1-fp32-cpu-single-stream-b1"}
 
 
+def test_a_tuning_run_writes_its_report_elsewhere(exported: Artifacts, tmp_path: Path):
+    before = sorted(exported.reports_dir.glob("bench-*"))
+    tune = tmp_path / "tune-threads1"
+    assert main(["run", "--artifacts", str(exported.root), "--no-reference", "--providers", "cpu", "--variants", "fp32",
+                 "--operations", "predict", "--batch-sizes", "128", "--threads", "1", "--report-dir", str(tune), *FAST_RUN]) == 0
+    (written,) = tune.glob("bench-*.json")
+    assert load(written).settings["session"]["intra_op_threads"] == 1 and written.with_suffix(".md").exists()
+    assert sorted(exported.reports_dir.glob("bench-*")) == before  # what fmnist-train report reads is untouched
+
+
 def _report(median_s: float) -> dict:
     record = BenchRecord("model4", "int8", "cpu", "predict", 128, ["CPUExecutionProvider"], 6000, 3, median_s, median_s, median_s)
     return json.loads(BenchReport({"cpu": "test"}, {}, "2026-11-24T00:00:00+00:00", [record]).to_json())
