@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 
 from bench import compare as compare_mod
 from bench.cases import PROVIDERS, VARIANTS, NothingToBench, discover
@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "which fmnist-train report reads; use another for tuning runs)")
     r.add_argument("--quiet", action="store_true")
 
+    s = sub.add_parser("summary", help="one row per model and runtime from one or more of our reports (newest result per case)")
+    s.add_argument("reports", nargs="+", metavar="REPORT")
+    s.add_argument("--batch-size", type=int, default=128, help="the predict batch size to show (default 128)")
+
     c = sub.add_parser("compare", help="compare two reports (ours or pytest-benchmark's JSON)")
     c.add_argument("old")
     c.add_argument("new")
@@ -95,6 +99,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from bench.summary import markdown_summary  # noqa: PLC0415 - pandas only for this command
+
+    print(markdown_summary([Path(p) for p in args.reports], args.batch_size), end="")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     threshold = compare_mod.parse_threshold(args.fail_on_regression) if args.fail_on_regression else None
     rows = compare_mod.compare(compare_mod.load_medians(args.old), compare_mod.load_medians(args.new))
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
-        return cmd_run(args) if args.command == "run" else cmd_compare(args)
+        return {"run": cmd_run, "summary": cmd_summary, "compare": cmd_compare}[args.command](args)
     except (NothingToBench, SchemaError, DataError, ArtifactsError, ValueError) as exc:
         print(f"fmnist-bench: error: {exc}", file=sys.stderr)
         return 2

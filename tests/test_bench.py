@@ -181,3 +181,24 @@ def test_bench_runs_without_tensorflow(exported: Artifacts, tmp_path: Path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
     assert np.isfinite(load(max((art / "reports").glob("bench-*.json"))).records[0].median_s)
+
+
+def test_summary_has_one_row_per_runtime_with_the_newest_result(tmp_path: Path, capsys):
+    def rec(provider: str, variant: str, median_s: float, accuracy: float) -> BenchRecord:
+        return BenchRecord("model4", variant, provider, "predict", 128, ["x"], 6000, 3, median_s, median_s, median_s,
+                           throughput_ips=6000 / median_s, quality={"accuracy": accuracy})
+
+    def write(name: str, created_at: str, records: list[BenchRecord]) -> Path:
+        path = tmp_path / name
+        path.write_text(BenchReport({"cpu": "test", "cores": 2}, {}, created_at, records).to_json())
+        return path
+
+    old = write("bench-old.json", "2026-11-24T00:00:00+00:00",
+                [rec("keras", "fp32", 2.0, 0.9277), rec("cpu", "fp32", 1.0, 0.9277), rec("cpu", "int8", 0.9, 0.9222)])
+    new = write("bench-new.json", "2026-11-24T01:00:00+00:00", [rec("cpu", "int8", 0.5, 0.9285)])
+    assert main(["summary", str(new), str(old)]) == 0  # order on the command line does not matter: created_at does
+    lines = {line.split("|")[2].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| model4")}
+    assert list(lines) == ["onnxruntime CPU fp32", "onnxruntime CPU int8", "Keras"]
+    cells = [cell.strip() for cell in lines["onnxruntime CPU int8"].split("|")[3:-1]]
+    assert cells[:3] == ["500.0", "12000", "4.00"]  # the newer 0.5 s; Keras' 2.0 s / 0.5 s
+    assert cells[-2:] == ["0.9285", "+0.08"]

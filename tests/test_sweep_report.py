@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 from pathlib import Path
 
@@ -126,19 +127,19 @@ def test_report_without_trained_models_says_what_to_run(tmp_path: Path, capsys):
 
 
 def test_latency_section_shows_the_newest_result_of_each_case(tmp_path: Path):
+    from bench.report import BenchRecord, BenchReport
     from trainer.report_md import latency_section
 
     art = Artifacts(tmp_path / "art")
     art.ensure(art.reports_dir)
-    machine = {"cpu": "Test CPU", "cores": 2, "gpu": None}
 
-    def record(model: str, median_s: float) -> dict:
-        return {"model": model, "variant": "fp32", "provider": "cpu", "operation": "predict", "batch_size": 128,
-                "providers_used": ["CPUExecutionProvider"], "median_s": median_s, "throughput_ips": 6000 / median_s}
+    def record(model: str, median_s: float) -> BenchRecord:
+        return BenchRecord(model, "fp32", "cpu", "predict", 128, ["CPUExecutionProvider"], 6000, 3, median_s, median_s, median_s)
 
-    for name, records in (("bench-20260101-000000.json", [record("model1", 1.0), record("model4", 2.0)]),
-                          ("bench-20260102-000000.json", [record("model4", 3.0)])):
-        (art.reports_dir / name).write_text(json.dumps({"machine": machine, "records": records}))
+    for name, created, records in (("bench-20260101T000000Z.json", "2026-01-01T00:00:00+00:00", [record("model1", 1.0), record("model4", 2.0)]),
+                                   ("bench-20260102T000000Z.json", "2026-01-02T00:00:00+00:00", [record("model4", 3.0)])):
+        (art.reports_dir / name).write_text(BenchReport({"cpu": "Test CPU", "cores": 2}, {}, created, records).to_json())
     section = latency_section(art, {})
-    assert "`bench-20260101-000000.json`, `bench-20260102-000000.json`" in section
-    assert "| 1000.00 |" in section and "| 3000.00 |" in section and "| 2000.00 |" not in section
+    assert "bench-20260101T000000Z.json, bench-20260102T000000Z.json" in section
+    predict_ms = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in section.splitlines() if re.match(r"\| model\d", line)}
+    assert predict_ms == {"model1": "1000.0", "model4": "3000.0"}

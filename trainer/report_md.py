@@ -10,7 +10,6 @@ which command makes them.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -132,35 +131,15 @@ def latency_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
         machine = metas["model4"].machine
         parts.append(f"The report's %%time wall times (its machine unnamed) beside ours on {machine['cpu']} "
                      f"({machine['cores']} cores), Keras batch 32 as the report:\n\n{frame.to_markdown(index=False, floatfmt='.0f')}\n")
-    reports = sorted(artifacts.reports_dir.glob("bench-*.json"))  # timestamped names: oldest first
+    reports = sorted(artifacts.reports_dir.glob("bench-*.json"))
     if not reports:
         parts.append("_No bench results yet._ Make them with `fmnist-export all && fmnist-bench run`.\n")
         return "\n".join(parts)
-    # A case measured again (say the CNNs in one run, the transfer models in another) shows its newest result.
-    latest: dict[tuple, tuple[str, dict]] = {}
-    machines = {}
-    for path in reports:
-        payload = json.loads(path.read_text())
-        machines[path.name] = payload["machine"]
-        for r in payload["records"]:
-            latest[(r["model"], r["variant"], r["provider"], r["operation"], r["batch_size"])] = (path.name, r)
-    used = sorted({name for name, _ in latest.values()})
-    rows = [_latency_row(r) for _, r in latest.values() if r["operation"] != "evaluate"]
-    machine = machines[used[-1]]
-    parts.append(f"From {', '.join(f'`{name}`' for name in used)} ({machine['cpu']}, {machine['cores']} cores, "
-                 f"GPU: {machine.get('gpu') or 'none'}):\n\n{pd.DataFrame(rows).to_markdown(index=False, floatfmt='.2f')}\n")
+    from bench.summary import markdown_summary  # noqa: PLC0415 - the bench package only when there are bench results
+
+    parts.append("Every exported model on each runtime (`fmnist-bench summary` of the reports below; a case measured "
+                 f"in several keeps its newest result):\n\n{markdown_summary(reports)}")
     return "\n".join(parts)
-
-
-def _latency_row(r: dict) -> dict:
-    if r.get("skipped"):
-        return {"model": r["model"], "variant": r["variant"], "provider": r["provider"], "operation": "skipped: " + r["skipped"][:80]}
-    return {
-        "model": r["model"], "variant": r["variant"], "provider": r["provider"], "ran on": ", ".join(r["providers_used"][:1]),
-        "operation": r["operation"], "batch": r["batch_size"], "median ms": r["median_s"] * 1000,
-        "images/s": r["throughput_ips"], "p99 ms": (r.get("latency_ms") or {}).get("p99"),
-        "accuracy": (r.get("quality") or {}).get("accuracy"), "GFLOP/s": r.get("gflops"),
-    }
 
 
 def build(artifacts: Artifacts, out: Path) -> Path:
