@@ -38,6 +38,7 @@ train: setup
 	$(BIN)/fmnist-train all
 	$(BIN)/fmnist-export all
 	$(BIN)/fmnist-bench run
+	$(BIN)/fmnist-train report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -35,7 +35,7 @@ def latest_records(paths: list[Path]) -> tuple[dict[str, tuple[BenchRecord, dict
 def summary(paths: list[Path], batch_size: int = 128) -> pd.DataFrame:
     records, _ = latest_records(paths)
     by_id = {key: record for key, (record, _) in records.items()}
-    models = list(dict.fromkeys(record.model for record in by_id.values()))
+    models = sorted({record.model for record in by_id.values()})  # model1..model4, resnet50, vgg16: the registry's order
     rows = []
     for model in models:
         def get(provider: str, variant: str, operation: str, batch: int) -> BenchRecord | None:

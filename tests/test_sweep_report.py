@@ -56,6 +56,12 @@ def test_a_row_shared_by_two_sweeps_is_run_once_and_shown_in_both(idx_dir: Path,
     table4 = tables.split("### Table 4")[1].split("###")[0]
     assert table4.count("| adam ") == 2  # lr 0.001 (from Table 2's run) and lr 0.002
 
+    # Table 5's epoch sweep measures the same configuration again, as epoch 1 of a 2-epoch run: it stays in all three tables.
+    assert main(["sweep", "model4", "--grid", "epochs=1,2", *common[2:]]) == 0
+    shared = _rows(artifacts_dir).set_index("key").loc[shared.iloc[0]["key"]]
+    assert shared["measured_as"] == "epoch 1 of a 2-epoch run"
+    assert shared["sweep"] == "optimizer=sgd,adam; lr=0.001,0.002; epochs=1,2"
+
 
 def test_epoch_sweep_is_one_run_evaluated_at_each_epoch(idx_dir: Path, artifacts_dir: Path, capsys):
     assert main(["sweep", "model1", "--grid", "epochs=1,2", "--data", str(idx_dir), *TINY]) == 0

@@ -87,7 +87,13 @@ def read_experiments(path: Path) -> pd.DataFrame:
 
 
 def _append_rows(path: Path, rows: list[dict]) -> None:
+    """Add ``rows``; a row rerun or re-measured (say Table 2's 5-epoch Adam run, again as epoch 5 of
+    Table 5's 7-epoch run) replaces the old one but keeps the sweeps it belonged to."""
     table = read_experiments(path)
+    earlier = dict(zip(table["key"], table["sweep"].astype(str)))
+    for row in rows:
+        names = [*earlier[row["key"]].split("; "), row["sweep"]] if row["key"] in earlier else [row["sweep"]]
+        row["sweep"] = "; ".join(dict.fromkeys(names))
     table = table[~table["key"].isin([r["key"] for r in rows])]
     table = pd.concat([table, pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)], ignore_index=True)
     with atomic_path(path) as tmp:
