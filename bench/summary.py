@@ -73,4 +73,10 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
     header = (f"{machine.get('cpu')} ({machine.get('cores')} cores), GPU: {machine.get('gpu') or 'none'}; "
               f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.0f} GFLOP/s; from {', '.join(Path(n).name for n in names)}")
     formats = ["", "", ".1f", ".0f", ".2f", ".3f", ".3f", ".1f", ".4f", "+.2f"]
-    return header + "\n\n" + frame.to_markdown(index=False, floatfmt=formats, missingval="") + "\n"
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for record, _ in records.values():
+        if record.skipped:
+            skipped.setdefault((record.provider, record.skipped), []).append(f"{record.model} {record.variant}")
+    notes = "".join(f"\nNot timed on {provider} ({', '.join(cases)}): {reason}\n"
+                    for (provider, reason), cases in skipped.items())
+    return header + "\n\n" + frame.to_markdown(index=False, floatfmt=formats, missingval="") + "\n" + notes

@@ -195,9 +195,12 @@ def test_summary_has_one_row_per_runtime_with_the_newest_result(tmp_path: Path, 
 
     old = write("bench-old.json", "2026-11-24T00:00:00+00:00",
                 [rec("keras", "fp32", 2.0, 0.9277), rec("cpu", "fp32", 1.0, 0.9277), rec("cpu", "int8", 0.9, 0.9222)])
-    new = write("bench-new.json", "2026-11-24T01:00:00+00:00", [rec("cpu", "int8", 0.5, 0.9285)])
+    cuda = BenchRecord("model4", "fp32", "cuda", "all", 0, skipped="CUDAExecutionProvider requested but the session runs on CPU only")
+    new = write("bench-new.json", "2026-11-24T01:00:00+00:00", [rec("cpu", "int8", 0.5, 0.9285), cuda])
     assert main(["summary", str(new), str(old)]) == 0  # order on the command line does not matter: created_at does
-    lines = {line.split("|")[2].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| model4")}
+    out = capsys.readouterr().out
+    assert "Not timed on cuda (model4 fp32): CUDAExecutionProvider requested but the session runs on CPU only" in out
+    lines = {line.split("|")[2].strip(): line for line in out.splitlines() if line.startswith("| model4")}
     assert list(lines) == ["onnxruntime CPU fp32", "onnxruntime CPU int8", "Keras"]
     cells = [cell.strip() for cell in lines["onnxruntime CPU int8"].split("|")[3:-1]]
     assert cells[:3] == ["500.0", "12000", "4.00"]  # the newer 0.5 s; Keras' 2.0 s / 0.5 s
