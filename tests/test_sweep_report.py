@@ -149,3 +149,14 @@ def test_latency_section_shows_the_newest_result_of_each_case(tmp_path: Path):
     assert "bench-20260101T000000Z.json, bench-20260102T000000Z.json" in section
     predict_ms = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in section.splitlines() if re.match(r"\| model\d", line)}
     assert predict_ms == {"model1": "1000.0", "model4": "3000.0"}
+
+
+def test_experiments_csv_reads_back_as_written(tmp_path: Path):
+    from trainer.sweep import EXPERIMENT_COLUMNS, read_experiments
+
+    path = tmp_path / "experiments.csv"
+    row = dict.fromkeys(EXPERIMENT_COLUMNS, "") | {"key": "0123456789012345", "base_weights": "n/a", "epochs": 5}
+    pd.DataFrame([row]).to_csv(path, index=False)
+    back = read_experiments(path).iloc[0]
+    assert back["key"] == "0123456789012345"  # an all-digit key stays the key, not a number
+    assert back["base_weights"] == "n/a" and pd.isna(back["limit"])

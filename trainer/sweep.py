@@ -83,7 +83,11 @@ def row_key(config: TrainConfig, data_sha256: str) -> str:
 
 
 def read_experiments(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=EXPERIMENT_COLUMNS)
+    # Keys stay strings (an all-digit hex key must not turn into a number), and "n/a" (no base
+    # weights) stays text: only an empty cell is missing.
+    if not path.exists():
+        return pd.DataFrame(columns=EXPERIMENT_COLUMNS)
+    return pd.read_csv(path, dtype={"key": str, "sweep": str, "base_weights": str}, keep_default_na=False, na_values=[""])
 
 
 def _append_rows(path: Path, rows: list[dict]) -> None:
