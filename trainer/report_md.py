@@ -32,7 +32,8 @@ FLOAT = ".4f"
 
 
 def _md(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, floatfmt=FLOAT)
+    # tabulate's missingval replaces None only: NaN (a number the report does not give) becomes None first.
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=FLOAT, missingval="")
 
 
 def _metadata(artifacts: Artifacts) -> dict[str, RunMetadata]:
@@ -63,24 +64,28 @@ def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
         if rows.empty:
             parts.append(f"### {title}\n\n_Not run yet._ Make it with `{command}`.\n")
             continue
-        report = [REPORT_EXPERIMENTS[param].get(_key(param, row[param]), {}) if _comparable(row, param) else {}
-                  for _, row in rows.iterrows()]
+        comparable = [_comparable(row, param) for _, row in rows.iterrows()]
+        report = [REPORT_EXPERIMENTS[param].get(_key(param, row[param]), {}) if ok else {}
+                  for ok, (_, row) in zip(comparable, rows.iterrows())]
         frame = pd.DataFrame({
             "Epochs": rows["epochs"], "Batch": rows["batch_size"], "Optimizer": rows["optimizer"], "LR": rows["lr"],
             "Train Accuracy": rows["train_accuracy"], "Val Accuracy": rows["val_accuracy"],
             "Train Loss": rows["train_loss"], "Val Loss": rows["val_loss"],
             "Test Accuracy": rows["test_accuracy"],
-            "Report Test Accuracy": [r.get("test_accuracy") for r in report],
+            "Report Test Accuracy": pd.to_numeric(pd.Series([r.get("test_accuracy") for r in report], index=rows.index)),
             "Training Time (min)": rows["training_time_min"],
-            "Report Training Time (min)": [r.get("training_min") for r in report],
+            "Report Training Time (min)": pd.to_numeric(pd.Series([r.get("training_min") for r in report], index=rows.index)),
             "Measured as": rows["measured_as"],
         })
-        frame["Δ Test Accuracy"] = frame["Test Accuracy"] - pd.to_numeric(frame["Report Test Accuracy"])
+        frame.insert(frame.columns.get_loc("Report Test Accuracy") + 1, "Δ Test Accuracy",
+                     frame["Test Accuracy"] - frame["Report Test Accuracy"])
         epochs = sorted(set(rows["epochs"]))
         caption = (f"{title}. Other settings as the report (Adam, batch 128, lr 0.001) unless the row says otherwise; "
                    f"epochs {', '.join(map(str, epochs))} (the report: 50, and 10-70 in Table 5). The report's numbers "
                    "stand only beside rows whose other settings are the report's.")
         parts.append(f"### {title}\n\n{caption}\n\n{_md(frame)}\n")
+        if not all(comparable):
+            parts.append(f"The report's own {title.split(':')[0]}, for reference (its epochs):\n\n{_report_table(param)}\n")
     return "\n".join(parts)
 
 
@@ -91,6 +96,16 @@ def _comparable(row: pd.Series, param: str) -> bool:
     """Whether a row varies only ``param`` from the report's settings (Table 2 used each optimizer's default lr)."""
     fixed = {k: v for k, v in REPORT_FIXED.items() if k != param and not (param == "optimizer" and k == "lr")}
     return all(_key(k, row[k]) == v for k, v in fixed.items())
+
+
+def _report_table(param: str) -> str:
+    names = {"train_accuracy": "Train Accuracy", "val_accuracy": "Val Accuracy", "train_loss": "Train Loss",
+             "val_loss": "Val Loss", "test_accuracy": "Test Accuracy", "training_min": "Training Time (min)"}
+    frame = pd.DataFrame.from_dict(REPORT_EXPERIMENTS[param], orient="index").rename(columns=names)
+    return _md(frame.rename_axis(EXPERIMENT_HEADINGS[param]).reset_index())
+
+
+EXPERIMENT_HEADINGS = {"optimizer": "Optimizer", "batch_size": "Batch", "lr": "LR", "epochs": "Epochs"}
 
 
 def _key(param: str, value):
