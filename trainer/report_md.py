@@ -84,7 +84,7 @@ def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
                    f"epochs {', '.join(map(str, epochs))} (the report: 50, and 10-70 in Table 5). The report's numbers "
                    "stand only beside rows whose other settings are the report's.")
         parts.append(f"### {title}\n\n{caption}\n\n{_md(frame)}\n")
-        if not all(comparable):
+        if not all(report):  # some rows have no study numbers beside them: show the study's table whole
             parts.append(f"The report's own {title.split(':')[0]}, for reference (its epochs):\n\n{_report_table(param)}\n")
     return "\n".join(parts)
 
