@@ -112,6 +112,7 @@ def test_report_renders_every_table_and_notes_what_is_missing(idx_dir: Path, art
     table4, reference = report.split("### Table 4")[1].split("###")[0].split("The report's own Table 4")
     assert "0.001" in table4 and "0.9285" not in table4  # 1-epoch rows: the report's 50-epoch numbers are not set beside them
     assert "0.9285" in reference and "0.8349" in reference  # but its own table stands below, for reference
+    assert "At the study's settings: `fmnist-train sweep model4 --grid lr=0.01,0.02,0.001,0.002`" in table4
     assert "| Model 4" in report and "0.9285" in report.split("## Table 1")[1]
     assert (out / "plots" / "model4.png").exists() and "](plots/model4.png)" in report
     assert "581" in report.split("## Latency")[1]

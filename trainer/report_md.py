@@ -83,6 +83,8 @@ def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
         caption = (f"{title}. Other settings as the report (Adam, batch 128, lr 0.001) unless the row says otherwise; "
                    f"epochs {', '.join(map(str, epochs))} (the report: 50, and 10-70 in Table 5). The report's numbers "
                    "stand only beside rows whose other settings are the report's.")
+        if not all(report):
+            caption += f" At the study's settings: `{command}` (rows already run are skipped)."
         parts.append(f"### {title}\n\n{caption}\n\n{_md(frame)}\n")
         if not all(report):  # some rows have no study numbers beside them: show the study's table whole
             parts.append(f"The report's own {title.split(':')[0]}, for reference (its epochs):\n\n{_report_table(param)}\n")
