@@ -22,18 +22,17 @@ RUNTIMES = (("cpu", "fp32"), ("cpu", "fp16"), ("cpu", "int8"), ("cuda", "fp32"),
 RUNTIME_NAMES = {"cpu": "onnxruntime CPU", "cuda": "onnxruntime CUDA", "keras": "Keras", "tflite": "TF Lite (XNNPACK)"}
 
 
-def latest_records(paths: list[Path]) -> tuple[dict[str, tuple[BenchRecord, dict]], list[str]]:
-    """{case id: (record, machine)} with the newest report winning; and the reports' names, in order."""
+def latest_records(paths: list[Path]) -> dict[str, tuple[BenchRecord, dict]]:
+    """{case id: (record, machine)}, the newest report (by its created_at) winning."""
     records: dict[str, tuple[BenchRecord, dict]] = {}
-    reports = sorted((load(Path(p)) for p in paths), key=lambda r: r.created_at)
-    for report in reports:
+    for report in sorted((load(Path(p)) for p in paths), key=lambda r: r.created_at):
         for record in report.records:
             records[record.id] = (record, report.machine)
-    return records, [str(p) for p in paths]
+    return records
 
 
-def summary(paths: list[Path], batch_size: int = 128) -> pd.DataFrame:
-    records, _ = latest_records(paths)
+def summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: int = 128) -> pd.DataFrame:
+    """The table, from :func:`latest_records`."""
     by_id = {key: record for key, (record, _) in records.items()}
     models = sorted({record.model for record in by_id.values()})  # model1..model4, resnet50, vgg16: the registry's order
     rows = []
@@ -67,11 +66,11 @@ def summary(paths: list[Path], batch_size: int = 128) -> pd.DataFrame:
 
 
 def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
-    records, names = latest_records(paths)
+    records = latest_records(paths)
     machine = next(iter(records.values()))[1] if records else {}
-    frame = summary(paths, batch_size)
+    frame = summary(records, batch_size)
     header = (f"{machine.get('cpu')} ({machine.get('cores')} cores), GPU: {machine.get('gpu') or 'none'}; "
-              f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.0f} GFLOP/s; from {', '.join(Path(n).name for n in names)}")
+              f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.0f} GFLOP/s; from {', '.join(Path(p).name for p in paths)}")
     formats = ["", "", ".1f", ".0f", ".2f", ".3f", ".3f", ".1f", ".4f", "+.2f"]
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():

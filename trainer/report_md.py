@@ -64,9 +64,9 @@ def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
         if rows.empty:
             parts.append(f"### {title}\n\n_Not run yet._ Make it with `{command}`.\n")
             continue
-        comparable = [_comparable(row, param) for _, row in rows.iterrows()]
-        report = [REPORT_EXPERIMENTS[param].get(_key(param, row[param]), {}) if ok else {}
-                  for ok, (_, row) in zip(comparable, rows.iterrows())]
+        report = [REPORT_EXPERIMENTS[param].get(_key(param, row[param]), {}) if _comparable(row, param) else {}
+                  for _, row in rows.iterrows()]
+        shortened = not all(report)  # some rows have no study numbers beside them
         frame = pd.DataFrame({
             "Epochs": rows["epochs"], "Batch": rows["batch_size"], "Optimizer": rows["optimizer"], "LR": rows["lr"],
             "Train Accuracy": rows["train_accuracy"], "Val Accuracy": rows["val_accuracy"],
@@ -83,10 +83,10 @@ def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
         caption = (f"{title}. Other settings as the report (Adam, batch 128, lr 0.001) unless the row says otherwise; "
                    f"epochs {', '.join(map(str, epochs))} (the report: 50, and 10-70 in Table 5). The report's numbers "
                    "stand only beside rows whose other settings are the report's.")
-        if not all(report):
+        if shortened:
             caption += f" At the study's settings: `{command}` (rows already run are skipped)."
         parts.append(f"### {title}\n\n{caption}\n\n{_md(frame)}\n")
-        if not all(report):  # some rows have no study numbers beside them: show the study's table whole
+        if shortened:  # the study's table whole, below ours
             parts.append(f"The report's own {title.split(':')[0]}, for reference (its epochs):\n\n{_report_table(param)}\n")
     return "\n".join(parts)
 
@@ -100,14 +100,14 @@ def _comparable(row: pd.Series, param: str) -> bool:
     return all(_key(k, row[k]) == v for k, v in fixed.items())
 
 
+EXPERIMENT_HEADINGS = {"optimizer": "Optimizer", "batch_size": "Batch", "lr": "LR", "epochs": "Epochs"}
+
+
 def _report_table(param: str) -> str:
     names = {"train_accuracy": "Train Accuracy", "val_accuracy": "Val Accuracy", "train_loss": "Train Loss",
              "val_loss": "Val Loss", "test_accuracy": "Test Accuracy", "training_min": "Training Time (min)"}
     frame = pd.DataFrame.from_dict(REPORT_EXPERIMENTS[param], orient="index").rename(columns=names)
     return _md(frame.rename_axis(EXPERIMENT_HEADINGS[param]).reset_index())
-
-
-EXPERIMENT_HEADINGS = {"optimizer": "Optimizer", "batch_size": "Batch", "lr": "LR", "epochs": "Epochs"}
 
 
 def _key(param: str, value):

@@ -96,22 +96,28 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
     table = read_experiments(path)
     earlier = dict(zip(table["key"], table["sweep"].astype(str)))
     for row in rows:
-        names = [*earlier[row["key"]].split("; "), row["sweep"]] if row["key"] in earlier else [row["sweep"]]
-        row["sweep"] = "; ".join(dict.fromkeys(names))
+        row["sweep"] = _with_sweep(earlier[row["key"]], row["sweep"]) if row["key"] in earlier else row["sweep"]
     table = table[~table["key"].isin([r["key"] for r in rows])]
-    table = pd.concat([table, pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)], ignore_index=True)
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
+    _write_experiments(path, pd.concat([table, pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)], ignore_index=True))
 
 
 def _add_sweep_name(path: Path, keys: list[str], sweep_name: str) -> None:
     """A row shared by two sweeps (Adam, batch 128, lr 0.001 is in Tables 2, 3 and 4) belongs to both."""
     table = read_experiments(path)
     rows = table["key"].isin(keys)
-    names = table.loc[rows, "sweep"].astype(str).str.split("; ")
-    if names.map(lambda n: sweep_name in n).all():
+    merged = table.loc[rows, "sweep"].astype(str).map(lambda names: _with_sweep(names, sweep_name))
+    if (merged == table.loc[rows, "sweep"]).all():
         return
-    table.loc[rows, "sweep"] = names.map(lambda n: "; ".join(n if sweep_name in n else [*n, sweep_name]))
+    table.loc[rows, "sweep"] = merged
+    _write_experiments(path, table)
+
+
+def _with_sweep(names: str, sweep_name: str) -> str:
+    """``"optimizer=sgd,adam"`` + ``"lr=0.001,0.002"`` -> ``"optimizer=sgd,adam; lr=0.001,0.002"`` (once each)."""
+    return "; ".join(dict.fromkeys([*names.split("; "), sweep_name]))
+
+
+def _write_experiments(path: Path, table: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
