@@ -1,21 +1,26 @@
-"""What to benchmark: the exported files (from ``onnx/manifest.json``) and the test split they are judged on.
+"""What to benchmark: the exported files (from ``onnx/manifest.json``), checked to be the very files the
+manifest describes, and the test split they are judged on.
 
 Imports no TensorFlow: an edge machine needs only the ``onnx/`` folder and the data.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from exporter.contract import (VARIANTS, ContractError, Manifest, check_file_identity, read_manifest, sha256_of,
+                               verify_file)
+from exporter.publish import current
 from trainer.artifacts import Artifacts
 from trainer.data import reload_dataset, split_dataset
 
-VARIANTS = ("fp32", "fp16", "int8")
-PROVIDERS = ("cuda", "cpu")
+PROVIDERS = ("cuda", "cpu")  # onnxruntime's execution providers
+REFERENCES = ("keras", "tflite")  # the same model on TensorFlow's runtimes (fp32 only)
+RUNTIMES = (*PROVIDERS, *REFERENCES)
 
 
 class NothingToBench(RuntimeError):
@@ -24,6 +29,9 @@ class NothingToBench(RuntimeError):
 
 @dataclass(frozen=True)
 class Case:
+    """One system to measure: ``path`` is the ONNX file that runs (for a reference, the fp32 graph that
+    counts its work; the reference itself loads the trained ``.keras`` file)."""
+
     model: str
     variant: str
     provider: str
@@ -32,6 +40,10 @@ class Case:
     @property
     def id(self) -> str:
         return f"{self.model}-{self.variant}-{self.provider}"
+
+    @property
+    def is_reference(self) -> bool:
+        return self.provider in REFERENCES
 
 
 @dataclass(frozen=True)
@@ -42,32 +54,70 @@ class HeldOutSplit:
     source: str
 
 
-def read_manifest(artifacts: Artifacts) -> dict:
-    path = artifacts.onnx_dir / "manifest.json"
-    if not path.exists():
-        raise NothingToBench(f"{path}: nothing exported yet; run: fmnist-train all && fmnist-export all"
+def read_exports(artifacts: Artifacts) -> tuple[Path, Manifest]:
+    """The live export generation and its manifest (resolved once, so a run sees one generation)."""
+    onnx_dir = current(artifacts.onnx_dir)
+    manifest = read_manifest(onnx_dir)
+    if manifest is None or not manifest.files:
+        raise NothingToBench(f"{artifacts.onnx_dir}: nothing exported yet; run: fmnist-train all && fmnist-export all"
                              f" (with --artifacts {artifacts.root} if that is not the default)")
-    return json.loads(path.read_text())
+    return onnx_dir, manifest
 
 
 def discover(artifacts: Artifacts, models: list[str] | None = None, variants: list[str] | None = None,
              providers: list[str] | None = None) -> list[Case]:
-    """Every exported (model, variant) on every provider asked for, in manifest order."""
-    manifest = read_manifest(artifacts)
+    """Every exported (model, variant) on every runtime asked for, in manifest order, each file verified
+    against the manifest (sha256) and against its own metadata (model and variant)."""
+    onnx_dir, manifest = read_exports(artifacts)
+    exported = list(dict.fromkeys(f.model for f in manifest.files.values()))
+    unknown = [m for m in models or () if m not in exported]
+    if unknown:
+        raise NothingToBench(f"--models {','.join(unknown)[:200]}: not exported in {artifacts.onnx_dir} "
+                             f"(exported: {', '.join(exported)}); export with: fmnist-export MODEL")
+    unknown = [v for v in variants or () if v not in VARIANTS]
+    if unknown:
+        raise NothingToBench(f"--variants {','.join(unknown)[:200]}: choose from {','.join(VARIANTS)}")
+    providers = providers or list(RUNTIMES)
     cases = []
-    for row in manifest["files"].values():
-        if models and row["model"] not in models or variants and row["variant"] not in variants:
+    for entry in manifest.files.values():
+        if models and entry.model not in models or variants and entry.variant not in variants:
             continue
-        for provider in providers or PROVIDERS:
-            cases.append(Case(row["model"], row["variant"], provider, artifacts.onnx_dir / row["file"]))
+        path = verify_file(onnx_dir, entry)
+        props = _metadata_props(path)
+        check_file_identity(props, entry, path)
+        cases += [Case(entry.model, entry.variant, p, path) for p in PROVIDERS if p in providers]
+        if entry.variant == "fp32" and any(p in REFERENCES for p in providers):
+            _check_keras_source(artifacts, entry.model, props, path)
+            cases += [Case(entry.model, "fp32", p, path) for p in REFERENCES if p in providers]
     if not cases:
-        raise NothingToBench(f"{artifacts.onnx_dir}: no exported file matches models={models} variants={variants}")
+        raise NothingToBench(f"{artifacts.onnx_dir}: no exported file matches models={models} variants={variants} "
+                             f"providers={providers} (references need the fp32 file)")
     return cases
+
+
+def _metadata_props(path: Path) -> dict[str, str]:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a damaged file
+        raise ContractError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _check_keras_source(artifacts: Artifacts, model: str, props: dict[str, str], onnx_path: Path) -> None:
+    """The reference rows must run the very ``.keras`` file the ONNX files were exported from."""
+    keras_file = artifacts.model_file(model)
+    if not keras_file.is_file():
+        raise ContractError(f"{keras_file}: missing; the Keras and TF Lite rows need the trained model "
+                            "(or pass --no-reference)")
+    if sha256_of(keras_file) != props.get("source_keras_sha256"):
+        raise ContractError(f"{keras_file}: not the model {onnx_path.name} was exported from (sha256 differs: "
+                            f"retrained since?); export again: fmnist-export {model}")
 
 
 def load_test_split(artifacts: Artifacts, model: str, data: str | None = None) -> HeldOutSplit:
     """The test split of the data ``model`` was trained on (hash-checked), as the model's input tensor."""
-    record = read_manifest(artifacts)["models"][model]
+    _, manifest = read_exports(artifacts)
+    record = manifest.models[model]
     dataset = reload_dataset(record["data"], record["limit"], data)
     test = split_dataset(dataset).test
     return HeldOutSplit(test.x[..., np.newaxis], test.y, tuple(record["data"]["class_names"]), dataset.source)

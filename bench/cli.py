@@ -1,35 +1,55 @@
-"""``fmnist-bench``: measure exported models, and compare latency reports.
+"""``fmnist-bench``: measure exported models, summarise and compare the results, write REPORT.md.
 
-    fmnist-bench run                                  # every exported model, variant and provider
+    fmnist-bench run                                  # every exported model, variant and runtime
     fmnist-bench run --models model4 --providers cpu --rounds 5
+    fmnist-bench summary artifacts/reports/bench-*.json
     fmnist-bench compare OLD.json NEW.json --fail-on-regression 10%
+    fmnist-bench report                               # REPORT.md from everything in the artifacts folder
+    fmnist-bench doctor                               # can this machine run the CUDA provider?
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import compare as compare_mod
-from bench.cases import PROVIDERS, VARIANTS, NothingToBench, discover
-from bench.report import SchemaError, markdown
-from bench.runner import WHOLE_SPLIT, RunSettings, run
-from bench.scenarios import OPERATIONS, SingleStreamSettings
-from bench.sut import SessionSettings
-from trainer.artifacts import Artifacts, ArtifactsError, write_text_atomic
+from bench import store
+from bench.cases import REFERENCES, RUNTIMES, Case, NothingToBench, discover
+from bench.compare import CompareError, compare, format_table, parse_threshold
+from bench.report import SchemaError
+from bench.runner import run
+from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, OPERATIONS, WHOLE_SPLIT, RunSettings, SessionSettings,
+                            SettingsError, SingleStreamSettings)
+from exporter.contract import VARIANTS, ContractError
+from trainer.artifacts import Artifacts, ArtifactsError
 from trainer.data import DataError
+
+DEFAULT = RunSettings()
 
 
 def _list(choices: tuple[str, ...] | None = None):
     def parse(text: str) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
+        values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
         bad = [v for v in values if choices and v not in choices]
         if bad or not values:
-            raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(choices or ())}")
+            raise argparse.ArgumentTypeError(f"{text[:80]!r}: choose from {','.join(choices or ())}")
         return values
+    return parse
+
+
+def _number(kind: type, low: float, high: float):
+    """An argparse type: a finite number in [low, high], else one line naming the value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} must be between {low:g} and {high:g}")
+        return value
     return parse
 
 
@@ -39,92 +59,130 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
         value = value.strip()
         if value == "all":
             sizes.append(WHOLE_SPLIT)
-        elif value.isdigit() and int(value) > 0:
+        elif value.isdigit() and 0 < int(value) <= 1_000_000:
             sizes.append(int(value))
         else:
-            raise argparse.ArgumentTypeError(f"{text!r}: batch sizes are positive integers or 'all'")
-    return tuple(sizes)
+            raise argparse.ArgumentTypeError(f"{text[:80]!r}: batch sizes are whole numbers from 1 to 1000000, or 'all'")
+    return tuple(dict.fromkeys(sizes))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fmnist-bench", description="Benchmark exported models; compare reports.")
+    parser = argparse.ArgumentParser(prog="fmnist-bench", description="Benchmark exported models; summarise and compare results.")
     sub = parser.add_subparsers(dest="command", required=True)
+    single, session = DEFAULT.single_stream, DEFAULT.session
 
     r = sub.add_parser("run", help="measure accuracy and latency; write reports/bench-<timestamp>.json and .md")
     r.add_argument("--models", type=_list(), help="comma-separated model names (default: every exported one)")
-    r.add_argument("--variants", type=_list(VARIANTS), help="default fp32,fp16,int8")
-    r.add_argument("--providers", type=_list(PROVIDERS), help="default cuda,cpu")
-    r.add_argument("--operations", type=_list(OPERATIONS), default=list(OPERATIONS), help="default predict,evaluate,single-stream")
-    r.add_argument("--batch-sizes", type=_batch_sizes, default=(128, WHOLE_SPLIT), help="default 128,all (all: the whole split as one batch)")
-    r.add_argument("--rounds", type=int, default=3, help="timed rounds per operation, after one warm-up (default 3)")
-    r.add_argument("--min-queries", type=int, default=200, help="single-stream: at least this many queries (default 200)")
-    r.add_argument("--min-duration", type=float, default=2.0, help="single-stream: and at least this many seconds (default 2)")
-    r.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default 0: onnxruntime's choice)")
-    r.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"), default="all")
+    r.add_argument("--variants", type=_list(VARIANTS), help=f"default {','.join(VARIANTS)}")
+    r.add_argument("--providers", type=_list(RUNTIMES), help=f"default {','.join(RUNTIMES)} (keras and tflite: fp32 references)")
+    r.add_argument("--operations", type=_list(OPERATIONS), default=list(DEFAULT.operations), help=f"default {','.join(OPERATIONS)}")
+    r.add_argument("--batch-sizes", type=_batch_sizes, default=DEFAULT.batch_sizes,
+                   help="default 128,all (all: the whole split as one batch)")
+    r.add_argument("--rounds", type=_number(int, 1, 1000), default=DEFAULT.rounds,
+                   help=f"timed rounds per batch operation, after {DEFAULT.warmup_rounds} warm-up (default {DEFAULT.rounds})")
+    r.add_argument("--min-queries", type=_number(int, 1, single.max_queries), default=single.min_queries,
+                   help=f"single-stream: at least this many queries (default {single.min_queries})")
+    r.add_argument("--min-duration", type=_number(float, 0, 3600), default=single.min_duration_s,
+                   help=f"single-stream: and at least this many seconds (default {single.min_duration_s:g})")
+    r.add_argument("--threads", type=_number(int, 0, 1024), default=session.intra_op_threads,
+                   help="onnxruntime intra-op threads (default 0: onnxruntime's choice)")
+    r.add_argument("--graph-optimization", choices=tuple(GRAPH_OPTIMIZATION), default=session.graph_optimization)
+    r.add_argument("--cudnn-algo-search", choices=CUDNN_ALGO_SEARCH, default=session.cudnn_conv_algo_search,
+                   help=f"CUDA: cuDNN's convolution algorithm search (default {session.cudnn_conv_algo_search})")
     r.add_argument("--no-reference", action="store_true", help="skip the Keras and TF Lite rows (no TensorFlow needed)")
     r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     r.add_argument("--data", help="where the training data is now, if it moved")
     r.add_argument("--report-dir", help="where bench-<timestamp>.json/.md go (default: the artifacts' reports/, "
-                                        "which fmnist-train report reads; use another for tuning runs)")
+                                        "which fmnist-bench report reads; use another for tuning runs)")
     r.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("summary", help="one row per model and runtime from one or more of our reports (newest result per case)")
     s.add_argument("reports", nargs="+", metavar="REPORT")
-    s.add_argument("--batch-size", type=int, default=128, help="the predict batch size to show (default 128)")
+    s.add_argument("--batch-size", type=_number(int, 1, 1_000_000), default=128, help="the predict batch size to show (default 128)")
 
-    c = sub.add_parser("compare", help="compare two reports (ours or pytest-benchmark's JSON)")
+    c = sub.add_parser("compare", help="compare two results (ours or a pytest-benchmark save of `pytest bench`)")
     c.add_argument("old")
     c.add_argument("new")
-    c.add_argument("--fail-on-regression", metavar="PCT", help="exit 1 if any case is slower by more than PCT (e.g. 10%%)")
+    c.add_argument("--fail-on-regression", metavar="PCT",
+                   help="exit 1 if a case is slower by more than PCT (e.g. 10%%) and beyond the runs' noise")
+
+    sub.add_parser("report", help="write REPORT.md (Tables 1-5, figures, bench summary); see fmnist-bench report --help",
+                   add_help=False)
+    sub.add_parser("doctor", help="what the CUDA provider needs, what this machine has, and the line that fixes it")
     return parser
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSettings]:
+    """What ``run`` measures and how: shared with the pytest suite (bench/conftest.py parses its options
+    with this parser), so both front doors select and measure alike."""
     artifacts = Artifacts.at(args.artifacts)
-    cases = discover(artifacts, args.models, args.variants, args.providers)
+    providers = args.providers or list(RUNTIMES)
+    if args.no_reference:
+        providers = [p for p in providers if p not in REFERENCES]
     settings = RunSettings(
         batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations),
         single_stream=SingleStreamSettings(min_queries=args.min_queries, min_duration_s=args.min_duration),
-        session=SessionSettings(intra_op_threads=args.threads, graph_optimization=args.graph_optimization),
-        references=not args.no_reference,
+        session=SessionSettings(intra_op_threads=args.threads, graph_optimization=args.graph_optimization,
+                                cudnn_conv_algo_search=args.cudnn_algo_search),
     )
+    return artifacts, discover(artifacts, args.models, args.variants, providers), settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    artifacts, cases, settings = selection(args)
     report = run(artifacts, cases, settings, args.data, log=None if args.quiet else sys.stdout)
     report_dir = Path(args.report_dir) if args.report_dir else artifacts.reports_dir
     artifacts.ensure(report_dir)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    json_path = report_dir / f"bench-{stamp}.json"
-    write_text_atomic(json_path, report.to_json())
-    write_text_atomic(json_path.with_suffix(".md"), markdown(report))
-    print(f"wrote {json_path} and {json_path.with_suffix('.md').name}")
+    path = store.save(report, report_dir)
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from bench.summary import markdown_summary  # noqa: PLC0415 - pandas only for this command
+    from bench.summary import markdown_summary  # noqa: PLC0415 - pandas only for this command, not on the edge device
 
     print(markdown_summary([Path(p) for p in args.reports], args.batch_size), end="")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    threshold = compare_mod.parse_threshold(args.fail_on_regression) if args.fail_on_regression else None
-    rows = compare_mod.compare(compare_mod.load_medians(args.old), compare_mod.load_medians(args.new))
-    print(compare_mod.format_table(rows, threshold if threshold is not None else 0.10))
-    if threshold is not None:
-        slower = compare_mod.regressions(rows, threshold)
-        if slower:
-            print(f"{len(slower)} regression(s) over {threshold:.0%}", file=sys.stderr)
-            return 1
+    threshold = parse_threshold(args.fail_on_regression) if args.fail_on_regression is not None else 0.10
+    comparison = compare(Path(args.old), Path(args.new), threshold)
+    print(format_table(comparison))
+    if args.fail_on_regression is not None and comparison.regressions:
+        print(f"fmnist-bench compare: {len(comparison.regressions)} regression(s) over {threshold:.0%} and beyond noise",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bench.providers import doctor  # noqa: PLC0415 - loads the CUDA libraries: only for this command
+
+    text, code = doctor()
+    print(text)
+    return code
+
+
+COMMANDS = {"run": cmd_run, "summary": cmd_summary, "compare": cmd_compare, "doctor": cmd_doctor}
+ERRORS = (NothingToBench, SchemaError, DataError, ArtifactsError, ContractError, CompareError, SettingsError)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        from bench.report_md import main as report_main  # noqa: PLC0415 - pandas and matplotlib only for this command
+
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "summary": cmd_summary, "compare": cmd_compare}[args.command](args)
-    except (NothingToBench, SchemaError, DataError, ArtifactsError, ValueError) as exc:
+        return COMMANDS[args.command](args)
+    except ERRORS as exc:
         print(f"fmnist-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or an unwritable report folder: one line, not a traceback
+        print(f"fmnist-bench: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -1,78 +1,146 @@
-"""Compare two latency reports: ours (``fmnist-bench run``) or pytest-benchmark's saved JSON, in any mix.
+"""Compare two saved results, ours (``fmnist-bench run``) or a pytest-benchmark save of ``pytest bench``.
 
-Each side becomes {case id: median seconds per call}; the table shows both and new/old, and marks a
-regression where new is slower than old by more than the threshold.
+pytest-benchmark flags a fixed percentage whatever the noise. On a shared machine sub-millisecond
+latencies move by tens of percent between rounds, so a fixed gate is either noise or blind. Here a
+case is a **regression** only when both hold:
+
+- the ratio of medians (new/old) exceeds ``1 + threshold``, and
+- the change is beyond the measured noise: the 95% bootstrap interval of that ratio, from each run's
+  own rounds, lies wholly above 1.
+
+A case that exceeds the threshold inside the noise is reported as such, never silently passed or
+failed. Results without stored rounds (schema 1) can only be judged on the threshold, and say so.
+A comparison that compared nothing is an error, not a pass.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report import BenchReport, SchemaError
+import numpy as np
 
-# pytest-benchmark names: test_latency[model4-int8-cpu-predict-b128]
-_PYTEST_ID = re.compile(r"\[(?P<id>[^\]]+)\]")
+from bench.report import BenchRecord
+from bench.store import Results, differences, load_any
+
+CONFIDENCE = 0.95
+RESAMPLES = 4000
 
 
-def load_medians(path: Path) -> dict[str, float]:
-    try:
-        payload = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SchemaError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"{path}: not JSON ({exc})") from None
-    if isinstance(payload, dict) and "benchmarks" in payload and "machine_info" in payload:
-        medians = {}
-        for bench in payload["benchmarks"]:
-            found = _PYTEST_ID.search(bench["name"])
-            medians[found.group("id") if found else bench["name"]] = float(bench["stats"]["median"])
-        return medians
-    report = BenchReport.from_dict(payload, str(path))
-    return {r.id: r.median_s for r in report.records if not r.skipped}
+class CompareError(ValueError):
+    """The comparison cannot be made (or made nothing); the message says why."""
 
 
 @dataclass
 class Row:
     id: str
-    old_s: float | None
-    new_s: float | None
+    old: BenchRecord | None
+    new: BenchRecord | None
+    ratio: float | None = None  # new median / old median
+    low: float | None = None  # bootstrap interval of the ratio
+    high: float | None = None
+    verdict: str = ""  # regression | slower, within noise | faster | same | only in old | only in new | skipped
 
     @property
-    def ratio(self) -> float | None:
-        return self.new_s / self.old_s if self.old_s and self.new_s is not None else None
+    def old_s(self) -> float | None:
+        return self.old.median_s if self.old else None
 
-
-def compare(old: dict[str, float], new: dict[str, float]) -> list[Row]:
-    return [Row(key, old.get(key), new.get(key)) for key in dict.fromkeys([*old, *new])]
-
-
-def regressions(rows: list[Row], threshold: float) -> list[Row]:
-    """Rows where new is slower than old by more than ``threshold`` (0.10 for 10%)."""
-    return [row for row in rows if row.ratio is not None and row.ratio > 1 + threshold]
+    @property
+    def new_s(self) -> float | None:
+        return self.new.median_s if self.new else None
 
 
 def parse_threshold(text: str) -> float:
-    """'10%' or '0.1' -> 0.1"""
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise ValueError(f"--fail-on-regression {text!r}: expected a percentage like 10%") from None
-    if value < 0:
-        raise ValueError(f"--fail-on-regression {text!r}: must not be negative")
+    """'10%' -> 0.10. The percent sign is required: a bare '10' would otherwise mean 1000%."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text or "")
+    if not match:
+        raise CompareError(f"--fail-on-regression {text[:40]!r}: expected a percentage like 10%")
+    value = float(match.group(1)) / 100
+    if not 0 < value < 10:
+        raise CompareError(f"--fail-on-regression {text[:40]!r}: expected more than 0% and less than 1000%")
     return value
 
 
-def format_table(rows: list[Row], threshold: float | None) -> str:
-    flagged = {id(row) for row in regressions(rows, threshold)} if threshold is not None else set()
+def ratio_interval(old: list[float], new: list[float], confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
+                   seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of median(new) / median(old), resampling each run's rounds."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(old, dtype=float), np.asarray(new, dtype=float)
+    med_a = np.median(a[rng.integers(0, len(a), (resamples, len(a)))], axis=1)
+    med_b = np.median(b[rng.integers(0, len(b), (resamples, len(b)))], axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(med_b / med_a, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def judge(row: Row, threshold: float) -> Row:
+    old, new = row.old, row.new
+    if old is None or new is None:
+        row.verdict = "only in old" if new is None else "only in new"
+        return row
+    if old.skipped or new.skipped:
+        row.verdict = f"skipped in {'old' if old.skipped else 'new'}"
+        return row
+    row.ratio = new.median_s / old.median_s
+    if old.times_s and new.times_s:
+        row.low, row.high = ratio_interval(old.times_s, new.times_s)
+        beyond_noise_up, beyond_noise_down = row.low > 1, row.high < 1
+    else:  # schema 1: no rounds kept, only the threshold can judge
+        beyond_noise_up = beyond_noise_down = True
+    if row.ratio > 1 + threshold:
+        row.verdict = "REGRESSION" if beyond_noise_up else "slower, within noise"
+    elif row.ratio < 1 / (1 + threshold) and beyond_noise_down:
+        row.verdict = "faster"
+    else:
+        row.verdict = "same"
+    return row
+
+
+@dataclass
+class Comparison:
+    old: Results
+    new: Results
+    rows: list[Row]
+    threshold: float
+    notes: list[str]
+
+    @property
+    def regressions(self) -> list[Row]:
+        return [r for r in self.rows if r.verdict == "REGRESSION"]
+
+
+def compare(old_path: Path, new_path: Path, threshold: float = 0.10) -> Comparison:
+    old, new = load_any(old_path), load_any(new_path)
+    by_old = {r.id: r for r in old.records}
+    by_new = {r.id: r for r in new.records}
+    rows = [judge(Row(key, by_old.get(key), by_new.get(key)), threshold) for key in dict.fromkeys([*by_old, *by_new])]
+    if not any(r.ratio is not None for r in rows):
+        timed_old = sum(1 for r in old.records if not r.skipped)
+        timed_new = sum(1 for r in new.records if not r.skipped)
+        raise CompareError(f"{old_path} and {new_path}: no case was timed in both ({timed_old} timed in old, "
+                           f"{timed_new} in new, {len(set(by_old) & set(by_new))} case ids shared): nothing was compared")
+    notes = []
+    machines = differences(old.machine, new.machine)
+    if machines:
+        notes.append("different machines or software: " + "; ".join(machines) + " (ratios compare the machines too)")
+    if not all(r.old.times_s and r.new.times_s for r in rows if r.ratio is not None):
+        notes.append("some results keep no rounds (schema 1): those are judged on the threshold alone, without noise")
+    return Comparison(old, new, rows, threshold, notes)
+
+
+def format_table(comparison: Comparison) -> str:
+    rows = comparison.rows
     width = max([len(row.id) for row in rows] + [4])
-    lines = [f"{'case':<{width}}  {'old ms':>10}  {'new ms':>10}  {'new/old':>8}", "-" * (width + 34)]
+    lines = [f"{'case':<{width}}  {'old ms':>10}  {'new ms':>10}  {'new/old':>8}  {'95% interval':>15}  verdict",
+             "-" * (width + 70)]
     for row in rows:
-        old = f"{row.old_s * 1000:10.2f}" if row.old_s is not None else f"{'-':>10}"
-        new = f"{row.new_s * 1000:10.2f}" if row.new_s is not None else f"{'-':>10}"
+        old = f"{row.old_s * 1000:10.3f}" if row.old_s is not None and not row.old.skipped else f"{'-':>10}"
+        new = f"{row.new_s * 1000:10.3f}" if row.new_s is not None and not row.new.skipped else f"{'-':>10}"
         ratio = f"{row.ratio:8.3f}" if row.ratio is not None else f"{'-':>8}"
-        mark = "  REGRESSION" if id(row) in flagged else ""
-        lines.append(f"{row.id:<{width}}  {old}  {new}  {ratio}{mark}")
+        interval = f"{row.low:6.3f} - {row.high:6.3f}" if row.low is not None else f"{'-':>15}"
+        lines.append(f"{row.id:<{width}}  {old}  {new}  {ratio}  {interval}  {row.verdict}")
+    lines.append(f"regression: new/old over {1 + comparison.threshold:.2f} and its {CONFIDENCE:.0%} bootstrap interval "
+                 "above 1 (beyond the runs' own noise)")
+    lines += [f"note: {note}" for note in comparison.notes]
     return "\n".join(lines)

@@ -1,13 +1,10 @@
-"""pytest-benchmark suite options and parametrisation: ``pytest bench --benchmark-only``.
+"""The pytest-benchmark suite's options and parametrisation: ``pytest bench --benchmark-only``.
 
-Selection (options, or the environment variables beside them):
-  --fmnist-artifacts DIR      $FMNIST_ARTIFACTS, else ./artifacts
-  --fmnist-models a,b         $FMNIST_BENCH_MODELS      (default: every exported model)
-  --fmnist-variants ...       $FMNIST_BENCH_VARIANTS    (fp32,fp16,int8)
-  --fmnist-providers ...      $FMNIST_BENCH_PROVIDERS   (cuda,cpu,keras,tflite; keras/tflite are fp32 references)
-  --fmnist-operations ...     $FMNIST_BENCH_OPERATIONS  (predict,evaluate,single-stream)
-  --fmnist-batch-sizes ...    $FMNIST_BENCH_BATCH_SIZES (128,all)
-  --fmnist-min-queries N      single-stream queries per case (default 200)
+Each ``--fmnist-NAME VALUE`` (or ``$FMNIST_BENCH_NAME``) is ``fmnist-bench run``'s ``--NAME VALUE``,
+parsed by the very same parser, with the same defaults (bench/settings.py) and the same case
+selection; ``--fmnist-artifacts`` also reads ``$FMNIST_ARTIFACTS``. For example:
+
+    pytest bench --benchmark-only --fmnist-models model4 --fmnist-providers cpu,keras --benchmark-save=baseline
 """
 
 from __future__ import annotations
@@ -17,41 +14,29 @@ from dataclasses import dataclass
 
 import pytest
 
-from bench.cases import Case, NothingToBench, discover, read_manifest
-from bench.scenarios import OPERATIONS
+from bench.cases import Case, NothingToBench, read_exports
+from bench.cli import build_parser, selection
+from bench.measure import plan
+from bench.settings import RunSettings, SettingsError
+from exporter.contract import ContractError
 from trainer.artifacts import Artifacts
 
-REFERENCE_PROVIDERS = ("keras", "tflite")
-OPTIONS = {
-    "artifacts": ("FMNIST_ARTIFACTS", None),
-    "models": ("FMNIST_BENCH_MODELS", None),
-    "variants": ("FMNIST_BENCH_VARIANTS", "fp32,fp16,int8"),
-    "providers": ("FMNIST_BENCH_PROVIDERS", "cuda,cpu,keras,tflite"),
-    "operations": ("FMNIST_BENCH_OPERATIONS", ",".join(OPERATIONS)),
-    "batch-sizes": ("FMNIST_BENCH_BATCH_SIZES", "128,all"),
-    "min-queries": ("FMNIST_BENCH_MIN_QUERIES", "200"),
-}
+OPTIONS = ("artifacts", "models", "variants", "providers", "operations", "batch-sizes", "rounds", "min-queries",
+           "min-duration", "threads", "graph-optimization", "cudnn-algo-search", "data")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("fmnist-bench", "fmnist-edge benchmark selection")
-    for name, (env, default) in OPTIONS.items():
-        group.addoption(f"--fmnist-{name}", default=os.environ.get(env, default), help=f"${env} (default {default})")
-
-
-def option(config: pytest.Config, name: str) -> str | None:
-    return config.getoption(f"--fmnist-{name.replace('_', '-')}")
-
-
-def _split(text: str | None) -> list[str] | None:
-    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+    group = parser.getgroup("fmnist-bench", "fmnist-edge benchmark selection (as fmnist-bench run's options)")
+    for name in OPTIONS:
+        env = "FMNIST_ARTIFACTS" if name == "artifacts" else f"FMNIST_BENCH_{name.upper().replace('-', '_')}"
+        group.addoption(f"--fmnist-{name}", default=os.environ.get(env), help=f"fmnist-bench run --{name} (or ${env})")
 
 
 @dataclass(frozen=True)
 class BenchParam:
     case: Case
     operation: str
-    batch: int  # the test split's size for "the whole split as one batch"
+    batch: int  # resolved: the test split's size for "the whole split as one batch"
 
     @property
     def id(self) -> str:
@@ -59,26 +44,39 @@ class BenchParam:
         return f"{self.case.id}-{self.operation}-b{self.batch}"
 
 
+@dataclass(frozen=True)
+class Selection:
+    artifacts: Artifacts
+    cases: list[Case]
+    settings: RunSettings
+    data: str | None
+
+
+def selected(config: pytest.Config) -> Selection:
+    cached = getattr(config, "_fmnist_selection", None)
+    if cached is None:
+        argv = ["run"]
+        for name in OPTIONS:
+            value = config.getoption(f"--fmnist-{name}")
+            if value is not None:
+                argv += [f"--{name}", str(value)]
+        try:
+            args = build_parser().parse_args(argv)
+            cached = Selection(*selection(args), data=args.data)
+        except SystemExit:
+            raise pytest.UsageError(f"bad --fmnist-* option in: {' '.join(argv[1:])}") from None
+        except (NothingToBench, ContractError, SettingsError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config._fmnist_selection = cached
+    return cached
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bench_param" not in metafunc.fixturenames:
         return
-    config = metafunc.config
-    artifacts = Artifacts.at(option(config, "artifacts"))
-    providers = _split(option(config, "providers"))
-    ort_providers = [p for p in providers if p not in REFERENCE_PROVIDERS]
-    try:
-        exported = discover(artifacts, _split(option(config, "models")), _split(option(config, "variants")), ort_providers or ["cpu"])
-    except NothingToBench as exc:
-        raise pytest.UsageError(str(exc)) from None
-    cases = exported if ort_providers else []
-    for model in dict.fromkeys(c.model for c in exported):
-        fp32 = artifacts.onnx_dir / f"{model}.onnx"
-        cases += [Case(model, "fp32", ref, fp32) for ref in providers if ref in REFERENCE_PROVIDERS]
-    test_images = {model: row["data"]["split"]["test"] for model, row in read_manifest(artifacts)["models"].items()}
-    params = []
-    for case in cases:
-        batches = [test_images[case.model] if b == "all" else int(b) for b in _split(option(config, "batch_sizes"))]
-        for operation in _split(option(config, "operations")):
-            for batch in ([1] if operation == "single-stream" else dict.fromkeys(batches)):
-                params.append(BenchParam(case, operation, batch))
+    chosen = selected(metafunc.config)
+    _, manifest = read_exports(chosen.artifacts)
+    params = [BenchParam(case, operation, batch)
+              for case in chosen.cases
+              for operation, batch in plan(chosen.settings, manifest.models[case.model]["data"]["split"]["test"])]
     metafunc.parametrize("bench_param", params, ids=[p.id for p in params])

@@ -1,12 +1,18 @@
-"""Bench results as plain JSON with a schema version and machine info (as pytest-benchmark's), and a Markdown table."""
+"""Bench results as plain JSON with a schema version (as pytest-benchmark's), and their Markdown table.
+
+Schema 2 keeps every timed round (``times_s``) so a comparison can tell a change from noise, and adds
+the spread (``iqr_s``) and the CUDA provider's placement and device-only figures. Schema 1 reports
+(median, min and max only) are still read.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RECORD_FIELDS = {"model", "variant", "provider", "operation", "batch_size", "median_s"}
 
 
@@ -20,23 +26,32 @@ class BenchRecord:
     operation: str  # predict | evaluate | single-stream
     batch_size: int
     providers_used: list[str] = field(default_factory=list)  # what really ran, from the session
-    images: int = 0
+    images: int = 0  # per timed call: the whole split, or 1 for a single-stream query
     rounds: int = 0
     median_s: float | None = None  # per call: a whole-split pass, or one single-stream query
     min_s: float | None = None
     max_s: float | None = None
+    iqr_s: float | None = None  # interquartile range of the rounds: the run's own noise
+    times_s: list[float] | None = None  # every timed round, in order
     throughput_ips: float | None = None
     latency_ms: dict | None = None  # single-stream: p50, p90, p99, mean, queries
     gflops: float | None = None
     session_create_s: float | None = None
-    model_bytes: int | None = None
+    model_bytes: int | None = None  # the file the runtime loaded: .onnx, .keras or the .tflite buffer
     peak_rss_mb: float | None = None  # the process's peak resident memory while this system under test was measured
     quality: dict | None = None  # accuracy, loss, per_class, confusion_matrix
+    placement: dict | None = None  # CUDA: nodes per provider and the op types left on CPU
+    device_median_s: float | None = None  # CUDA: device-only time per call (IOBinding), without host copies
+    first_run_s: float | None = None  # the first call of this shape (CUDA: cuDNN's algorithm search)
+    provider_options: dict | None = None
     skipped: str | None = None
 
     @property
     def id(self) -> str:
         return f"{self.model}-{self.variant}-{self.provider}-{self.operation}-b{self.batch_size}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -46,62 +61,82 @@ class BenchReport:
     created_at: str
     records: list[BenchRecord] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    commit: dict | None = None  # id, dirty, branch: the code that measured (bench/store.py)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json.dumps(asdict(self), indent=1, allow_nan=False) + "\n"
 
     @classmethod
-    def from_dict(cls, payload: dict, source: str = "report") -> "BenchReport":
+    def from_dict(cls, payload: object, source: str = "report") -> "BenchReport":
         validate(payload, source)
         records = [BenchRecord(**row) for row in payload["records"]]
-        return cls(payload["machine"], payload["settings"], payload["created_at"], records, payload["schema_version"])
+        commit = payload.get("commit")
+        if payload["schema_version"] == 1 and commit is None:  # schema 1 kept a short hash inside machine
+            commit = {"id": payload["machine"].get("git_commit"), "dirty": None, "branch": None}
+        return cls(payload["machine"], payload["settings"], payload["created_at"], records, payload["schema_version"], commit)
 
 
 class SchemaError(ValueError):
     pass
 
 
-def validate(payload: dict, source: str) -> None:
+def validate(payload: object, source: str) -> None:
     """Refuse a report this toolkit cannot read, naming the file and what is wrong."""
     if not isinstance(payload, dict):
         raise SchemaError(f"{source}: not a JSON object")
-    if payload.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"{source}: schema_version {payload.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    for key in ("machine", "settings", "created_at", "records"):
-        if key not in payload:
-            raise SchemaError(f"{source}: missing {key!r}")
+    if payload.get("schema_version") not in READABLE_VERSIONS:
+        raise SchemaError(f"{source}: schema_version {str(payload.get('schema_version'))[:40]!r}, "
+                          f"expected {SCHEMA_VERSION} (or {', '.join(map(str, READABLE_VERSIONS[:-1]))})")
+    for key, kind in (("machine", dict), ("settings", dict), ("created_at", str), ("records", list)):
+        if not isinstance(payload.get(key), kind):
+            raise SchemaError(f"{source}: missing {key!r}" if key not in payload else f"{source}: {key!r} is not a {kind.__name__}")
     known = set(BenchRecord.__dataclass_fields__)
     for i, row in enumerate(payload["records"]):
+        if not isinstance(row, dict):
+            raise SchemaError(f"{source}: record {i} is not an object")
         missing, unknown = RECORD_FIELDS - set(row), set(row) - known
         if missing or unknown:
-            raise SchemaError(f"{source}: record {i} " + (f"lacks {sorted(missing)}" if missing else f"has unknown {sorted(unknown)}"))
-        if not row.get("skipped") and not isinstance(row["median_s"], (int, float)):
-            raise SchemaError(f"{source}: record {i} ({row['model']}) has no median_s and is not skipped")
+            raise SchemaError(f"{source}: record {i} " + (f"lacks {sorted(missing)}" if missing else f"has unknown {sorted(unknown)[:5]}"))
+        if not row.get("skipped"):
+            median, times = row["median_s"], row.get("times_s")
+            if not _positive(median):
+                raise SchemaError(f"{source}: record {i} ({str(row['model'])[:40]}) has no positive median_s and is not skipped")
+            if times is not None and not (isinstance(times, list) and times and all(_positive(t) for t in times)):
+                raise SchemaError(f"{source}: record {i} ({str(row['model'])[:40]}) has times_s that are not positive numbers")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def markdown(report: BenchReport) -> str:
-    machine = report.machine
+    machine, commit = report.machine, report.commit or {}
     lines = [
         f"# Bench {report.created_at}",
         "",
         f"{machine.get('cpu')} ({machine.get('cores')} cores); GPU: {machine.get('gpu') or 'none'}; "
         f"onnxruntime {machine.get('versions', {}).get('onnxruntime-gpu') or machine.get('versions', {}).get('onnxruntime')}; "
-        f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.1f} GFLOP/s; commit {machine.get('git_commit')}",
+        f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.1f} GFLOP/s; commit {commit.get('id') or 'unknown'}"
+        + (" (with uncommitted changes)" if commit.get("dirty") else ""),
         "",
-        "| model | variant | runtime (ran on) | operation | batch | median ms | images/s | p50 / p99 ms | GFLOP/s | accuracy | loss | MB | cold start ms | peak RSS MB |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | variant | runtime (ran on) | operation | batch | median ms | IQR ms | device-only ms | images/s | p50 / p99 ms | GFLOP/s | accuracy | loss | MB | cold start ms | peak RSS MB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report.records:
         if r.skipped:
-            lines.append(f"| {r.model} | {r.variant} | {r.provider} | {r.operation} | {r.batch_size} | skipped: {r.skipped} |||||||||")
+            lines.append(f"| {r.model} | {r.variant} | {r.provider} | {r.operation} | {r.batch_size} | skipped: {r.skipped} |||||||||||")
             continue
         ran = ", ".join(r.providers_used)
+        if r.placement and r.placement.get("label"):
+            ran += f"; {r.placement['label']}"
         latency = f"{r.latency_ms['p50']:.2f} / {r.latency_ms['p99']:.2f}" if r.latency_ms else ""
         quality = r.quality or {}
         lines.append(
             f"| {r.model} | {r.variant} | {r.provider} ({ran}) | {r.operation} | {r.batch_size} | {r.median_s * 1000:.1f} | "
-            f"{_num(r.throughput_ips, '.0f')} | {latency} | {_num(r.gflops, '.1f')} | {_num(quality.get('accuracy'), '.4f')} | "
-            f"{_num(quality.get('loss'), '.4f')} | {_num(r.model_bytes and r.model_bytes / 1e6, '.2f')} | {_num(r.session_create_s and r.session_create_s * 1000, '.0f')} | "
+            f"{_num(r.iqr_s and r.iqr_s * 1000, '.2f')} | {_num(r.device_median_s and r.device_median_s * 1000, '.2f')} | "
+            f"{_num(r.throughput_ips, '.0f')} | {latency} | {_num(r.gflops, '.1f')} | "
+            f"{_num(quality.get('accuracy'), '.4f')} | {_num(quality.get('loss'), '.4f')} | "
+            f"{_num(r.model_bytes and r.model_bytes / 1e6, '.2f')} | {_num(r.session_create_s and r.session_create_s * 1000, '.0f')} | "
             f"{_num(r.peak_rss_mb, '.0f')} |"
         )
     return "\n".join(lines) + "\n"
@@ -110,9 +145,3 @@ def markdown(report: BenchReport) -> str:
 def _num(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
-
-def load(path: Path) -> BenchReport:
-    try:
-        return BenchReport.from_dict(json.loads(path.read_text()), str(path))
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"{path}: not JSON ({exc})") from None

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report import BenchRecord, load
+from bench.report import BenchRecord
+from bench.store import differences, load
 
 RUNTIMES = (("cpu", "fp32"), ("cpu", "fp16"), ("cpu", "int8"), ("cuda", "fp32"), ("cuda", "fp16"), ("cuda", "int8"),
             ("keras", "fp32"), ("tflite", "fp32"))
@@ -54,6 +55,7 @@ def summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: int = 128)
                 "model": model,
                 "runtime": f"{RUNTIME_NAMES[provider]} {variant}" if provider in ("cpu", "cuda") else RUNTIME_NAMES[provider],
                 f"predict ms (b{batch_size})": predict.median_s * 1000 if predict else None,
+                "IQR ms": predict.iqr_s * 1000 if predict and predict.iqr_s is not None else None,
                 "images/s": predict.throughput_ips if predict else None,
                 "x Keras predict": keras.median_s / predict.median_s if predict and keras else None,
                 "single-stream p50 ms": single.latency_ms["p50"] if single and single.latency_ms else None,
@@ -67,11 +69,19 @@ def summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: int = 128)
 
 def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
     records = latest_records(paths)
-    machine = next(iter(records.values()))[1] if records else {}
     frame = summary(records, batch_size)
-    header = (f"{machine.get('cpu')} ({machine.get('cores')} cores), GPU: {machine.get('gpu') or 'none'}; "
-              f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.0f} GFLOP/s; from {', '.join(Path(p).name for p in paths)}")
-    formats = ["", "", ".1f", ".0f", ".2f", ".3f", ".3f", ".1f", ".4f", "+.2f"]
+    machines: list[dict] = []
+    for _, machine in records.values():
+        if all(differences(machine, seen) for seen in machines):
+            machines.append(machine)
+    described = [f"{m.get('cpu')} ({m.get('cores')} cores), GPU: {m.get('gpu') or 'none'}; "
+                 f"large SGEMM {m.get('sgemm_gflops', float('nan')):.0f} GFLOP/s" for m in machines]
+    header = "; ".join(described) + f"; from {', '.join(Path(p).name for p in paths)}"
+    if len(machines) > 1:
+        header = (f"**These reports come from {len(machines)} different machines or software versions, and the rows mix "
+                  f"them:** {' / '.join(described)} ({'; '.join(differences(machines[0], machines[1]))}); "
+                  f"from {', '.join(Path(p).name for p in paths)}")
+    formats = ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".1f", ".4f", "+.2f"]
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():
         if record.skipped:

@@ -1,95 +1,43 @@
 """Systems under test: an onnxruntime session on one provider, and the Keras / TF Lite references.
 
-Everything here but the two reference classes imports only onnxruntime and numpy. The reference
+A SUT answers queries and never times itself (``bench/measure.py`` does, for both front doors).
+Everything here but the two reference classes imports only onnxruntime and numpy; the reference
 classes import TensorFlow when they are built, so an edge machine without it never loads it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+from bench.cases import Case
+from bench.providers import DeviceRun, ProviderUnavailable, device_timer, node_placement, open_session
+from bench.settings import SessionSettings
+from exporter.contract import INPUT_NAME, OUTPUT_NAME, ContractError, check_interface
+from trainer.artifacts import Artifacts
 
-
-class ProviderUnavailable(RuntimeError):
-    """The session did not get the provider it asked for; the message is the loader's reason."""
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    """The onnxruntime knobs the performance section tried; defaults are what measured best here."""
-
-    intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
-    graph_optimization: str = "all"  # disable | basic | extended | all
-
-    def options(self) -> ort.SessionOptions:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.graph_optimization]
-        return options
+__all__ = ["SUT", "OrtSUT", "KerasSUT", "TFLiteSUT", "InterfaceError", "ProviderUnavailable", "make_sut"]
 
 
-@contextlib.contextmanager
-def _captured_fd2() -> Iterator[list[str]]:
-    """Capture what native code writes to file descriptor 2 (onnxruntime's logger writes there)."""
-    lines: list[str] = []
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines.extend(sink.read().decode(errors="replace").splitlines())
-
-
-def _loader_reason(lines: list[str], provider: str) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(lines))
-    found = re.search(r"Failed to load library \S+ with error: ([^\n]+)", text) or re.search(rf"Failed to create {provider}[^\n]*", text)
-    reason = found.group(1) if found and found.groups() else (found.group(0) if found else "no reason logged")
-    return f"{provider} requested but the session runs on CPU only: {reason.strip()}"
-
-
-class InterfaceError(ValueError):
-    """The ONNX file does not take the trainer's images or does not give 5 probabilities."""
-
-
-def _check_interface(session: ort.InferenceSession, path: Path) -> None:
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    expected = f"input {INPUT_NAME!r} float32 [batch, 28, 28, 1] and output {OUTPUT_NAME!r} [batch, 5] (export with fmnist-export)"
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise InterfaceError(f"{path}: {len(inputs)} inputs and {len(outputs)} outputs; expected {expected}")
-    (inp,), (out,) = inputs, outputs
-    if inp.name != INPUT_NAME or list(inp.shape[1:]) != [28, 28, 1] or inp.type != "tensor(float)":
-        raise InterfaceError(f"{path}: input {inp.name!r} is {inp.type} {inp.shape}; expected {expected}")
-    if out.name != OUTPUT_NAME or list(out.shape[1:]) != [5]:
-        raise InterfaceError(f"{path}: output {out.name!r} has shape {out.shape}; expected {expected}")
+class InterfaceError(ContractError):
+    """The ONNX file cannot be loaded, or does not take the trainer's images and give 5 probabilities."""
 
 
 class SUT:
     """A system under test: ``sut(batch)`` answers one query; ``sut.predict(x, batch_size)`` a whole set."""
 
+    name: str
     providers_used: list[str]
     session_create_s: float
+    model_bytes: int  # the size of what this runtime loaded
+    provider_options: dict | None = None
+    placement: dict | None = None  # CUDA: which nodes onnxruntime put on which provider
+    measures_device = False  # whether device_run() gives device-only timing (CUDA)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -103,31 +51,43 @@ class OrtSUT(SUT):
 
     def __init__(self, path: Path, provider: str = "cpu", settings: SessionSettings = SessionSettings()):
         self.path, self.provider = Path(path), provider
-        wanted = PROVIDERS[provider]
-        providers = [wanted] if provider == "cpu" else [wanted, PROVIDERS["cpu"]]
+        self.provider_options = settings.cuda_options() if provider == "cuda" else None
         start = time.perf_counter()
-        with _captured_fd2() as log:
-            try:
-                self.session = ort.InferenceSession(str(path), sess_options=settings.options(), providers=providers)
-            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-                raise InterfaceError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][-300:]})") from None
+        try:
+            self.session = open_session(self.path, settings.options(), provider, self.provider_options)
+        except ProviderUnavailable:
+            raise
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+            raise InterfaceError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][-300:]})") from None
         self.session_create_s = time.perf_counter() - start
-        _check_interface(self.session, self.path)
+        try:
+            check_interface(self.session.get_inputs(), self.session.get_outputs(), self.path)
+        except ContractError as exc:
+            raise InterfaceError(str(exc)) from None
         self.providers_used = self.session.get_providers()
-        if wanted not in self.providers_used:
-            raise ProviderUnavailable(_loader_reason(log, wanted))
+        self.model_bytes = self.path.stat().st_size
         self.name = f"onnxruntime {provider}"
+        if provider == "cuda":
+            # A "CUDA" session may run some nodes on the CPU (int8 QDQ: QLinearConv has no CUDA kernel):
+            # the profile of one run says which, and the report labels the case with it.
+            where = node_placement(self.path, settings.options(), provider, self.provider_options,
+                                   np.zeros((1, *self.session.get_inputs()[0].shape[1:]), np.float32))
+            self.placement = {"nodes_by_provider": where.nodes_by_provider, "cpu_op_types": where.cpu_op_types,
+                              "copies": where.copies, "label": where.label()}
+            self.measures_device = True
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def device_run(self, batch: np.ndarray) -> DeviceRun:
+        """One call on ``batch`` already on the session's device, output left there (IOBinding)."""
+        return device_timer(self.session, INPUT_NAME, OUTPUT_NAME, batch)
 
 
 class KerasSUT(SUT):
     """The trained ``.keras`` model: a whole set through ``model.predict`` (as the report timed it),
     a single query through ``model(x, training=False)`` (Keras' advice for small inputs; ``predict``
     costs tens of milliseconds per call)."""
-
-    provider = "keras"
 
     def __init__(self, path: Path):
         from trainer.models import load_trained  # noqa: PLC0415 - TensorFlow only for reference rows
@@ -136,6 +96,7 @@ class KerasSUT(SUT):
         self.model = load_trained(Path(path))
         self.session_create_s = time.perf_counter() - start
         self.providers_used = ["keras (TensorFlow CPU)"]
+        self.model_bytes = Path(path).stat().st_size
         self.name = "keras"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -147,8 +108,6 @@ class KerasSUT(SUT):
 
 class TFLiteSUT(SUT):
     """TF Lite fp32 of the same ``.keras`` model, on its default CPU delegate (XNNPACK)."""
-
-    provider = "tflite"
 
     def __init__(self, path: Path, threads: int | None = None):
         import tensorflow as tf  # noqa: PLC0415 - TensorFlow only for reference rows
@@ -173,7 +132,7 @@ class TFLiteSUT(SUT):
         self._batch = None
         self.providers_used = ["tflite (default delegate: XNNPACK)"]
         self.name = "tflite"
-        self.model_bytes = len(content)
+        self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self._batch != len(batch):
@@ -183,3 +142,15 @@ class TFLiteSUT(SUT):
         self.interpreter.set_tensor(self._input, batch)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output).copy()
+
+
+REFERENCE_RUNTIMES = {"keras": KerasSUT, "tflite": TFLiteSUT}
+
+
+def make_sut(case: Case, artifacts: Artifacts, settings: SessionSettings = SessionSettings()) -> SUT:
+    """The system under test for a case: an onnxruntime session on its provider, or a TensorFlow
+    reference built from the trained ``.keras`` file. Raises ProviderUnavailable, or ImportError
+    where TensorFlow is missing."""
+    if case.is_reference:
+        return REFERENCE_RUNTIMES[case.provider](artifacts.model_file(case.model))
+    return OrtSUT(case.path, case.provider, settings)

@@ -2,7 +2,7 @@
 # What onnxruntime offers for Model 4 on this CPU, each setting against the defaults, in one sitting
 # (the machine is noisy: compare within a run of this script, not across days).
 #   sh bench/tune.sh [MODEL]      after fmnist-train and fmnist-export; about 10 minutes for model4
-# Reports go to artifacts/tune/, never to artifacts/reports/ (which fmnist-train report reads).
+# Reports go to artifacts/tune/, never to artifacts/reports/ (which fmnist-bench report reads).
 set -eu
 [ -d .venv/bin ] && PATH="$PWD/.venv/bin:$PATH"
 model=${1:-model4}

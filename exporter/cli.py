@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
 
-from exporter.convert import DEFAULT_OPSET
+from exporter.contract import ContractError
+from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from exporter.export import ExportError, ExportOptions, export_model
 from exporter.validate import ParityError, Tolerances
-from exporter.variants import CALIBRATION_METHODS, INT8_ACTIVATIONS, INT8_FORMATS, VARIANTS, Int8Config
+from exporter.contract import VARIANTS
+from exporter.variants import CALIBRATION_METHODS, INT8_ACTIVATIONS, INT8_FORMATS, Int8Config
 from trainer.artifacts import Artifacts, ArtifactsError
 from trainer.data import DataError
+from trainer.locks import LockedError
 from trainer.models import UnknownModelError, get_spec, list_models
 
 
@@ -29,16 +33,29 @@ def _variants(text: str) -> tuple[str, ...]:
     return chosen
 
 
+def _bounded(kind: type, low: float, high: float | None = None):
+    """An argparse type refusing NaN, infinities and values outside [low, high], naming the value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'between %g and %g' % (low, high) if high is not None else 'at least %g' % low}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmnist-export", description="Export trained models to validated ONNX.")
     parser.add_argument("models", nargs="+", metavar="MODEL", help=f"'all' (every trained model) or any of: {', '.join(list_models())}")
     parser.add_argument("--variants", type=_variants, default=VARIANTS, help="comma-separated, default fp32,fp16,int8")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=_bounded(int, MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET})")
     parser.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--data", help="where the training data is now, if it moved (its hash must match)")
-    parser.add_argument("--parity-images", type=int, default=1000, help="test images compared with Keras (default 1000)")
-    parser.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration, in batches of 32 (default 512)")
-    parser.add_argument("--int8-max-drop", type=float, default=1.0, help="test-accuracy points int8 may lose against fp32 (default 1.0)")
+    parser.add_argument("--parity-images", type=_bounded(int, 1), default=1000, help="test images compared with Keras (default 1000)")
+    parser.add_argument("--calibration-images", type=_bounded(int, 1), default=512, help="training images for int8 calibration, in batches of 32 (default 512)")
+    parser.add_argument("--int8-max-drop", type=_bounded(float, 0.0, 100.0), default=1.0, help="test-accuracy points int8 may lose against fp32 (default 1.0)")
     parser.add_argument("--int8-format", choices=sorted(INT8_FORMATS), default="qdq", help="quantized graph format (default qdq)")
     parser.add_argument("--int8-activations", choices=sorted(INT8_ACTIVATIONS), default="uint8", help="activation type (default uint8)")
     parser.add_argument("--int8-calibration", choices=sorted(CALIBRATION_METHODS), default="minmax",
@@ -51,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _models(names: list[str], artifacts: Artifacts) -> list[str]:
+    for name in names:
+        if name != "all":
+            get_spec(name)  # a typo beside 'all' is an error too, never ignored
     if "all" not in names:
-        for name in names:
-            get_spec(name)
         return list(dict.fromkeys(names))
     trained = [name for name in list_models() if artifacts.model_file(name).exists()]
     if not trained:
@@ -85,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             except ParityError as exc:
                 print(f"fmnist-export: error: {exc}; nothing was written for {name}", file=sys.stderr)
                 exit_code = max(exit_code, 1)
-            except (ExportError, DataError, ArtifactsError) as exc:
+            except (ExportError, DataError, ArtifactsError, ContractError, LockedError) as exc:
                 print(f"fmnist-export: error: {exc}", file=sys.stderr)
+                exit_code = 2
+            except OSError as exc:  # a full disk, a folder that went away: one line, nothing published
+                print(f"fmnist-export: error: {name}: {exc.filename or ''} {exc.strerror or exc}; nothing was published", file=sys.stderr)
                 exit_code = 2
     return exit_code
 

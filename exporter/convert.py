@@ -1,7 +1,8 @@
 """Keras -> ONNX (fp32) with the toolkit's fixed interface.
 
-Interface: input ``image`` float32 ``[batch, 28, 28, 1]`` in [0, 1] (the trainer's canonical input;
-the transfer models pad to 32x32x3 inside the graph), output ``probabilities`` float32 ``[batch, 5]``.
+Interface (exporter/contract.py): input ``image`` float32 ``[batch, 28, 28, 1]`` in [0, 1] (the trainer's
+canonical input; the transfer models pad to 32x32x3 inside the graph), output ``probabilities`` float32
+``[batch, 5]``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import onnx  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 
-from trainer.models import INPUT_SHAPE  # noqa: E402
+from exporter.contract import BATCH_DIM, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME  # noqa: E402
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-BATCH_DIM = "batch"
 DEFAULT_OPSET = 17
+# tf2onnx's supported range, and what onnxruntime's quantizer (per-channel QDQ needs 13) accepts.
+MIN_OPSET, MAX_OPSET = 13, 18
 
 
 def keras_to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:

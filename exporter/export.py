@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as pkg_metadata
 from pathlib import Path
@@ -17,17 +16,16 @@ import numpy as np
 import onnx
 import pandas as pd
 
+from exporter.contract import VARIANTS, Manifest, ManifestFile, manifest_path, read_manifest, sha256_of, variant_filename
 from exporter.convert import DEFAULT_OPSET, keras_to_onnx
-from exporter.validate import Parity, Tolerances, check_model, compare, cpu_session, enforce, run_probabilities
-from exporter.variants import VARIANTS, Int8Config, to_fp16, to_int8, variant_filename
-from trainer.artifacts import Artifacts, atomic_path, write_json_atomic, write_text_atomic
+from exporter.publish import generation
+from exporter.validate import Tolerances, check_model, compare, cpu_session, enforce, run_probabilities
+from exporter.variants import Int8Config, to_fp16, to_int8
+from trainer.artifacts import Artifacts, write_json_atomic, write_text_atomic
 from trainer.data import reload_dataset, split_dataset
 from trainer.fit import images
 from trainer.models import get_spec, list_models, load_trained
 from trainer.reports import RunMetadata
-
-MANIFEST_SCHEMA_VERSION = 1
-
 
 class ExportError(RuntimeError):
     """A model cannot be exported; the message names the file and the fix."""
@@ -43,19 +41,6 @@ class ExportOptions:
     data: str | None = None
     int8: Int8Config = Int8Config()
     onnx_dir: Path | None = None  # default: the artifacts' onnx/
-
-
-@dataclass
-class ExportedFile:
-    """One row of the manifest."""
-
-    file: str
-    model: str
-    variant: str
-    opset: int
-    bytes: int
-    sha256: str
-    validation: dict
 
 
 @dataclass
@@ -106,7 +91,7 @@ def _metadata_props(source: SourceModel, variant: str, opset: int) -> dict[str, 
     }
 
 
-def export_model(name: str, artifacts: Artifacts, options: ExportOptions, log: TextIO | None = None) -> list[ExportedFile]:
+def export_model(name: str, artifacts: Artifacts, options: ExportOptions, log: TextIO | None = None) -> list[ManifestFile]:
     log = log or sys.stdout
     source = load_source(name, artifacts)
     dataset = reload_dataset(source.meta.data, source.meta.config.get("limit"), options.data)
@@ -130,29 +115,30 @@ def export_variants(
     artifacts: Artifacts,
     options: ExportOptions,
     log: TextIO | None = None,
-) -> list[ExportedFile]:
+) -> list[ManifestFile]:
     """Convert, check and validate every variant into temporary files; rename them all only if all pass.
 
     ``reference`` are the Keras model's probabilities for ``parity_x``, taken before conversion.
     """
     log = log or sys.stdout
     onnx_dir = options.onnx_dir or artifacts.onnx_dir
-    artifacts.ensure(onnx_dir)
+    artifacts.ensure(onnx_dir.parent)
     fp32 = keras_to_onnx(source.model, options.opset)
     builders = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32),
                 "int8": lambda: to_int8(fp32, calibration_x, options.int8)}
     fp32_accuracy = None
-    exported: list[ExportedFile] = []
-    with contextlib.ExitStack() as staged:
+    exported: list[ManifestFile] = []
+    # Everything is written into a new generation; it replaces the live one in one step, or not at all.
+    with generation(onnx_dir) as stage:
         for variant in ("fp32", *[v for v in options.variants if v != "fp32"]):
             proto = builders[variant]()
             props = _metadata_props(source, variant, options.opset)
             if variant == "int8":
                 props.update(options.int8.metadata())
             onnx.helper.set_model_props(proto, props)
-            target = onnx_dir / variant_filename(source.name, variant)
-            tmp = staged.enter_context(atomic_path(target)) if variant in options.variants else None
-            path = tmp or onnx_dir / f".{source.name}.fp32-reference.onnx"
+            keep = variant in options.variants
+            path = stage / (variant_filename(source.name, variant) if keep else f".{source.name}.fp32-reference.onnx")
+            path.unlink(missing_ok=True)  # a hard link into the live generation: never write through it
             onnx.save(proto, path)
             try:
                 check_model(path)
@@ -160,62 +146,54 @@ def export_variants(
                 parity = compare(reference, run_probabilities(session, parity_x))
                 accuracy = float(np.mean(run_probabilities(session, test_x).argmax(-1) == test_y))
             finally:
-                if tmp is None:
+                if not keep:
                     path.unlink(missing_ok=True)
             fp32_accuracy = accuracy if variant == "fp32" else fp32_accuracy
             parity.accuracy_onnx, parity.accuracy_fp32_onnx = accuracy, fp32_accuracy
             # Rounded: 100 * (0.39 - 0.40) is -1.0000000000000009, which must not fail a 1.0 threshold.
             parity.accuracy_change_points = round(100 * (accuracy - fp32_accuracy), 6)
             enforce(source.name, variant, parity, options.tolerances)
-            if tmp is None:
+            if not keep:
                 continue
             print(f"[{source.name}] {variant:>4}: max|diff| {parity.max_abs_diff:.2e}, argmax agreement {parity.argmax_agreement:.2%}, "
                   f"test accuracy {accuracy:.4f} ({parity.accuracy_change_points:+.2f} pt vs fp32), "
-                  f"{path.stat().st_size / 1e6:.2f} MB -> {target}", file=log, flush=True)
-            exported.append(_entry(target, tmp, source.name, variant, options.opset, parity))
-    _update_manifest(onnx_dir, exported, source)
+                  f"{path.stat().st_size / 1e6:.2f} MB -> {onnx_dir / path.name}", file=log, flush=True)
+            exported.append(ManifestFile(file=path.name, model=source.name, variant=variant, opset=options.opset,
+                                         bytes=path.stat().st_size, sha256=sha256_of(path), validation=parity.to_dict()))
+        _update_manifest(stage, exported, source)
     return exported
 
 
-def _entry(target: Path, written: Path, model: str, variant: str, opset: int, parity: Parity) -> ExportedFile:
-    data = written.read_bytes()
-    return ExportedFile(file=target.name, model=model, variant=variant, opset=opset, bytes=len(data),
-                        sha256=hashlib.sha256(data).hexdigest(), validation=parity.to_dict())
-
-
-def _update_manifest(onnx_dir: Path, exported: list[ExportedFile], source: SourceModel) -> None:
-    """Merge ``exported`` into the manifest; its ``models`` section lets bench find the test data without Keras."""
-    path = onnx_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
-    files: dict[str, dict] = manifest.get("files", {})
-    models: dict[str, dict] = manifest.get("models", {})
+def _update_manifest(stage: Path, exported: list[ManifestFile], source: SourceModel) -> None:
+    """Merge ``exported`` into the stage's manifest; its ``models`` section lets bench find the test data without Keras."""
+    manifest = read_manifest(stage) or Manifest()
     for entry in exported:
-        files[entry.file] = asdict(entry)
-    models[source.name] = {
+        manifest.files[entry.file] = entry
+    manifest.models[source.name] = {
         "data": source.meta.data,
         "limit": source.meta.config.get("limit"),
         "base_weights": source.meta.base_weights,
         "keras_file": str(source.path),
         "keras_test_accuracy": source.meta.test["accuracy"],
     }
-    # Drop rows whose file is gone (deleted by hand, or never renamed into place).
-    files = {name: row for name, row in files.items() if (onnx_dir / name).exists()}
-    models = {name: row for name, row in models.items() if any(f["model"] == name for f in files.values())}
-    write_json_atomic(path, {"schema_version": MANIFEST_SCHEMA_VERSION, "models": models, "files": files})
-    write_text_atomic(onnx_dir / "manifest.md", manifest_table(files, models).to_markdown(index=False, disable_numparse=True) + "\n")
+    # Drop rows whose file is gone (deleted by hand).
+    manifest.files = {name: row for name, row in manifest.files.items() if (stage / name).exists()}
+    manifest.models = {name: row for name, row in manifest.models.items() if manifest.file_for_model(name)}
+    write_json_atomic(manifest_path(stage), manifest.to_dict())
+    write_text_atomic(stage / "manifest.md", manifest_table(manifest).to_markdown(index=False, disable_numparse=True) + "\n")
 
 
-def manifest_table(files: dict[str, dict], models: dict[str, dict]) -> pd.DataFrame:
+def manifest_table(manifest: Manifest) -> pd.DataFrame:
     """The manifest as the README's export table: one row per file, its parity figures and size."""
     rows = []
-    for row in sorted(files.values(), key=lambda r: (list_models().index(r["model"]), VARIANTS.index(r["variant"]))):
-        v = row["validation"]
+    for row in sorted(manifest.files.values(), key=lambda r: (list_models().index(r.model), VARIANTS.index(r.variant))):
+        v = row.validation
         rows.append({
-            "model": row["model"], "variant": row["variant"], "MB": round(row["bytes"] / 1e6, 2),
+            "model": row.model, "variant": row.variant, "MB": round(row.bytes / 1e6, 2),
             f"max abs diff vs Keras ({v['images']} images)": f"{v['max_abs_diff']:.1e}",
             "argmax agreement": f"{v['argmax_agreement']:.2%}",
             "test accuracy": f"{v['accuracy_onnx']:.4f}",
             "vs fp32 (points)": f"{v['accuracy_change_points']:+.2f}",
-            "base weights": models[row["model"]]["base_weights"] if get_spec(row["model"]).transfer else "n/a",
+            "base weights": manifest.models[row.model]["base_weights"] if get_spec(row.model).transfer else "n/a",
         })
     return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from exporter.convert import INPUT_NAME, OUTPUT_NAME
+from exporter.contract import INPUT_NAME, OUTPUT_NAME
 
 PREDICT_BATCH = 256
 
@@ -60,6 +60,10 @@ def run_probabilities(session: ort.InferenceSession, images: np.ndarray) -> np.n
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    """Parity of ``candidate`` with the Keras ``reference``: shapes first, so an ``(N, 1)`` output can never
+    broadcast against ``(N, 5)`` into a false pass, then the values."""
+    if reference.shape != candidate.shape:
+        raise ParityError(f"output shape {candidate.shape} differs from the Keras model's {reference.shape}")
     return Parity(
         images=len(reference),
         max_abs_diff=float(np.max(np.abs(reference - candidate))),

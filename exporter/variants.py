@@ -20,14 +20,9 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 
 from exporter.affine import channel_affine_to_depthwise, float_affine_nodes
-from exporter.convert import INPUT_NAME
+from exporter.contract import INPUT_NAME
 
-VARIANTS = ("fp32", "fp16", "int8")
 CALIBRATION_BATCH = 32
-
-
-def variant_filename(model: str, variant: str) -> str:
-    return f"{model}.onnx" if variant == "fp32" else f"{model}.{variant}.onnx"
 
 
 def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -11,17 +12,19 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bench import compare as compare_mod
 from bench.cli import main
+from bench.compare import compare
+from bench.measure import device_median_s
 from bench.metrics import multiply_adds_per_image
-from bench.report import BenchRecord, BenchReport, SchemaError, load
+from bench.report import BenchRecord, BenchReport, SchemaError
+from bench.store import load, load_any
 from bench.sut import InterfaceError, OrtSUT
 from exporter.cli import main as export_main
 from tests.conftest import write_idx_dir
 from trainer import data
 from trainer.artifacts import Artifacts
 from trainer.fit import TrainConfig
-from trainer.train import train_one
+from trainer.training import train_one
 
 FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--quiet"]
 REPO = Path(__file__).resolve().parents[1]
@@ -47,12 +50,14 @@ def test_run_writes_a_versioned_report_with_honest_providers(exported: Artifacts
     assert main(["run", "--artifacts", str(exported.root), "--no-reference", *FAST_RUN]) == 0
     path = _latest_report(exported)
     report = load(path)
-    assert report.schema_version == 1
-    assert {"cpu", "cores", "versions", "sgemm_gflops", "onnxruntime_providers_available", "git_commit"} <= set(report.machine)
+    assert report.schema_version == 2
+    assert {"cpu", "cores", "versions", "sgemm_gflops", "onnxruntime_providers_available"} <= set(report.machine)
+    assert set(report.commit) == {"id", "dirty", "branch"} and len(report.commit["id"]) == 40
     ran = [r for r in report.records if not r.skipped]
     assert {(r.variant, r.operation, r.batch_size) for r in ran if r.provider == "cpu"} >= {
         ("fp32", "predict", 128), ("int8", "evaluate", 100), ("fp16", "single-stream", 1)}
     for r in ran:
+        assert len(r.times_s) == r.rounds and r.min_s <= r.median_s <= r.max_s and r.iqr_s >= 0
         assert r.median_s > 0 and r.throughput_ips > 0 and r.gflops > 0 and r.session_create_s > 0 and r.peak_rss_mb > 0
         expected = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[r.provider]
         assert r.providers_used[0] == expected  # a row is reported only for the provider that really ran
@@ -69,31 +74,67 @@ def test_run_writes_a_versioned_report_with_honest_providers(exported: Artifacts
     assert "| model1 | int8 | cpu (CPUExecutionProvider) | predict | 128 |" in path.with_suffix(".md").read_text()
 
 
-def test_pytest_benchmark_suite_on_tiny_models(exported: Artifacts, tmp_path: Path):
-    out = tmp_path / "pb.json"
-    result = subprocess.run(
+def _pytest_suite(art: Artifacts, out: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-p", "no:cacheprovider", "-q",
-         f"--fmnist-artifacts={exported.root}", "--fmnist-providers=cuda,cpu,keras", "--fmnist-operations=predict,single-stream",
-         "--fmnist-batch-sizes=128,all", "--fmnist-min-queries=5", "--benchmark-min-rounds=1", "--benchmark-max-time=0.001",
-         "--benchmark-warmup=off", f"--benchmark-json={out}"],
+         f"--fmnist-artifacts={art.root}", *options, f"--benchmark-json={out}"],
         capture_output=True, text=True, cwd=REPO,
     )
+
+
+def test_pytest_benchmark_suite_on_tiny_models(exported: Artifacts, tmp_path: Path):
+    out = tmp_path / "pb.json"
+    result = _pytest_suite(exported, out, "--fmnist-providers=cuda,cpu,keras", "--fmnist-operations=predict,single-stream",
+                           "--fmnist-batch-sizes=128,all", "--fmnist-min-queries=5", "--fmnist-min-duration=0",
+                           "--fmnist-rounds=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     benchmarks = {b["name"]: b for b in json.loads(out.read_text())["benchmarks"]}
     assert {"test_latency[model1-int8-cpu-predict-b128]", "test_latency[model1-fp16-cpu-predict-b100]",
             "test_latency[model1-fp32-cpu-single-stream-b1]", "test_latency[model1-fp32-keras-predict-b128]"} <= set(benchmarks)
     info = benchmarks["test_latency[model1-int8-cpu-predict-b128]"]["extra_info"]
-    assert info["providers_used"][0] == "CPUExecutionProvider" and 0 <= info["accuracy"] <= 1
-    assert len(info["per_class"]) == 5 and info["gflops"] > 0
+    assert info["providers_used"][0] == "CPUExecutionProvider" and 0 <= info["quality"]["accuracy"] <= 1
+    assert len(info["quality"]["per_class"]) == 5 and info["gflops"] > 0 and len(info["times_s"]) == 2
     assert "p99" in benchmarks["test_latency[model1-fp32-cpu-single-stream-b1]"]["extra_info"]["latency_ms"]
     if "test_latency[model1-fp32-cuda-predict-b128]" not in benchmarks:  # no usable CUDA here: skipped, with the reason
         assert "SKIPPED" in result.stdout and "CUDAExecutionProvider requested but the session runs on CPU only" in result.stdout
 
     # pytest-benchmark's JSON and ours compare by the same ids.
     assert main(["run", "--artifacts", str(exported.root), "--no-reference", "--providers", "cpu", *FAST_RUN]) == 0
-    rows = compare_mod.compare(compare_mod.load_medians(_latest_report(exported)), compare_mod.load_medians(out))
-    joined = [r for r in rows if r.ratio is not None]
+    joined = [r for r in compare(_latest_report(exported), out).rows if r.ratio is not None]
     assert {r.id for r in joined} >= {"model1-int8-cpu-predict-b128", "model1-fp32-cpu-single-stream-b1"}
+
+
+# Fields whose values are clock readings (or derived from them): present in both records, equal nowhere else.
+TIMING_FIELDS = {"median_s", "min_s", "max_s", "iqr_s", "times_s", "throughput_ips", "gflops", "latency_ms",
+                 "session_create_s", "peak_rss_mb", "first_run_s"}
+
+
+def test_both_front_doors_give_the_same_record(exported: Artifacts, tmp_path: Path):
+    """One case through ``fmnist-bench run`` and through ``pytest bench``: the same record, field by field."""
+    options = {"providers": "cpu,keras", "variants": "fp32", "operations": "predict,single-stream", "batch-sizes": "128",
+               "rounds": "2", "min-queries": "7", "min-duration": "0"}
+    out = tmp_path / "pb.json"
+    result = _pytest_suite(exported, out, *(f"--fmnist-{k}={v}" for k, v in options.items()))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report_dir = tmp_path / "reports"
+    assert main(["run", "--artifacts", str(exported.root), "--report-dir", str(report_dir), "--quiet",
+                 *(f"--{k}={v}" for k, v in options.items())]) == 0
+    ours = {r.id: r.to_dict() for r in load(max(report_dir.glob("bench-*.json"))).records}
+    theirs = {r.id: r.to_dict() for r in load_any(out).records}
+    assert set(ours) == set(theirs) == {"model1-fp32-cpu-predict-b128", "model1-fp32-cpu-single-stream-b1",
+                                        "model1-fp32-keras-predict-b128", "model1-fp32-keras-single-stream-b1"}
+    for case in ours:
+        a, b = ours[case], theirs[case]
+        assert set(a) == set(b)
+        for name in a:
+            if name in TIMING_FIELDS:
+                assert (a[name] is None) == (b[name] is None), (case, name)
+            else:
+                assert a[name] == b[name], (case, name, a[name], b[name])
+        assert a["rounds"] == (7 if "single-stream" in case else 2) == len(b["times_s"])
+    # The size of what ran: the .keras file for Keras, the .onnx file for onnxruntime.
+    assert ours["model1-fp32-keras-predict-b128"]["model_bytes"] == exported.model_file("model1").stat().st_size
+    assert ours["model1-fp32-cpu-predict-b128"]["model_bytes"] == (exported.onnx_dir / "model1.onnx").stat().st_size
 
 
 def test_a_tuning_run_writes_its_report_elsewhere(exported: Artifacts, tmp_path: Path):
@@ -125,7 +166,7 @@ def test_compare_flags_a_20_percent_regression_and_passes_5(tmp_path: Path, slow
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda p: p.update(schema_version=99), "schema_version 99, expected 1"),
+        (lambda p: p.update(schema_version=99), "schema_version '99', expected 2"),
         (lambda p: p.pop("machine"), "missing 'machine'"),
         (lambda p: p["records"][0].pop("median_s"), r"record 0 lacks \['median_s'\]"),
         (lambda p: p["records"][0].update(speed=1), r"record 0 has unknown \['speed'\]"),
@@ -163,6 +204,16 @@ def test_nothing_exported_says_what_to_run(tmp_path: Path, capsys):
     result = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-p", "no:cacheprovider",
                              f"--fmnist-artifacts={tmp_path / 'empty'}"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and "nothing exported yet; run: fmnist-train all && fmnist-export all" in result.stdout + result.stderr
+
+
+def test_device_only_timing_binds_input_and_output(exported: Artifacts):
+    """The CUDA rows' device-only figure (IOBinding), exercised on the CPU provider here."""
+    sut = OrtSUT(exported.onnx_dir / "model1.onnx")
+    x = np.random.default_rng(0).random((10, 28, 28, 1), dtype=np.float32)
+    run = sut.device_run(x[:4])
+    run()
+    np.testing.assert_allclose(run.output(), sut(x[:4]), rtol=1e-6)
+    assert device_median_s(sut, x, 4, 3) > 0 and sut.placement is None and not sut.measures_device
 
 
 def test_multiply_adds_are_counted_from_the_graph(exported: Artifacts):
@@ -203,5 +254,46 @@ def test_summary_has_one_row_per_runtime_with_the_newest_result(tmp_path: Path, 
     lines = {line.split("|")[2].strip(): line for line in out.splitlines() if line.startswith("| model4")}
     assert list(lines) == ["onnxruntime CPU fp32", "onnxruntime CPU int8", "Keras"]
     cells = [cell.strip() for cell in lines["onnxruntime CPU int8"].split("|")[3:-1]]
-    assert cells[:3] == ["500.0", "12000", "4.00"]  # the newer 0.5 s; Keras' 2.0 s / 0.5 s
+    assert cells[:4] == ["500.0", "", "12000", "4.00"]  # the newer 0.5 s (no rounds kept: no IQR); Keras' 2.0 s / 0.5 s
     assert cells[-2:] == ["0.9285", "+0.08"]
+
+
+def test_the_bench_refuses_a_swapped_or_stale_file(exported: Artifacts, tmp_path: Path, capsys):
+    art = tmp_path / "art"
+    shutil.copytree(exported.root, art)
+    onnx_dir = art / "onnx"
+    run = ["run", "--artifacts", str(art), "--providers", "cpu", "--variants", "fp32", *FAST_RUN]
+    shutil.copyfile(onnx_dir / "model1.int8.onnx", onnx_dir / "model1.onnx")  # another variant's bytes, same name
+    assert main(run) == 2
+    assert f"{onnx_dir / 'model1.onnx'}: not the file manifest.json describes (sha256 differs" in capsys.readouterr().err
+
+    # The manifest edited to match the swapped file: the file's own metadata still says what it is.
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    manifest["files"]["model1.onnx"]["sha256"] = hashlib.sha256((onnx_dir / "model1.onnx").read_bytes()).hexdigest()
+    (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert main(run) == 2
+    assert "the file says it is 'model1' 'int8', the manifest lists it as model1 fp32" in capsys.readouterr().err
+
+    # A .keras file changed since the export: the reference rows would not run the model the ONNX files came from.
+    shutil.copyfile(exported.onnx_dir / "model1.onnx", onnx_dir / "model1.onnx")
+    manifest["files"]["model1.onnx"]["sha256"] = hashlib.sha256((onnx_dir / "model1.onnx").read_bytes()).hexdigest()
+    (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
+    with open(art / "models" / "model1.keras", "ab") as f:
+        f.write(b"\0")
+    assert main([*run, "--providers", "keras"]) == 2
+    assert "model1.keras: not the model model1.onnx was exported from" in capsys.readouterr().err
+    assert main(run) == 0  # the onnxruntime rows alone are still the right files
+
+
+@pytest.mark.parametrize(("option", "value"), [("--rounds", "0"), ("--min-queries", "0"), ("--min-duration", "nan"),
+                                               ("--min-duration", "-1"), ("--threads", "-1"), ("--batch-sizes", "0"),
+                                               ("--providers", "cpu,gpu"), ("--rounds", "1e9")])
+def test_impossible_run_options_are_refused(option: str, value: str, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", f"{option}={value}"])
+    assert exit_info.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+
+
+def test_an_unknown_model_is_named(exported: Artifacts, capsys):
+    assert main(["run", "--artifacts", str(exported.root), "--models", "model1,modle2", *FAST_RUN]) == 2
+    assert "--models modle2: not exported" in capsys.readouterr().err

@@ -9,15 +9,18 @@ import numpy as np
 import onnx
 import pytest
 
+from exporter import cli as export_cli
 from exporter import export as export_mod
+from exporter import publish
 from exporter.cli import main
+from exporter.contract import read_manifest, verify_file
 from exporter.export import ExportOptions, export_variants, load_source
 from exporter.validate import ParityError, Tolerances, cpu_session
 from tests.conftest import write_idx_dir
 from trainer import data
 from trainer.artifacts import Artifacts
 from trainer.fit import TrainConfig, images
-from trainer.train import train_one
+from trainer.training import train_one
 
 LENIENT = ["--quiet", "--parity-images", "200", "--calibration-images", "64", "--int8-max-drop", "10"]
 
@@ -97,7 +100,7 @@ def test_a_model_changed_after_the_reference_fails_parity_and_writes_nothing(art
     assert _onnx_files(art) == []
 
 
-def test_a_crash_while_writing_leaves_no_onnx_behind(art: Artifacts, monkeypatch: pytest.MonkeyPatch):
+def test_a_crash_while_writing_leaves_no_onnx_behind(art: Artifacts, monkeypatch: pytest.MonkeyPatch, capsys):
     real_check = export_mod.check_model
 
     def crash_on_int8(path: Path) -> None:
@@ -106,14 +109,16 @@ def test_a_crash_while_writing_leaves_no_onnx_behind(art: Artifacts, monkeypatch
             raise OSError("disk full")
 
     monkeypatch.setattr(export_mod, "check_model", crash_on_int8)
-    with pytest.raises(OSError, match="disk full"):
-        main(["model1", "--artifacts", str(art.root), *LENIENT])
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT]) == 2  # one line, not a traceback
+    assert "fmnist-export: error: model1:  disk full; nothing was published" in capsys.readouterr().err
     assert _onnx_files(art) == []  # fp32 and fp16 had passed, but nothing is half-exported
 
 
-def test_int8_accuracy_threshold_fails_the_export(art: Artifacts, capsys: pytest.CaptureFixture):
+def test_int8_accuracy_threshold_fails_the_export(art: Artifacts, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    # The option refuses negative drops; an impossible requirement (int8 must gain 50 points) forces the gate.
+    monkeypatch.setattr(export_cli, "Tolerances", lambda **_: Tolerances(int8_max_accuracy_drop_points=-50))
     assert main(["model1", "--artifacts", str(art.root), "--quiet", "--variants", "int8",
-                 "--parity-images", "200", "--calibration-images", "64", "--int8-max-drop", "-50"]) == 1
+                 "--parity-images", "200", "--calibration-images", "64"]) == 1
     err = capsys.readouterr().err
     assert "model1 int8: parity check failed" in err and "points lost" in err and "nothing was written for model1" in err
     assert _onnx_files(art) == []
@@ -189,3 +194,47 @@ def test_one_failing_model_does_not_stop_the_others(art: Artifacts, capsys: pyte
     assert main(["model3", "model1", "--artifacts", str(art.root), *LENIENT]) == 2
     assert "no trained model3" in capsys.readouterr().err
     assert _onnx_files(art) == ["model1.fp16.onnx", "model1.int8.onnx", "model1.onnx"]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--opset", "0"), ("--opset", "99"), ("--parity-images", "0"),
+                                               ("--calibration-images", "0"), ("--int8-max-drop", "nan"),
+                                               ("--int8-max-drop", "-1"), ("--parity-images", "1e9")])
+def test_impossible_option_values_are_refused(option: str, value: str, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["model1", f"{option}={value}"])
+    assert exit_info.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+
+
+def test_a_typo_beside_all_is_an_error(art: Artifacts, capsys: pytest.CaptureFixture):
+    assert main(["all", "modle9", "--artifacts", str(art.root), *LENIENT]) == 2
+    assert "unknown model 'modle9'" in capsys.readouterr().err and _onnx_files(art) == []
+
+
+def _consistent(art: Artifacts) -> dict[str, str]:
+    """The live export as the bench sees it: every file the very one its manifest describes."""
+    live = publish.current(art.onnx_dir)
+    manifest = read_manifest(live)
+    return {name: verify_file(live, entry).read_bytes().hex()[:0] + entry.sha256 for name, entry in manifest.files.items()}
+
+
+@pytest.mark.parametrize("crash_at", ["populating", "writing", "before the swap"])
+def test_an_export_is_published_whole_or_not_at_all(art: Artifacts, crash_at: str, monkeypatch: pytest.MonkeyPatch):
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT]) == 0
+    before = _consistent(art)
+    crash = RuntimeError(f"killed while {crash_at}")
+    if crash_at == "populating":
+        monkeypatch.setattr(publish.os, "link", lambda *a: (_ for _ in ()).throw(crash))
+    elif crash_at == "writing":
+        real_save = export_mod.onnx.save
+        monkeypatch.setattr(export_mod.onnx, "save", lambda proto, path: real_save(proto, path) if "fp16" not in str(path) else (_ for _ in ()).throw(crash))
+    else:
+        monkeypatch.setattr(publish, "_point", lambda *a: (_ for _ in ()).throw(crash))
+    with pytest.raises(RuntimeError, match="killed"):
+        export_mod.export_model("model1", art, ExportOptions(calibration_images=64, parity_images=200,
+                                                             tolerances=export_mod.Tolerances(int8_max_accuracy_drop_points=10)))
+    assert _consistent(art) == before  # the old export, whole
+    monkeypatch.undo()
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--calibration-images", "96"]) == 0
+    after = _consistent(art)
+    assert set(after) == set(before) and after["model1.int8.onnx"] != before["model1.int8.onnx"]
+    assert len(list(publish.store_dir(art.onnx_dir).glob("gen-*"))) == 2  # the live one and the one before

@@ -24,6 +24,9 @@ def test_cnn_parameter_counts_are_the_reports(name: str, total: int, non_trainab
     assert total - trainable == non_trainable
     assert tuple(model.inputs[0].shape) == (None, 28, 28, 1)
     assert tuple(model.outputs[0].shape) == (None, 5)
+    spec = get_spec(name)
+    assert tuple(model.inputs[0].shape) == (None, *spec.input_shape)
+    assert tuple(model.outputs[0].shape) == (None, spec.num_classes)
 
 
 def test_dropout_rates_are_the_reports_code():
@@ -37,6 +40,8 @@ def test_transfer_models_freeze_the_base_and_take_the_canonical_input(name: str,
     built = create_model(name, base_weights="none")
     assert built.base_weights == "none (random init)"
     assert tuple(built.model.inputs[0].shape) == (None, 28, 28, 1)
+    assert tuple(built.model.inputs[0].shape)[1:] == get_spec(name).input_shape
+    assert tuple(built.model.outputs[0].shape)[1:] == (get_spec(name).num_classes,)
     assert tuple(built.base.outputs[0].shape)[1:] == (1, 1, features)
     trainable = sum(int(np.prod(w.shape)) for w in built.model.trainable_weights)
     assert trainable == head_params

@@ -10,11 +10,12 @@ import pytest
 
 from tests.test_train import Crash
 from trainer import data
+from bench.report_md import build, experiment_section
+from bench.report_md import main as report_main
 from trainer.artifacts import Artifacts
-from trainer.fit import TrainConfig
-from trainer.report_md import build, experiment_section
+from trainer.cli import main
+from trainer.config import TrainConfig
 from trainer.sweep import SweepError, parse_grid, run_sweep
-from trainer.train import DEFAULT_LR, main
 
 TINY = ["--limit", "200", "--batch-size", "32", "--quiet"]
 
@@ -81,11 +82,11 @@ def test_a_killed_sweep_resumes(idx_dir: Path, tmp_path: Path):
     base = TrainConfig(model="model1", epochs=3, batch_size=32, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
     grid = parse_grid(["seed=0,1"])
     with pytest.raises(KeyboardInterrupt):
-        run_sweep("model1", grid, base, dataset, splits, art, DEFAULT_LR, quiet=True, extra_callbacks=[Crash(after=1)])
+        run_sweep(grid, base, dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=1)])
     assert not (art.reports_dir / "experiments.csv").exists()
 
     log = io.StringIO()
-    rows = run_sweep("model1", grid, base, dataset, splits, art, DEFAULT_LR, log=log)
+    rows = run_sweep(grid, base, dataset, splits, art, log=log)
     assert [r["seed"] for r in rows] == [0, 1]
     assert "resuming at epoch 3/3" in log.getvalue()
     meta = json.loads((Path(rows[0]["run_dir"]) / "models" / "model1.json").read_text())
@@ -119,7 +120,7 @@ def test_report_renders_every_table_and_notes_what_is_missing(idx_dir: Path, art
 
 
 def test_report_numbers_stand_only_beside_comparable_rows():
-    from trainer.report_md import _comparable
+    from bench.report_md import _comparable
 
     row = pd.Series({"optimizer": "sgd", "batch_size": 128, "lr": 0.01, "epochs": 50})
     assert _comparable(row, "optimizer")  # Table 2: SGD with its own default lr
@@ -130,13 +131,19 @@ def test_report_numbers_stand_only_beside_comparable_rows():
 
 
 def test_report_without_trained_models_says_what_to_run(tmp_path: Path, capsys):
-    assert main(["report", "--artifacts", str(tmp_path / "none")]) == 2
+    assert report_main(["--artifacts", str(tmp_path / "none")]) == 2
     assert "no trained models to report; run: fmnist-train all" in capsys.readouterr().err
+
+
+def test_fmnist_train_report_says_where_the_report_went(capsys):
+    assert main(["report", "--out", "anywhere"]) == 2
+    err = capsys.readouterr().err
+    assert err == "fmnist-train: error: 'report' moved: run 'fmnist-bench report' (it reads the bench results too)\n"
 
 
 def test_latency_section_shows_the_newest_result_of_each_case(tmp_path: Path):
     from bench.report import BenchRecord, BenchReport
-    from trainer.report_md import latency_section
+    from bench.report_md import latency_section
 
     art = Artifacts(tmp_path / "art")
     art.ensure(art.reports_dir)
@@ -154,7 +161,7 @@ def test_latency_section_shows_the_newest_result_of_each_case(tmp_path: Path):
 
 
 def test_experiments_csv_reads_back_as_written(tmp_path: Path):
-    from trainer.sweep import EXPERIMENT_COLUMNS, read_experiments
+    from trainer.experiments import EXPERIMENT_COLUMNS, read_experiments
 
     path = tmp_path / "experiments.csv"
     row = dict.fromkeys(EXPERIMENT_COLUMNS, "") | {"key": "0123456789012345", "base_weights": "n/a", "epochs": 5}

@@ -13,10 +13,12 @@ import pytest
 
 from trainer import data
 from trainer.artifacts import Artifacts
-from trainer.fit import TrainConfig, fit, images
+from trainer.cli import main
+from trainer.config import TrainConfig
+from trainer.fit import fit, images
 from trainer.models import create_model, load_trained
 from trainer.reports import RunMetadata
-from trainer.train import main, train_one
+from trainer.training import train_one
 
 TINY = ["--epochs", "1", "--batch-size", "32", "--quiet"]
 
@@ -95,7 +97,7 @@ def test_a_kill_after_the_last_epoch_keeps_the_trained_weights(idx_dir: Path, tm
     dataset = data.load_dataset(idx_dir)
     splits = data.split_dataset(dataset)
     art = Artifacts(tmp_path / "art")
-    import trainer.train as train_mod
+    import trainer.training as train_mod
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -174,6 +176,24 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path: Path, capsys:
 
 
 def test_console_script_rejects_bad_options_without_a_traceback():
-    result = subprocess.run([sys.executable, "-m", "trainer.train", "model1", "--epochs", "0"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "model1", "--epochs", "0"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "--epochs: '0' must be positive" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_defaults_are_the_reports_protocol_and_each_optimizer_gets_its_own_lr():
+    from trainer.config import DEFAULTS, resolve_config
+
+    assert resolve_config("model4") == TrainConfig("model4", epochs=50, batch_size=128, optimizer="adam", lr=1e-3, seed=0)
+    assert resolve_config("model4", optimizer="sgd").lr == 1e-2  # Keras' default for SGD, as the report used it
+    assert resolve_config("model4", optimizer="sgd", lr=5e-4).lr == 5e-4
+    assert DEFAULTS.lr == 1e-3 and DEFAULTS.optimizers == ("adam", "sgd")
+    with pytest.raises(ValueError, match="--optimizer 'rmsprop': choose from adam, sgd"):
+        resolve_config("model4", optimizer="rmsprop")
+
+
+def test_configuration_and_experiment_store_load_without_tensorflow():
+    code = ("import sys, trainer.config, trainer.experiments; "
+            "loaded = sorted(m for m in ('keras', 'tensorflow') if m in sys.modules); print(loaded); sys.exit(bool(loaded))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -64,6 +64,11 @@ class Artifacts:
         return self.root / "reports"
 
     @property
+    def experiments_file(self) -> Path:
+        """The sweep's rows (trainer/experiments.py reads and writes it)."""
+        return self.reports_dir / "experiments.csv"
+
+    @property
     def onnx_dir(self) -> Path:
         return self.root / "onnx"
 

@@ -22,23 +22,14 @@ import numpy as np
 import pandas as pd
 
 from trainer.artifacts import Artifacts, atomic_path
+from trainer.config import DEFAULTS, TrainConfig
 from trainer.data import NUM_CLASSES, Dataset, Splits
 from trainer.models import BuiltModel
 
 FEATURE_BATCH = 256
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str
-    epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    seed: int
-    base_weights: str = "auto"
-    limit: int | None = None
+if set(OPTIMIZERS) != set(DEFAULTS.optimizers):  # the CLI offers config's names; each must build here
+    raise RuntimeError(f"trainer.fit builds {sorted(OPTIMIZERS)}, trainer.config knows {sorted(DEFAULTS.optimizers)}")
 
 
 @dataclass

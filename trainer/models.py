@@ -2,7 +2,8 @@
 
 Every consumer (trainer, exporter, bench, tests) asks here: ``list_models()``,
 ``get_spec(name)``, ``create_model(name, ...)``. A model is registered once with its builder,
-its input adapter and its default hyper-parameters, in the manner of timm's registry.
+its input adapter, its input shape and its number of classes, in the manner of timm's registry.
+Training defaults are not per model (the report trained all six alike): see trainer/config.py.
 
 Every model built here takes the trainer's canonical input, float32 ``(batch, 28, 28, 1)`` in
 [0, 1]. The transfer models' 32x32x3 input is made inside the model by their input adapter
@@ -16,11 +17,10 @@ import hashlib
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 from keras import layers, regularizers
 
 from trainer.data import IMAGE_SHAPE, NUM_CLASSES
@@ -33,26 +33,20 @@ REPORT_PADDING = ((0, 0), (2, 2), (2, 2), (1, 1))
 
 
 @dataclass(frozen=True)
-class TrainDefaults:
-    """The report's protocol: Adam, lr 1e-3, batch 128, 50 epochs."""
-
-    epochs: int = 50
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"
-
-
-@dataclass(frozen=True)
 class ModelSpec:
+    """One registered model: how to build it and what tensor it takes and gives."""
+
     name: str
     display_name: str
-    builder: Callable[..., keras.Model]
+    builder: Callable[..., "BuiltModel"]
     # Layers that turn the canonical (28, 28, 1) input into what the network was built for.
     input_adapter: Callable[[], list[keras.layers.Layer]]
-    defaults: TrainDefaults = field(default_factory=TrainDefaults)
     conv_layers: int | None = None  # the report's "Layers" column
-    expected_params: int | None = None  # the report's "Total params"
     transfer: bool = False  # frozen ImageNet base + trainable head
+    # What the built model takes (float32 in [0, 1], without the batch axis) and how many classes it
+    # scores: the builders build to them, so a consumer can ask the record instead of a model file.
+    input_shape: tuple[int, int, int] = INPUT_SHAPE
+    num_classes: int = NUM_CLASSES
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -118,15 +112,10 @@ def report_padding_adapter() -> list[keras.layers.Layer]:
     return [ReportPadding(name="report_padding")]
 
 
-def report_padding_numpy(x: np.ndarray) -> np.ndarray:
-    """The report's own padding code, kept to check the adapter against it."""
-    return np.pad(x, REPORT_PADDING, mode="constant", constant_values=0)
-
-
 # --------------------------------------------------------------------------- the four CNNs
 
 def _cnn(spec: ModelSpec, body: list[keras.layers.Layer]) -> keras.Model:
-    model = keras.Sequential([keras.Input(INPUT_SHAPE, name="image"), *spec.input_adapter(), *body], name=spec.name)
+    model = keras.Sequential([keras.Input(spec.input_shape, name="image"), *spec.input_adapter(), *body], name=spec.name)
     return model
 
 
@@ -139,7 +128,7 @@ def build_model1(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Conv2D(128, (3, 3), activation="relu"),
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
-        layers.Dense(NUM_CLASSES, activation="softmax"),
+        layers.Dense(spec.num_classes, activation="softmax"),
     ]))
 
 
@@ -160,7 +149,7 @@ def build_model2(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Dense(128, activation="relu"),
         layers.BatchNormalization(),
         layers.Dropout(0.3),
-        layers.Dense(NUM_CLASSES, activation="softmax"),
+        layers.Dense(spec.num_classes, activation="softmax"),
     ]))
 
 
@@ -186,7 +175,7 @@ def build_model3(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Dense(128, activation="relu"),
         layers.BatchNormalization(),
         layers.Dropout(0.4),
-        layers.Dense(NUM_CLASSES, activation="softmax"),
+        layers.Dense(spec.num_classes, activation="softmax"),
     ]))
 
 
@@ -216,7 +205,7 @@ def build_model4(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Dense(128, activation="relu"),
         layers.BatchNormalization(),
         layers.Dropout(0.5),
-        layers.Dense(NUM_CLASSES, activation="softmax"),
+        layers.Dense(spec.num_classes, activation="softmax"),
     ]))
 
 
@@ -263,7 +252,7 @@ def _transfer(application: Callable[..., keras.Model]) -> Callable[..., BuiltMod
     def build(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         network, used = _load_base(application, base_weights, spec.display_name)
         network.trainable = False
-        image = keras.Input(INPUT_SHAPE, name="image")
+        image = keras.Input(spec.input_shape, name="image")
         x = image
         for adapter in spec.input_adapter():
             x = adapter(x)
@@ -273,7 +262,7 @@ def _transfer(application: Callable[..., keras.Model]) -> Callable[..., BuiltMod
         head = keras.Sequential([
             keras.Input(features.shape[1:], name="features"),
             layers.Flatten(),
-            layers.Dense(NUM_CLASSES, activation="softmax"),
+            layers.Dense(spec.num_classes, activation="softmax"),
         ], name=f"{spec.name}_head")
         model = keras.Model(image, head(base(image)), name=spec.name)
         return BuiltModel(model, used, base=base, head=head)
@@ -281,10 +270,10 @@ def _transfer(application: Callable[..., keras.Model]) -> Callable[..., BuiltMod
     return build
 
 
-register(ModelSpec("model1", "Model 1", build_model1, no_adapter, conv_layers=3, expected_params=240_901))
-register(ModelSpec("model2", "Model 2", build_model2, no_adapter, conv_layers=3, expected_params=242_309))
-register(ModelSpec("model3", "Model 3", build_model3, no_adapter, conv_layers=4, expected_params=1_220_901))
-register(ModelSpec("model4", "Model 4", build_model4, no_adapter, conv_layers=4, expected_params=3_383_589))
+register(ModelSpec("model1", "Model 1", build_model1, no_adapter, conv_layers=3))
+register(ModelSpec("model2", "Model 2", build_model2, no_adapter, conv_layers=3))
+register(ModelSpec("model3", "Model 3", build_model3, no_adapter, conv_layers=4))
+register(ModelSpec("model4", "Model 4", build_model4, no_adapter, conv_layers=4))
 register(ModelSpec("resnet50", "ResNet50", _transfer(keras.applications.ResNet50), report_padding_adapter, transfer=True))
 register(ModelSpec("vgg16", "VGG16", _transfer(keras.applications.VGG16), report_padding_adapter, transfer=True))
 

@@ -4,9 +4,10 @@
     fmnist-train sweep model4 --grid batch_size=16,32,64,128
     fmnist-train sweep model4 --grid epochs=10,30,50,70        # one 70-epoch run, evaluated at 10/30/50/70
 
-Every row goes to ``reports/experiments.csv`` with its full configuration and a key made of the
-configuration and the data's hash; a row whose key is there already is not run again (an interrupted
-sweep resumes; the run in progress resumes from its checkpoint), unless ``--force``.
+Every row goes to the experiment store (trainer/experiments.py, ``reports/experiments.csv``) with its
+full configuration and a key made of the configuration and the data's hash; a row whose key is there
+already is not run again (an interrupted sweep resumes; the run in progress resumes from its
+checkpoint), unless ``force``.
 
 Values of ``epochs`` that differ only in the epoch count share one run to the largest count: the
 weights are kept at each requested epoch and evaluated there, which for test accuracy is the same as
@@ -15,9 +16,7 @@ stopping at that epoch. Such rows say so in ``measured_as``.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import sys
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -27,18 +26,16 @@ from typing import TextIO
 import keras
 import pandas as pd
 
+from trainer import experiments
 from trainer.artifacts import Artifacts, atomic_path
+from trainer.config import DEFAULTS, TrainConfig
 from trainer.data import Dataset, Splits
 from trainer.evaluation import evaluate
-from trainer.fit import TrainConfig, compile_for_training
+from trainer.fit import compile_for_training
 from trainer.models import get_spec, load_trained
+from trainer.training import train_one
 
 GRID_TYPES = {"optimizer": str, "batch_size": int, "lr": float, "epochs": int, "seed": int}
-EXPERIMENT_COLUMNS = [
-    "key", "model", "sweep", "optimizer", "batch_size", "lr", "epochs", "seed", "base_weights", "limit",
-    "train_accuracy", "val_accuracy", "train_loss", "val_loss", "test_accuracy", "test_loss",
-    "training_time_min", "measured_as", "data_sha256", "run_dir", "created_at",
-]
 
 
 class SweepError(ValueError):
@@ -56,8 +53,8 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             parsed = [GRID_TYPES[name](v.strip()) for v in values.split(",") if v.strip()]
         except ValueError:
             raise SweepError(f"--grid {item!r}: {name} takes {GRID_TYPES[name].__name__} values") from None
-        if name == "optimizer" and set(parsed) - {"adam", "sgd"}:
-            raise SweepError(f"--grid {item!r}: optimizers are adam and sgd")
+        if name == "optimizer" and set(parsed) - set(DEFAULTS.optimizers):
+            raise SweepError(f"--grid {item!r}: optimizers are {' and '.join(DEFAULTS.optimizers)}")
         if name in grid:
             raise SweepError(f"--grid {name} given twice")
         grid[name] = list(dict.fromkeys(parsed))
@@ -66,60 +63,26 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
-def expand(base: TrainConfig, grid: dict[str, list], default_lr: dict[str, float], lr_given: bool) -> list[TrainConfig]:
-    """Every combination of the grid applied to ``base``. An optimizer without an explicit lr gets Keras' default for it."""
+def sweep_name(grid: dict[str, list]) -> str:
+    """How the sweep is named in its rows: ``optimizer=sgd,adam``, the grid as the user wrote it."""
+    return " ".join(f"{k}={','.join(map(str, v))}" for k, v in grid.items())
+
+
+def expand(base: TrainConfig, grid: dict[str, list], lr_given: bool = False) -> list[TrainConfig]:
+    """Every combination of the grid applied to ``base``.
+
+    An optimizer without an explicit lr (neither in the grid nor ``lr_given`` by the user) runs at
+    its own default rate from trainer/config.py, as the report's Table 2 did; ``base.lr`` is the
+    default optimizer's rate and would run SGD ten times slower than Keras' default.
+    """
     names = list(grid)
     configs = []
     for values in itertools.product(*(grid[n] for n in names)):
         overrides = dict(zip(names, values))
         if "optimizer" in overrides and "lr" not in overrides and not lr_given:
-            overrides["lr"] = default_lr[overrides["optimizer"]]
+            overrides["lr"] = DEFAULTS.lr_for(overrides["optimizer"])
         configs.append(replace(base, **overrides))
     return configs
-
-
-def row_key(config: TrainConfig, data_sha256: str) -> str:
-    return hashlib.sha256(json.dumps([asdict(config), data_sha256], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_experiments(path: Path) -> pd.DataFrame:
-    # Keys stay strings (an all-digit hex key must not turn into a number), and "n/a" (no base
-    # weights) stays text: only an empty cell is missing.
-    if not path.exists():
-        return pd.DataFrame(columns=EXPERIMENT_COLUMNS)
-    return pd.read_csv(path, dtype={"key": str, "sweep": str, "base_weights": str}, keep_default_na=False, na_values=[""])
-
-
-def _append_rows(path: Path, rows: list[dict]) -> None:
-    """Add ``rows``; a row rerun or re-measured (say Table 2's 5-epoch Adam run, again as epoch 5 of
-    Table 5's 7-epoch run) replaces the old one but keeps the sweeps it belonged to."""
-    table = read_experiments(path)
-    earlier = dict(zip(table["key"], table["sweep"].astype(str)))
-    for row in rows:
-        row["sweep"] = _with_sweep(earlier[row["key"]], row["sweep"]) if row["key"] in earlier else row["sweep"]
-    table = table[~table["key"].isin([r["key"] for r in rows])]
-    _write_experiments(path, pd.concat([table, pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)], ignore_index=True))
-
-
-def _add_sweep_name(path: Path, keys: list[str], sweep_name: str) -> None:
-    """A row shared by two sweeps (Adam, batch 128, lr 0.001 is in Tables 2, 3 and 4) belongs to both."""
-    table = read_experiments(path)
-    rows = table["key"].isin(keys)
-    merged = table.loc[rows, "sweep"].astype(str).map(lambda names: _with_sweep(names, sweep_name))
-    if (merged == table.loc[rows, "sweep"]).all():
-        return
-    table.loc[rows, "sweep"] = merged
-    _write_experiments(path, table)
-
-
-def _with_sweep(names: str, sweep_name: str) -> str:
-    """``"optimizer=sgd,adam"`` + ``"lr=0.001,0.002"`` -> ``"optimizer=sgd,adam; lr=0.001,0.002"`` (once each)."""
-    return "; ".join(dict.fromkeys([*names.split("; "), sweep_name]))
-
-
-def _write_experiments(path: Path, table: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
 
 
 class EpochSnapshots(keras.callbacks.Callback):
@@ -140,28 +103,30 @@ class EpochSnapshots(keras.callbacks.Callback):
 
 
 def run_sweep(
-    model: str,
     grid: dict[str, list],
     base: TrainConfig,
     dataset: Dataset,
     splits: Splits,
     artifacts: Artifacts,
-    default_lr: dict[str, float],
+    *,
     lr_given: bool = False,
     force: bool = False,
     quiet: bool = False,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     log: TextIO | None = None,
 ) -> list[dict]:
-    """Run what is not in ``experiments.csv`` yet; return the rows written by this call."""
-    log = log or sys.stdout
-    from trainer.train import train_one  # noqa: PLC0415 - train imports this module's siblings
+    """Run what is not in the experiment store yet; return the rows written by this call.
 
+    ``base`` is a resolved configuration (trainer.config.resolve_config) of the model to sweep;
+    ``lr_given`` says its lr was the user's, so a swept optimizer keeps it instead of its own default.
+    """
+    log = log or sys.stdout
+    model = base.model
     get_spec(model)
-    sweep_name = " ".join(f"{k}={','.join(map(str, v))}" for k, v in grid.items())
-    experiments = artifacts.reports_dir / "experiments.csv"
-    artifacts.ensure(artifacts.reports_dir)
-    configs = expand(replace(base, model=model), grid, default_lr, lr_given)
+    name = sweep_name(grid)
+    store = artifacts.experiments_file
+    artifacts.ensure(store.parent)
+    configs = expand(base, grid, lr_given)
     # Configurations that differ only in epochs share one run to the largest epoch count.
     groups: dict[TrainConfig, list[int]] = {}
     for config in configs:
@@ -170,13 +135,13 @@ def run_sweep(
     written: list[dict] = []
     for shared, epoch_list in groups.items():
         longest = replace(shared, epochs=max(epoch_list))
-        keys = {e: row_key(replace(shared, epochs=e), dataset.sha256) for e in epoch_list}
-        done = set(read_experiments(experiments)["key"])
+        keys = {e: experiments.row_key(replace(shared, epochs=e), dataset.sha256) for e in epoch_list}
+        done = experiments.done_keys(store)
         if not force and all(k in done for k in keys.values()):
-            _add_sweep_name(experiments, list(keys.values()), sweep_name)
-            print(f"[sweep] {model} {_describe(longest, epoch_list)}: already in {experiments}, skipped (--force reruns)", file=log)
+            experiments.add_sweep_name(store, list(keys.values()), name)
+            print(f"[sweep] {model} {_describe(longest, epoch_list)}: already in {store}, skipped (--force reruns)", file=log)
             continue
-        run_dir = artifacts.root / "experiments" / f"{model}-{row_key(longest, dataset.sha256)}"
+        run_dir = experiments.run_dir(artifacts, longest, dataset.sha256)
         run_artifacts = Artifacts(run_dir)
         snapshots = EpochSnapshots(set(epoch_list), run_dir / "snapshots")
         print(f"[sweep] {model} {_describe(longest, epoch_list)} -> {run_dir}", file=log, flush=True)
@@ -193,14 +158,14 @@ def run_sweep(
             at = history[history["epoch"] == epochs - 1].iloc[0]
             feature_s = meta.training["feature_extraction_s"]
             rows.append({
-                "key": keys[epochs], "model": model, "sweep": sweep_name, **{k: v for k, v in asdict(replace(shared, epochs=epochs)).items() if k != "model"},
+                "key": keys[epochs], "model": model, "sweep": name, **{k: v for k, v in asdict(replace(shared, epochs=epochs)).items() if k != "model"},
                 "base_weights": meta.base_weights, "train_accuracy": at["accuracy"], "val_accuracy": at["val_accuracy"],
                 "train_loss": at["loss"], "val_loss": at["val_loss"], "test_accuracy": test_accuracy, "test_loss": test_loss,
                 "training_time_min": (feature_s + history[history["epoch"] < epochs]["epoch_time_s"].sum()) / 60,
                 "measured_as": measured_as, "data_sha256": dataset.sha256, "run_dir": str(run_dir),
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
-        _append_rows(experiments, rows)
+        experiments.append_rows(store, rows)
         written += rows
     return written
 

@@ -1,26 +1,35 @@
-"""``fmnist-train report``: REPORT.md with the report's Tables 1-5 beside ours, figures, and latency.
+"""``fmnist-bench report``: REPORT.md with the report's Tables 1-5 beside ours, figures, and latency.
 
-    fmnist-train report                         # artifacts/reports/REPORT.md
-    fmnist-train report --out docs/results      # a copy to commit: Markdown and small PNGs, no models
+    fmnist-bench report                         # artifacts/reports/REPORT.md
+    fmnist-bench report --out docs/results      # a copy to commit: Markdown and small PNGs, no models
 
 Sections whose inputs do not exist yet (no sweep, no bench run) are replaced by a note that says
-which command makes them.
+which command makes them. It lives in bench, the top layer, because it reads what every layer
+wrote: the trainer's metadata and experiments, and the bench results.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the model registry loads TensorFlow: keep its start-up chatter out
 
-from trainer.artifacts import Artifacts, write_text_atomic
-from trainer.models import get_spec, list_models
-from trainer.reports import REPORT_EXPERIMENTS, REPORT_MODEL4_EVALUATE_MS, REPORT_MODEL4_PREDICT_MS, RunMetadata, table1
-from trainer.sweep import read_experiments
+import pandas as pd  # noqa: E402
+
+from bench.store import find_reports
+from bench.summary import markdown_summary  # noqa: E402
+from trainer.artifacts import Artifacts, write_text_atomic  # noqa: E402
+from trainer.config import DEFAULTS  # noqa: E402
+from trainer.experiments import read_experiments  # noqa: E402
+from trainer.models import get_spec, list_models  # noqa: E402
+from trainer.reports import REPORT_EXPERIMENTS, REPORT_MODEL4_EVALUATE_MS, REPORT_MODEL4_PREDICT_MS, RunMetadata, table1  # noqa: E402
+
+PROG = "fmnist-bench report"
 
 EXPERIMENT_TABLES = (
     ("optimizer", "Table 2: Model 4, optimizers", "fmnist-train sweep model4 --grid optimizer=sgd,adam"),
@@ -57,7 +66,7 @@ def table1_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
 
 
 def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
-    experiments = read_experiments(artifacts.reports_dir / "experiments.csv")
+    experiments = read_experiments(artifacts.experiments_file)
     parts = ["## Tables 2-5: Model 4 experiments\n"]
     for param, title, command in EXPERIMENT_TABLES:
         rows = experiments[(experiments["model"] == model) & experiments["sweep"].astype(str).str.contains(f"{param}=", regex=False)]
@@ -80,7 +89,7 @@ def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
         frame.insert(frame.columns.get_loc("Report Test Accuracy") + 1, "Δ Test Accuracy",
                      frame["Test Accuracy"] - frame["Report Test Accuracy"])
         epochs = sorted(set(rows["epochs"]))
-        caption = (f"{title}. Other settings as the report (Adam, batch 128, lr 0.001) unless the row says otherwise; "
+        caption = (f"{title}. Other settings as the report ({_protocol()}) unless the row says otherwise; "
                    f"epochs {', '.join(map(str, epochs))} (the report: 50, and 10-70 in Table 5). The report's numbers "
                    "stand only beside rows whose other settings are the report's.")
         if shortened:
@@ -91,7 +100,15 @@ def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
     return "\n".join(parts)
 
 
-REPORT_FIXED = {"optimizer": "adam", "batch_size": 128, "lr": 0.001, "epochs": 50}
+# The report's protocol, the training defaults (trainer/config.py): a row is set beside the report's
+# numbers only when every setting it does not vary is this.
+REPORT_FIXED = {"optimizer": DEFAULTS.optimizer, "batch_size": DEFAULTS.batch_size, "lr": DEFAULTS.lr, "epochs": DEFAULTS.epochs}
+
+
+def _protocol() -> str:
+    """``Adam, batch 128, lr 0.001``: the fixed settings as the captions name them."""
+    optimizer = {"adam": "Adam", "sgd": "SGD"}.get(DEFAULTS.optimizer, DEFAULTS.optimizer)
+    return f"{optimizer}, batch {DEFAULTS.batch_size}, lr {DEFAULTS.lr:g}"
 
 
 def _comparable(row: pd.Series, param: str) -> bool:
@@ -148,12 +165,10 @@ def latency_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
         machine = metas["model4"].machine
         parts.append(f"The report's %%time wall times (its machine unnamed) beside ours on {machine['cpu']} "
                      f"({machine['cores']} cores), Keras batch 32 as the report:\n\n{frame.to_markdown(index=False, floatfmt='.0f')}\n")
-    reports = sorted(artifacts.reports_dir.glob("bench-*.json"))
+    reports = find_reports(artifacts.reports_dir)
     if not reports:
         parts.append("_No bench results yet._ Make them with `fmnist-export all && fmnist-bench run`.\n")
         return "\n".join(parts)
-    from bench.summary import markdown_summary  # noqa: PLC0415 - the bench package only when there are bench results
-
     parts.append("Every exported model on each runtime (`fmnist-bench summary` of the reports below; a case measured "
                  f"in several keeps its newest result):\n\n{markdown_summary(reports)}")
     return "\n".join(parts)
@@ -165,7 +180,7 @@ def build(artifacts: Artifacts, out: Path) -> Path:
         raise FileNotFoundError(f"{artifacts.root / 'models'}: no trained models to report; run: fmnist-train all")
     out.mkdir(parents=True, exist_ok=True)
     sections = [
-        f"# Reproduction report\n\nGenerated by `fmnist-train report` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
+        f"# Reproduction report\n\nGenerated by `{PROG}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
         f"from `{artifacts.root}`. Base weights of the transfer models: "
         + "; ".join(f"{get_spec(n).display_name}: {m.base_weights}" for n, m in metas.items() if get_spec(n).transfer) + ".\n",
         data_section(metas),
@@ -181,7 +196,8 @@ def build(artifacts: Artifacts, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmnist-train report", description="Write REPORT.md from the artifacts.")
+    """``fmnist-bench report [--artifacts DIR] [--out DIR]``; exit status 2 with one line when nothing can be reported."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Write REPORT.md from the artifacts.")
     parser.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--out", help="output folder (default: the artifacts' reports/)")
     args = parser.parse_args(argv)
@@ -189,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = build(artifacts, Path(args.out) if args.out else artifacts.reports_dir)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"fmnist-train report: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

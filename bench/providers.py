@@ -1,0 +1,548 @@
+"""onnxruntime execution providers, honestly: open a session on exactly the provider asked for, say
+precisely why CUDA is not there when it is not, show where each node runs, and time device work only.
+
+``python -m bench.providers`` is the doctor: which CUDA pieces this machine has and the one step that
+fixes what is missing. Imports only onnxruntime, numpy and the standard library (edge machines have no
+TensorFlow or onnx package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+CUDA_PREFIX = "CUDAExecutionProvider requested but the session runs on CPU only: "
+ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+MIN_DRIVER = "580"  # CUDA 13.0's minimum Linux driver (R580)
+SETUP_HINT = "`make setup-cuda` installs it"
+
+
+class ProviderUnavailable(RuntimeError):
+    """The session did not get the provider it asked for; the message says which piece is missing.
+
+    ``kind`` is one of: not-built, toolkit, cudnn, driver, driver-too-old, no-device, device-error, unknown.
+    """
+
+    def __init__(self, message: str, kind: str = "unknown", log: Iterable[str] = ()):
+        super().__init__(message)
+        self.kind = kind
+        self.log = list(log)
+
+
+def _cuda_major() -> str:
+    """The CUDA major version this onnxruntime was built for ("13" for onnxruntime-gpu 1.31)."""
+    try:
+        from onnxruntime.capi import build_and_package_info as info  # noqa: PLC0415 - absent in some builds
+
+        return str(getattr(info, "cuda_version", "") or "13").split(".")[0]
+    except ImportError:
+        return "13"
+
+
+def cuda_libraries() -> dict[str, str]:
+    """What the CUDA provider loads, by role -> soname (CUDA 13: cuFFT is .so.12, cuRAND .so.10)."""
+    major = _cuda_major()
+    return {
+        "cudart": f"libcudart.so.{major}",
+        "cublasLt": f"libcublasLt.so.{major}",
+        "cublas": f"libcublas.so.{major}",
+        "curand": "libcurand.so.10",
+        "cufft": f"libcufft.so.{12 if int(major) >= 13 else 11}",  # only FFT ops need it
+        "cudnn": "libcudnn.so.9",
+        "driver": "libcuda.so.1",
+    }
+
+
+OPTIONAL_LIBRARIES = {"cufft"}
+
+# --------------------------------------------------------------------------------------------------
+# Loading and capturing
+
+
+_preload_lock = threading.Lock()
+_preload_log: list[str] | None = None
+
+
+def preload_cuda() -> None:
+    """Load the pip-installed CUDA and cuDNN libraries (nvidia/cu13, nvidia/cudnn) into the process.
+
+    The CUDA provider's dlopen finds them only this way: the wheels put them where no loader path
+    points. Once per process; its "Failed to load ..." prints are captured, not shown (doctor() shows them).
+    """
+    global _preload_log  # noqa: PLW0603 - once per process by design
+    with _preload_lock:
+        if _preload_log is not None:
+            return
+        preload = getattr(ort, "preload_dlls", None)  # onnxruntime < 1.21 has none: the system paths must do
+        with captured_output() as lines:
+            if preload is not None:
+                try:
+                    preload(cuda=True, cudnn=True)
+                except (OSError, RuntimeError) as exc:
+                    print(f"preload_dlls failed: {exc}")
+        _preload_log = lines
+
+
+def preload_log() -> list[str]:
+    """What preload_cuda() captured (empty before it ran)."""
+    return list(_preload_log or [])
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Capture everything written to stdout and stderr inside the block, native code and Python alike.
+
+    onnxruntime's native logger writes to fd 2 but its Python layer print()s its "EP Error ... Falling
+    back" message to stdout; both fds go to one file so the order is kept. sys.stdout/sys.stderr are
+    swapped too because they need not be fds 1/2 (pytest, notebooks). The list is filled on exit,
+    with terminal colour codes removed. Redirection is process-wide: other threads' output lands here too.
+    """
+    lines: list[str] = []
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        py_out, py_err = sys.stdout, sys.stderr
+        try:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+            sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
+            yield lines
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            with contextlib.suppress(Exception):  # C stdio buffers (printf from native code) before fds move back
+                ctypes.CDLL(None).fflush(None)
+            sys.stdout, sys.stderr = py_out, py_err
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace")
+            lines.extend(_ANSI.sub("", line) for line in text.splitlines())
+
+
+def mapped_libraries(patterns: Iterable[str]) -> dict[str, str | None]:
+    """Which shared libraries are mapped into this process: pattern -> path of the first match, or None.
+
+    A pattern matches a file name exactly, as a prefix before a version dot (libcudart.so.13 matches
+    libcudart.so.13.0.96) or as a glob (libcudnn*.so.9). Reads /proc/self/maps (Linux only; elsewhere None).
+    """
+    paths: list[str] = []
+    with contextlib.suppress(OSError):
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].startswith("/"):
+                    path = parts[5].strip()
+                    if path not in paths:
+                        paths.append(path)
+    found: dict[str, str | None] = {}
+    for pattern in patterns:
+        found[pattern] = next(
+            (p for p in paths if (n := os.path.basename(p)) == pattern or n.startswith(pattern + ".") or fnmatch.fnmatch(n, pattern)),
+            None,
+        )
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Why CUDA is not there
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The first missing piece: ``kind`` (see ProviderUnavailable) and a one-line ``detail``."""
+
+    kind: str
+    detail: str
+
+    def message(self) -> str:
+        return CUDA_PREFIX + self.detail
+
+
+_CANNOT_OPEN = re.compile(r"(lib[\w+-]+\.so(?:\.\d+)*): cannot open shared object file")
+_LOAD_ERROR = re.compile(r"Failed to load library \S+ with error: ([^\n]+)")
+_CUDA_FAILURE = re.compile(r"CUDA (?:failure|error) (\d+): ([^;\n]+)")
+_CUDNN_FAILURE = re.compile(r"CUDNN (?:failure|error) (\d+): ([^;\n]+)")
+_CUDNN_MISSING = re.compile(
+    r"(?:Could not load|Unable to load|Failed to load|cannot open)[^\n]*?(libcudnn\w*\.so\.\d+)"
+    r"|(libcudnn\w*\.so\.\d+)[^\n]*?(?:cannot open|not found)"
+)
+_EP_ERROR = re.compile(r"EP Error:? (.+?)(?: when using \[| using \[|\n\s*\n|$)", re.S)
+
+
+NOT_BUILT = Failure("not-built", "this onnxruntime has no CUDA provider; `make setup-cuda` installs onnxruntime-gpu")
+
+
+def classify_cuda_failure(lines: Iterable[str]) -> Failure:
+    """Name the first missing piece from what onnxruntime wrote while creating a CUDA session.
+
+    Checked in the order the provider needs them: its shared libraries (toolkit, cuDNN, driver), then
+    the device (error 100: none; 35: driver too old; anything else verbatim).
+    """
+    text = _ANSI.sub("", "\n".join(lines))
+    if "not in available provider names" in text:
+        return NOT_BUILT
+    if (cannot := _CANNOT_OPEN.search(text)) is not None:
+        return _missing_library(cannot.group(1))
+    if (cudnn := _CUDNN_MISSING.search(text)) is not None:
+        return _missing_library(cudnn.group(1) or cudnn.group(2))
+    if (cuda := _CUDA_FAILURE.search(text)) is not None:
+        code, what = int(cuda.group(1)), cuda.group(2).strip()
+        if code == 100:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
+            return Failure("no-device", f"no CUDA device (CUDA error 100: {what}); CUDA_VISIBLE_DEVICES={visible}")
+        if code == 35:  # cudaErrorInsufficientDriver
+            needs = f"CUDA {_cuda_major()} needs driver >= {MIN_DRIVER}"
+            return Failure("driver-too-old", f"NVIDIA driver too old (CUDA error 35: {what}); {needs}")
+        return Failure("device-error", f"CUDA error {code}: {what}")
+    if (cudnn_err := _CUDNN_FAILURE.search(text)) is not None:
+        return Failure("device-error", f"cuDNN error {cudnn_err.group(1)}: {cudnn_err.group(2).strip()}")
+    if (load := _LOAD_ERROR.search(text)) is not None:  # e.g. an undefined symbol: a version mix-up
+        return Failure("toolkit", f"{load.group(1).strip()} (reinstall with `make setup-cuda`)")
+    if (ep := _EP_ERROR.search(text)) is not None:
+        return Failure("device-error", " ".join(ep.group(1).split())[:500])
+    if (created := re.search(r"Failed to create CUDAExecutionProvider[^\n]*", text)) is not None:
+        return Failure("unknown", created.group(0).strip())
+    return Failure("unknown", "onnxruntime gave no reason (run `python -m bench.providers`)")
+
+
+def _missing_library(name: str) -> Failure:
+    if name.startswith("libcuda.so"):
+        return Failure("driver", f"NVIDIA driver not found ({name}); CUDA {_cuda_major()} needs driver >= {MIN_DRIVER}")
+    if name.startswith("libcudnn"):
+        return Failure("cudnn", f"cuDNN 9 library {name} not found; {SETUP_HINT}")
+    return Failure("toolkit", f"CUDA toolkit library {name} not found; {SETUP_HINT}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sessions
+
+
+def cuda_provider_options(algo_search: str = "HEURISTIC") -> dict[str, str]:
+    """CUDA provider options with cuDNN's convolution algorithm search explicit.
+
+    onnxruntime's default is EXHAUSTIVE: the first run of every input shape benchmarks all algorithms,
+    which a latency measurement must either warm up past or avoid; HEURISTIC picks one without running them.
+    """
+    choice = algo_search.upper()
+    if choice not in ALGO_SEARCH:
+        raise ValueError(f"cudnn_conv_algo_search must be one of {', '.join(ALGO_SEARCH)}, not {algo_search!r}")
+    return {"device_id": "0", "cudnn_conv_algo_search": choice}
+
+
+def open_session(
+    path: str | os.PathLike[str] | bytes,
+    options: ort.SessionOptions,
+    provider: str,
+    provider_options: dict[str, str] | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession on ``provider`` ("cpu" or "cuda"), or ProviderUnavailable: never a CPU
+    session for a CUDA request. Nodes CUDA has no kernel for still run on CPU (see node_placement).
+
+    ``path`` may also be the model's bytes.
+    """
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    model = path if isinstance(path, bytes) else os.fspath(path)
+    if provider == "cpu":
+        return ort.InferenceSession(model, sess_options=options, providers=[PROVIDERS["cpu"]])
+    if PROVIDERS["cuda"] not in ort.get_available_providers():
+        raise ProviderUnavailable(NOT_BUILT.message(), NOT_BUILT.kind)
+    preload_cuda()
+    providers = [(PROVIDERS["cuda"], dict(provider_options or {})), PROVIDERS["cpu"]]
+    with captured_output() as log:
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
+    if PROVIDERS["cuda"] not in session.get_providers():
+        failure = classify_cuda_failure(log)
+        del session  # now, not with the traceback: a profiling session writes its file when destroyed
+        raise ProviderUnavailable(failure.message(), failure.kind, log)
+    # Without this, an EP failure at run time prints to stdout and silently re-runs on the CPU.
+    session.disable_fallback()
+    return session
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the nodes run
+
+
+def _short(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where onnxruntime ran each node of the optimised graph in one profiled run.
+
+    ``nodes_by_provider``: full provider name -> nodes; ``cpu_op_types``: op types of the nodes left on
+    the CPU (sorted, unique); ``copies``: Memcpy nodes onnxruntime inserted between providers (not counted
+    as nodes).
+    """
+
+    nodes_by_provider: dict[str, int]
+    cpu_op_types: list[str] = field(default_factory=list)
+    copies: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.nodes_by_provider.values())
+
+    @property
+    def cpu_nodes(self) -> int:
+        return self.nodes_by_provider.get(PROVIDERS["cpu"], 0)
+
+    def label(self, prefix: str = "") -> str:
+        """"int8: 14 of 40 nodes on CPU: QLinearConv" or "all 40 nodes on CUDA"."""
+        head = f"{prefix}: " if prefix else ""
+        if len(self.nodes_by_provider) == 1:
+            (only,) = self.nodes_by_provider
+            return f"{head}all {self.total} nodes on {_short(only)}"
+        if self.cpu_nodes:
+            return f"{head}{self.cpu_nodes} of {self.total} nodes on CPU: {', '.join(self.cpu_op_types)}"
+        return head + ", ".join(f"{n} of {self.total} nodes on {_short(p)}" for p, n in sorted(self.nodes_by_provider.items()))
+
+
+def node_placement(
+    path: str | os.PathLike[str] | bytes,
+    options: ort.SessionOptions,
+    provider: str,
+    provider_options: dict[str, str] | None,
+    sample: np.ndarray,
+) -> Placement:
+    """Run ``sample`` once under onnxruntime's profiler and count, per provider, the nodes it ran.
+
+    The profile is the only public record of the partitioning after graph optimisation (a "CUDA"
+    session of an int8 QDQ graph runs its QLinearConv nodes on the CPU). ``options`` is restored and the
+    profile file deleted afterwards.
+    """
+    saved = (options.enable_profiling, options.profile_file_prefix)
+    with tempfile.TemporaryDirectory(prefix="fmnist-placement-") as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "placement")
+        try:
+            session = open_session(path, options, provider, provider_options)
+        finally:
+            options.enable_profiling, options.profile_file_prefix = saved
+        try:
+            session.run(None, {session.get_inputs()[0].name: sample})
+        finally:
+            profile = session.end_profiling()
+        events = json.loads(Path(profile).read_text(encoding="utf-8"))
+    return _placement_from_events(events)
+
+
+def _placement_from_events(events: list[dict]) -> Placement:
+    nodes: dict[str, tuple[str, str]] = {}
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") != "Node" or "provider" not in args or not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        key = str(args.get("node_index", event["name"]))
+        nodes.setdefault(key, (args["provider"], args.get("op_name", "?")))
+    by_provider: Counter[str] = Counter()
+    cpu_ops: set[str] = set()
+    copies = 0
+    for provider, op in nodes.values():
+        if op in ("MemcpyFromHost", "MemcpyToHost"):
+            copies += 1
+            continue
+        by_provider[provider] += 1
+        if provider == PROVIDERS["cpu"]:
+            cpu_ops.add(op)
+    return Placement(dict(by_provider), sorted(cpu_ops), copies)
+
+
+# --------------------------------------------------------------------------------------------------
+# Device-only timing
+
+
+class DeviceRun:
+    """``run()`` executes the session once on data already on its device and waits for it to finish.
+
+    session.run() copies the input to the GPU and the output back on every call, so its time is mostly
+    PCIe for small models; this binds both to device memory once. Built by device_timer().
+    """
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, x: np.ndarray):
+        self.session = session
+        self.device = "cuda" if PROVIDERS["cuda"] in session.get_providers() else "cpu"
+        self._x = np.ascontiguousarray(x)  # an OrtValue on 'cpu' borrows this buffer: keep it alive
+        self._input = ort.OrtValue.ortvalue_from_numpy(self._x, self.device, 0)
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input(input_name, self._input)
+        self.binding.bind_output(output_name, self.device, 0)
+        # One untimed run sizes the output; binding that buffer keeps later runs allocation-free.
+        # (On CUDA it also pays cuDNN's algorithm search for this shape.)
+        self.session.run_with_iobinding(self.binding)
+        self._output = self.binding.get_outputs()[0]
+        self.binding.bind_ortvalue_output(output_name, self._output)
+
+    def __call__(self) -> None:
+        self.session.run_with_iobinding(self.binding)
+        self.binding.synchronize_outputs()
+
+    def output(self) -> np.ndarray:
+        """The last run's output copied to the host (outside any timed call)."""
+        return self._output.numpy()
+
+
+def device_timer(session: ort.InferenceSession, input_name: str, output_name: str, x: np.ndarray) -> DeviceRun:
+    """A callable that runs ``session`` on ``x`` with input and output bound to the session's device
+    (IOBinding), so timing it measures device work, not host<->device copies."""
+    return DeviceRun(session, input_name, output_name, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Doctor
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes | int | str) -> bytes:
+    if isinstance(payload, int):
+        return _varint(number << 3) + _varint(payload)
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _tensor_type(dims: list[int]) -> bytes:
+    shape = b"".join(_field(1, _field(1, d)) for d in dims)  # TensorShapeProto.dim.dim_value
+    return _field(1, _field(1, 1) + _field(2, shape))  # TypeProto.tensor_type{elem_type FLOAT, shape}
+
+
+def probe_model() -> bytes:
+    """A 1x1 Conv (float32, x[1,1,4,4] * 2 -> y) serialised by hand: the doctor needs a model that
+    touches cuDNN, without the onnx package."""
+    weight = _field(1, 1) * 4 + _field(2, 1) + _field(8, "w") + _field(9, np.float32([2.0]).tobytes())  # dims, FLOAT, name, raw_data
+    node = _field(1, "x") + _field(1, "w") + _field(2, "y") + _field(3, "conv") + _field(4, "Conv")
+    graph = (
+        _field(1, node) + _field(2, "probe") + _field(5, weight)
+        + _field(11, _field(1, "x") + _field(2, _tensor_type([1, 1, 4, 4])))
+        + _field(12, _field(1, "y") + _field(2, _tensor_type([1, 1, 4, 4])))
+    )
+    return _field(1, 8) + _field(8, _field(2, 13)) + _field(7, graph)  # ir_version 8, opset 13
+
+
+def _nvidia_smi() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return "nvidia-smi not found"
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"nvidia-smi failed: {exc}"
+    out = (done.stdout or done.stderr).strip().replace("\n", "; ")
+    return out or f"nvidia-smi exited {done.returncode} with no output"
+
+
+def _nvidia_pci_device() -> bool:
+    """Whether the PCI bus shows an NVIDIA display/3D controller (a GPU that may only lack its driver)."""
+    for device in Path("/sys/bus/pci/devices").glob("*"):
+        with contextlib.suppress(OSError):
+            if (device / "vendor").read_text().strip() == "0x10de" and (device / "class").read_text().startswith("0x03"):
+                return True
+    return False
+
+
+def doctor() -> tuple[str, int]:
+    """A report of this machine's CUDA readiness for onnxruntime and the exit code (0: CUDA usable)."""
+    build = ""
+    with contextlib.suppress(ImportError):
+        from onnxruntime.capi import build_and_package_info as info  # noqa: PLC0415
+
+        build = f"{getattr(info, 'package_name', 'onnxruntime')}, built for CUDA {getattr(info, 'cuda_version', '') or 'none'}"
+    available = ort.get_available_providers()
+    lines = [f"onnxruntime {ort.__version__} ({build or 'no build info'}); providers: {', '.join(available)}"]
+    if PROVIDERS["cuda"] not in available:
+        lines.append(f"fix: {NOT_BUILT.detail}")
+        return "\n".join(lines), 1
+
+    preload_cuda()
+    libraries = cuda_libraries()
+    for name in libraries.values():  # what preload did not map: try the loader's own paths (and the driver)
+        if mapped_libraries([name])[name] is None:
+            with contextlib.suppress(OSError):
+                ctypes.CDLL(name)
+    mapped = mapped_libraries(libraries.values())
+    lines.append("CUDA libraries (after onnxruntime.preload_dlls()):")
+    for role, name in libraries.items():
+        where = mapped[name] or ("not found" + (" (optional: FFT ops only)" if role in OPTIONAL_LIBRARIES else ""))
+        lines.append(f"  {role:<9} {name:<18} {where}")
+    lines.append(f"GPU: {_nvidia_smi()}")
+
+    try:
+        session = open_session(probe_model(), ort.SessionOptions(), "cuda", cuda_provider_options())
+        error = ""
+        with captured_output() as run_log:  # the first Conv loads cuDNN's sub-libraries: a last place to fail
+            try:
+                session.run(None, {"x": np.ones((1, 1, 4, 4), np.float32)})
+            except Exception as exc:  # noqa: BLE001 - whatever the run raises is the answer here
+                error = str(exc)
+        failure = classify_cuda_failure([*run_log, error]) if error else None
+    except ProviderUnavailable as exc:
+        failure = Failure(exc.kind, str(exc).removeprefix(CUDA_PREFIX))
+    if failure is None:
+        lines.append("CUDA: a probe Conv ran on CUDAExecutionProvider: CUDA cases will be timed")
+        return "\n".join(lines), 0
+
+    lines.append(f"CUDA: not usable: {failure.detail}")
+    required = {role: name for role, name in libraries.items() if role not in OPTIONAL_LIBRARIES and role != "driver"}
+    missing = [name for name in required.values() if mapped[name] is None]
+    if missing or failure.kind in ("toolkit", "cudnn", "not-built"):
+        what = ", ".join(missing) or "see above"
+        fix = f"fix: `make setup-cuda` (installs onnxruntime-gpu[cuda,cudnn] and nvidia-cublas into .venv; missing: {what})"
+    elif failure.kind in ("driver", "driver-too-old"):
+        fix = (
+            f"fix: install the NVIDIA driver >= {MIN_DRIVER} (it provides libcuda.so.1)"
+            if failure.kind == "driver-too-old" or _nvidia_pci_device()
+            else "no GPU on this machine: CUDA cases will be skipped"
+        )
+    elif failure.kind == "no-device":
+        fix = "no GPU on this machine (or none visible: check CUDA_VISIBLE_DEVICES): CUDA cases will be skipped"
+    else:
+        fix = "fix: none known; the error above is onnxruntime's own"
+    lines.append(fix)
+    return "\n".join(lines), 1
+
+
+def main() -> int:
+    text, code = doctor()
+    print(text)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

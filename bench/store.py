@@ -1,0 +1,170 @@
+"""Where bench results live, what they are called, and where they came from: one module, as
+pytest-benchmark's ``storage/file.py``.
+
+- naming: ``bench-<UTC timestamp>.json`` (and ``.md``) in a report folder, never overwriting one;
+- lookup: :func:`find_reports`, :func:`load` (our reports), :func:`load_any` (ours or a pytest-benchmark save);
+- identity: :func:`machine` (processor, cores, GPU, software versions, the SGEMM yardstick) and
+  :func:`commit_info` (hash, dirty flag, branch) kept apart, and :func:`differences` between two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnxruntime as ort
+
+from bench.metrics import sgemm_gflops
+from bench.report import SCHEMA_VERSION, BenchRecord, BenchReport, SchemaError, markdown
+from trainer.artifacts import write_text_atomic
+from trainer.environment import machine_info
+
+REPORT_PREFIX = "bench-"
+REPORT_GLOB = f"{REPORT_PREFIX}*.json"
+REPO = Path(__file__).resolve().parents[1]
+# The machine facts that make two reports comparable; anything else (platform string, ...) is informative.
+IDENTITY = ("cpu", "cores", "gpu")
+VERSIONS = ("python", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorflow")
+
+
+def gpu_name() -> str | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def machine() -> dict:
+    info = machine_info()
+    info.update(gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(), sgemm_gflops=sgemm_gflops())
+    return info
+
+
+def commit_info(repo: Path = REPO) -> dict:
+    """The code that measured: full hash, whether the work tree had uncommitted changes, and the branch."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"id": None, "dirty": None, "branch": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"id": commit, "dirty": bool(status), "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+
+
+def save(report: BenchReport, report_dir: Path) -> Path:
+    """Write ``report`` as JSON and Markdown under a new name (two runs in the same second both keep theirs)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.fromisoformat(report.created_at).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        path = report_dir / f"{REPORT_PREFIX}{stamp}{f'-{n}' if n else ''}.json"
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # claims the name
+        except FileExistsError:
+            continue
+        os.close(fd)
+        try:
+            write_text_atomic(path, report.to_json())
+            write_text_atomic(path.with_suffix(".md"), markdown(report))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+    raise SchemaError(f"{report_dir}: no free report name for {stamp}")
+
+
+def find_reports(report_dir: Path) -> list[Path]:
+    """Our reports in a folder, oldest name first."""
+    return sorted(report_dir.glob(REPORT_GLOB))
+
+
+def load(path: Path) -> BenchReport:
+    return BenchReport.from_dict(_read_json(path), str(path))
+
+
+# pytest-benchmark's test names: test_latency[model4-int8-cpu-predict-b128]
+_PYTEST_ID = re.compile(r"\[(?P<id>[^\]]+)\]")
+
+
+@dataclass
+class Results:
+    """Either kind of saved result, as records with their rounds: what compare and summary read."""
+
+    path: Path
+    records: list[BenchRecord]
+    machine: dict
+    commit: dict | None
+    created_at: str
+    kind: str  # "fmnist-bench" | "pytest-benchmark"
+
+
+def load_any(path: Path) -> Results:
+    """Our report, or a pytest-benchmark JSON save of ``pytest bench`` (whose extra_info holds our record)."""
+    payload = _read_json(path)
+    if isinstance(payload, dict) and "benchmarks" in payload and "machine_info" in payload:
+        return Results(Path(path), _pytest_records(payload, path), _pytest_machine(payload["machine_info"]),
+                       payload.get("commit_info"), str(payload.get("datetime", "")), "pytest-benchmark")
+    report = BenchReport.from_dict(payload, str(path))
+    return Results(Path(path), report.records, report.machine, report.commit, report.created_at, "fmnist-bench")
+
+
+def _pytest_records(payload: dict, path: Path) -> list[BenchRecord]:
+    if not isinstance(payload["benchmarks"], list):
+        raise SchemaError(f"{path}: 'benchmarks' is not a list")
+    rows = []
+    for i, bench in enumerate(payload["benchmarks"]):
+        info = bench.get("extra_info") if isinstance(bench, dict) else None
+        if not isinstance(info, dict) or not RECORD_KEYS <= set(info):
+            raise SchemaError(f"{path}: benchmark {i} was not saved by this toolkit's pytest suite (no record in extra_info)")
+        rows.append(info)
+    # The same validation as our own reports: the records are ours, saved through pytest-benchmark.
+    records = BenchReport.from_dict({"schema_version": SCHEMA_VERSION, "machine": {}, "settings": {}, "created_at": "",
+                                     "records": rows}, str(path)).records
+    for i, (bench, record) in enumerate(zip(payload["benchmarks"], records)):
+        found = _PYTEST_ID.search(str(bench.get("name", "")))
+        if found and found.group("id") != record.id:
+            raise SchemaError(f"{path}: benchmark {i} is named {found.group('id')[:80]!r} but records {record.id}")
+    return records
+
+
+RECORD_KEYS = {"model", "variant", "provider", "operation", "batch_size", "median_s", "times_s"}
+
+
+def _pytest_machine(info: dict) -> dict:
+    """pytest-benchmark's machine_info in our terms, enough for :func:`differences`."""
+    cpu = info.get("cpu", {}) if isinstance(info, dict) else {}
+    return {"cpu": cpu.get("brand_raw"), "cores": cpu.get("count"), "gpu": info.get("gpu"),
+            "versions": {"python": info.get("python_version")}}
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """What differs between two machines (identity, then software versions both record), as short phrases."""
+    found = [f"{key}: {a.get(key)!s} vs {b.get(key)!s}" for key in IDENTITY
+             if a.get(key) is not None and b.get(key) is not None and a.get(key) != b.get(key)]
+    va, vb = a.get("versions", {}) or {}, b.get("versions", {}) or {}
+    found += [f"{name} {va[name]} vs {vb[name]}" for name in VERSIONS if name in va and name in vb and va[name] != vb[name]]
+    return found
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SchemaError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SchemaError(f"{path}: is a folder, not a report") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise SchemaError(f"{path}: not JSON ({type(exc).__name__}: {str(exc)[:100]})") from None

@@ -1,0 +1,173 @@
+"""The export contract: what an exported file looks like and where it lives, in one place.
+
+Exporter writes to this contract and bench reads by it, so it imports no TensorFlow (bench runs on
+edge machines with onnxruntime, numpy and scikit-learn alone), in the manner of optimum's
+``OnnxConfig``: the graph's interface (names, shape, classes), the variants and their file names,
+the manifest's schema and its reader, and the checks that a file or an output keeps to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trainer.data import IMAGE_SHAPE, NUM_CLASSES
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+BATCH_DIM = "batch"
+INPUT_SHAPE = (*IMAGE_SHAPE, 1)  # per image: (28, 28, 1) float32 in [0, 1]
+OUTPUT_SHAPE = (NUM_CLASSES,)  # per image: softmax over the 5 classes
+VARIANTS = ("fp32", "fp16", "int8")
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+# Every manifest file row has these; "validation" carries the parity figures of exporter/validate.py.
+FILE_FIELDS = ("file", "model", "variant", "opset", "bytes", "sha256", "validation")
+MODEL_FIELDS = ("data", "limit", "base_weights", "keras_file", "keras_test_accuracy")
+EXPECTED = (f"input {INPUT_NAME!r} float32 [batch, {', '.join(map(str, INPUT_SHAPE))}] and output "
+            f"{OUTPUT_NAME!r} [batch, {NUM_CLASSES}] (export with fmnist-export)")
+
+
+class ContractError(ValueError):
+    """A file, a manifest or an output breaks the contract; the message names it and what is wrong."""
+
+
+def variant_filename(model: str, variant: str) -> str:
+    """``model4.onnx`` for fp32 (the plain export), ``model4.int8.onnx`` for the others."""
+    if variant not in VARIANTS:
+        raise ContractError(f"variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    return f"{model}.onnx" if variant == "fp32" else f"{model}.{variant}.onnx"
+
+
+# --------------------------------------------------------------------------- interface
+
+def check_interface(inputs: Sequence, outputs: Sequence, source: Path | str) -> None:
+    """Check a graph's inputs and outputs (onnxruntime ``NodeArg``s: name, shape, type) against the contract."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ContractError(f"{source}: {len(inputs)} inputs and {len(outputs)} outputs; expected {EXPECTED}")
+    (inp,), (out,) = inputs, outputs
+    if inp.name != INPUT_NAME or list(inp.shape[1:]) != list(INPUT_SHAPE) or inp.type != "tensor(float)":
+        raise ContractError(f"{source}: input {inp.name!r} is {inp.type} {inp.shape}; expected {EXPECTED}")
+    if out.name != OUTPUT_NAME or list(out.shape[1:]) != list(OUTPUT_SHAPE):
+        raise ContractError(f"{source}: output {out.name!r} has shape {out.shape}; expected {EXPECTED}")
+
+
+def check_output(probabilities: np.ndarray, images: int, source: str) -> None:
+    """Shape before values: an ``(N, 1)`` output must never broadcast against ``(N, 5)`` into a pass."""
+    expected = (images, *OUTPUT_SHAPE)
+    if tuple(probabilities.shape) != expected:
+        raise ContractError(f"{source}: output shape {tuple(probabilities.shape)}, expected {expected}")
+
+
+# --------------------------------------------------------------------------- manifest
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One exported file as the manifest records it."""
+
+    file: str
+    model: str
+    variant: str
+    opset: int
+    bytes: int
+    sha256: str
+    validation: dict
+
+
+@dataclass
+class Manifest:
+    """``onnx/manifest.json``: every exported file, and per model the data it was trained on (so bench needs no Keras)."""
+
+    models: dict[str, dict] = field(default_factory=dict)
+    files: dict[str, ManifestFile] = field(default_factory=dict)
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return {"schema_version": self.schema_version, "models": self.models,
+                "files": {name: vars(entry) for name, entry in self.files.items()}}
+
+    def file_for(self, model: str, variant: str) -> ManifestFile | None:
+        return next((f for f in self.files.values() if f.model == model and f.variant == variant), None)
+
+    def file_for_model(self, model: str) -> bool:
+        return any(f.model == model for f in self.files.values())
+
+
+def manifest_path(onnx_dir: Path) -> Path:
+    return onnx_dir / MANIFEST_NAME
+
+
+def read_manifest(onnx_dir: Path) -> Manifest | None:
+    """The manifest in ``onnx_dir``, checked against this schema; None when there is none yet."""
+    path = manifest_path(onnx_dir)
+    if not path.exists():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError(f"{path}: not a readable manifest ({type(exc).__name__}: {str(exc)[:120]})") from None
+    return parse_manifest(payload, path)
+
+
+def parse_manifest(payload: object, path: Path) -> Manifest:
+    if not isinstance(payload, dict):
+        raise ContractError(f"{path}: not a manifest (expected a JSON object)")
+    if payload.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+        raise ContractError(f"{path}: manifest schema_version {_short(payload.get('schema_version'))}, "
+                            f"this toolkit reads {MANIFEST_SCHEMA_VERSION}; export again with fmnist-export")
+    models, files = payload.get("models"), payload.get("files")
+    if not isinstance(models, dict) or not isinstance(files, dict):
+        raise ContractError(f"{path}: manifest lacks its 'models' and 'files' objects")
+    for name, row in models.items():
+        if not isinstance(row, dict) or any(key not in row for key in MODEL_FIELDS):
+            raise ContractError(f"{path}: model {_short(name)} lacks one of {', '.join(MODEL_FIELDS)}")
+    entries = {}
+    for name, row in files.items():
+        if not isinstance(row, dict) or sorted(row) != sorted(FILE_FIELDS):
+            raise ContractError(f"{path}: file row {_short(name)} does not have exactly {', '.join(FILE_FIELDS)}")
+        entry = ManifestFile(**row)
+        if (entry.file != name or entry.variant not in VARIANTS or entry.model not in models
+                or entry.file != variant_filename(entry.model, entry.variant) or Path(entry.file).name != entry.file):
+            raise ContractError(f"{path}: file row {_short(name)} is inconsistent (model {_short(entry.model)}, "
+                                f"variant {_short(entry.variant)}, file {_short(entry.file)})")
+        entries[name] = entry
+    return Manifest(models, entries)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(onnx_dir: Path, entry: ManifestFile) -> Path:
+    """The file of ``entry``, if it is the very file the manifest describes (sha256); else ContractError."""
+    path = onnx_dir / entry.file
+    if not path.is_file():
+        raise ContractError(f"{path}: listed in {MANIFEST_NAME} but missing; export again: fmnist-export {entry.model}")
+    if sha256_of(path) != entry.sha256:
+        raise ContractError(f"{path}: not the file {MANIFEST_NAME} describes (sha256 differs: replaced, or a half-finished "
+                            f"export); export again: fmnist-export {entry.model}")
+    return path
+
+
+def check_file_identity(metadata_props: dict[str, str], entry: ManifestFile, path: Path) -> None:
+    """The file's own ``metadata_props`` must name the model and variant the manifest files it under."""
+    found = (metadata_props.get("model"), metadata_props.get("variant"))
+    if found != (entry.model, entry.variant):
+        raise ContractError(f"{path}: the file says it is {_short(found[0])} {_short(found[1])}, "
+                            f"the manifest lists it as {entry.model} {entry.variant}")
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """User-controlled text in an error line, cut so a hostile key cannot flood the terminal."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"

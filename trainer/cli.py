@@ -1,0 +1,165 @@
+"""``fmnist-train``: train the report's models on Fashion-MNIST and write every artifact the report had.
+
+    fmnist-train all                      # the six models, the report's protocol
+    fmnist-train model4 --epochs 5        # one model
+    fmnist-train model4 --limit 2000 --epochs 1 --quiet
+    fmnist-train sweep model4 --grid optimizer=sgd,adam
+
+The command line only: options become a configuration (trainer/config.py), the library does the
+work (trainer/training.py, trainer/sweep.py), and a known error is one line and exit status 2.
+REPORT.md is written by ``fmnist-bench report``, which reads the bench results too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its start-up chatter out
+
+from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
+from trainer.config import DEFAULTS, TrainConfig, resolve_config  # noqa: E402
+from trainer.data import DataError, Dataset, Splits  # noqa: E402
+from trainer.models import BaseWeightsError, UnknownModelError, get_spec, list_models  # noqa: E402
+from trainer.plots import sample_grid  # noqa: E402
+from trainer.reports import RunMetadata, table1, write_table  # noqa: E402
+from trainer.sweep import SweepError, parse_grid, run_sweep  # noqa: E402
+from trainer.training import load_data, train_one  # noqa: E402
+
+PROG = "fmnist-train"
+REPORT_MOVED = f"{PROG}: error: 'report' moved: run 'fmnist-bench report' (it reads the bench results too)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Train the report's Fashion-MNIST models.",
+        epilog=f"Also: '{PROG} sweep MODEL --grid NAME=V1,V2' (experiment tables). REPORT.md: 'fmnist-bench report'.",
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help=f"'all' or any of: {', '.join(list_models())}")
+    parser.add_argument("--through-base", action="store_true",
+                        help="resnet50/vgg16: run the frozen base on every batch, as the report did (slow; to measure the feature cache)")
+    add_training_options(parser)
+    return parser
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    lrs = ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULTS.lr_by_optimizer.items())
+    parser.add_argument("--epochs", type=_positive_int, help=f"epochs (default {DEFAULTS.epochs}, the report's)")
+    parser.add_argument("--batch-size", type=_positive_int, help=f"batch size (default {DEFAULTS.batch_size})")
+    parser.add_argument("--lr", type=_positive_float, help=f"learning rate (default: Keras' for the optimizer, {lrs})")
+    parser.add_argument("--optimizer", choices=sorted(DEFAULTS.optimizers), help=f"default {DEFAULTS.optimizer}")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default 0)")
+    parser.add_argument("--data", help="folder of IDX .gz files, the report's .npy dict, or .npz (default: $FMNIST_DATA, then Debian's dataset-fashion-mnist)")
+    parser.add_argument("--class-map", help="10->5 class mapping: 'pairs' (default, label // 2) or ten comma-separated classes")
+    parser.add_argument("--base-weights", default="auto", help="frozen base of resnet50/vgg16: auto (default), imagenet, none, or a weights file")
+    parser.add_argument("--artifacts", help="output folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
+    parser.add_argument("--limit", type=_positive_int, help="use only the first N images (smoke runs)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+
+def build_sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{PROG} sweep", description="Train a grid of configurations; rows go to reports/experiments.csv.")
+    parser.add_argument("model", help=f"any of: {', '.join(list_models())}")
+    parser.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
+                        help="optimizer, batch_size, lr, epochs or seed; several --grid make a product")
+    parser.add_argument("--force", action="store_true", help="rerun configurations already in experiments.csv")
+    add_training_options(parser)
+    return parser
+
+
+def _positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse type: a positive int or float, with a one-line error naming the value."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return value
+    return parse
+
+
+_positive_int, _positive_float = _positive(int), _positive(float)
+
+
+def expand_models(names: list[str]) -> list[str]:
+    """``all`` -> every registered model; otherwise the names, checked and without repeats."""
+    if "all" in names:
+        return list_models()
+    for name in names:
+        get_spec(name)  # raises UnknownModelError naming the choices
+    return list(dict.fromkeys(names))
+
+
+def config_from_args(name: str, args: argparse.Namespace) -> TrainConfig:
+    """The options of either command as a complete configuration; the defaults come from trainer.config."""
+    return resolve_config(name, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                          seed=args.seed, base_weights=args.base_weights, limit=args.limit)
+
+
+def _load_data(args: argparse.Namespace, artifacts: Artifacts, log: TextIO) -> tuple[Dataset, Splits]:
+    return load_data(artifacts, args.data, args.class_map, args.limit, quiet=args.quiet, log=log)
+
+
+def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata]:
+    """``fmnist-train MODEL...``: train each model in turn, then write Table 1."""
+    log = log or sys.stdout
+    names = expand_models(args.models)
+    artifacts = Artifacts.at(args.artifacts)
+    dataset, splits = _load_data(args, artifacts, log)
+    sample_grid(splits.train, artifacts.plot_file("samples"))
+
+    results, start = [], time.perf_counter()
+    for name in names:
+        results.append(train_one(config_from_args(name, args), dataset, splits, artifacts, quiet=args.quiet, log=log,
+                                 feature_cache=not args.through_base))
+    table = table1(artifacts, list_models())
+    _, md_path = write_table(table, artifacts.reports_dir / "table1",
+                             "Table 1: model performance (ours beside the report's; training time on this machine)")
+    print(f"trained {len(results)} model(s) in {(time.perf_counter() - start) / 60:.1f} min; Table 1: {md_path}", file=log)
+    return results
+
+
+def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> list[dict]:
+    """``fmnist-train sweep MODEL --grid ...``: the grid's rows not in experiments.csv yet."""
+    log = log or sys.stdout
+    get_spec(args.model)
+    grid = parse_grid(args.grid)
+    artifacts = Artifacts.at(args.artifacts)
+    dataset, splits = _load_data(args, artifacts, log)
+    rows = run_sweep(grid, config_from_args(args.model, args), dataset, splits, artifacts,
+                     lr_given=args.lr is not None, force=args.force, quiet=args.quiet, log=log)
+    print(f"sweep: {len(rows)} row(s) written to {artifacts.experiments_file}", file=log)
+    return rows
+
+
+ERRORS = (DataError, ArtifactsError, UnknownModelError, BaseWeightsError, SweepError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else None
+    try:
+        if command == "sweep":
+            run_sweep_command(build_sweep_parser().parse_args(argv[1:]))
+        elif command == "report":
+            print(REPORT_MOVED, file=sys.stderr)
+            return 2
+        else:
+            run(build_parser().parse_args(argv))
+    except ERRORS as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to resume from the last finished epoch", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Training as a library: load the data, train one model, write its artifacts and metadata.
+
+The command line (trainer/cli.py) and the sweep (trainer/sweep.py) both call ``train_one``; neither
+is imported here, so the library has no policy of its own beyond the configuration it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its start-up chatter out
+
+import keras  # noqa: E402
+
+from trainer import data as data_mod  # noqa: E402
+from trainer.artifacts import Artifacts, atomic_path  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import Dataset, Splits  # noqa: E402
+from trainer.environment import machine_info  # noqa: E402
+from trainer.evaluation import Evaluation, evaluate  # noqa: E402
+from trainer.fit import FitOutcome, compile_for_training, discard_checkpoint, fit  # noqa: E402
+from trainer.models import BuiltModel, create_model, get_spec  # noqa: E402
+from trainer.plots import accuracy_loss_plot  # noqa: E402
+from trainer.reports import RunMetadata  # noqa: E402
+
+SPLIT_PROTOCOL = "train_test_split(test_size=0.2, random_state=0), then 0.5: test first, val second"
+
+
+def load_data(
+    artifacts: Artifacts,
+    data: str | os.PathLike | None = None,
+    class_map: str | None = None,
+    limit: int | None = None,
+    quiet: bool = False,
+    log: TextIO | None = None,
+) -> tuple[Dataset, Splits]:
+    """The data set and its split, after making sure the artifacts folder can take the results.
+
+    The folder is checked first so that a run fails in a second, not after the data has loaded.
+    ``class_map`` is the ``--class-map`` text (None: the report's pairs).
+    """
+    log = log or sys.stdout
+    artifacts.ensure(artifacts.root, artifacts.reports_dir, artifacts.plot_file("samples").parent)
+    dataset = data_mod.load_dataset(data, data_mod.parse_class_map(class_map)).limit(limit)
+    splits = data_mod.split_dataset(dataset)
+    if not quiet:
+        print(f"data: {dataset.source}, {len(dataset)} images, split {splits.sizes()}", file=log, flush=True)
+    return dataset, splits
+
+
+def train_one(
+    config: TrainConfig,
+    dataset: Dataset,
+    splits: Splits,
+    artifacts: Artifacts,
+    quiet: bool = False,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+    log: TextIO | None = None,
+    feature_cache: bool = True,
+) -> RunMetadata:
+    """Train, evaluate and save one model; returns the metadata written beside its ``.keras`` file.
+
+    Resumes from a checkpoint of the same configuration and data; the checkpoint is discarded only
+    once the model and its metadata are written, so a kill at any point loses no finished epoch.
+    """
+    log = log or sys.stdout
+    spec = get_spec(config.model)
+    keras.utils.set_random_seed(config.seed)
+    built = create_model(config.model, base_weights=config.base_weights)
+    if not quiet:
+        print(f"[{config.model}] {spec.display_name}: {built.model.count_params():,} parameters, "
+              f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
+              f"base weights: {built.base_weights}", file=log, flush=True)
+
+    outcome = fit(built, dataset, splits, config, artifacts, quiet=quiet, extra_callbacks=extra_callbacks, log=log,
+                  feature_cache=feature_cache)
+    if built.head is not None and feature_cache:
+        compile_for_training(built.model, config)  # the full model (base + head) is what gets evaluated
+    result = evaluate(built.model, splits.test)
+
+    model_path = artifacts.model_file(config.model)
+    artifacts.ensure(model_path.parent, artifacts.plot_file(config.model).parent)
+    with atomic_path(model_path) as tmp:
+        built.model.save(tmp)
+    accuracy_loss_plot(outcome.history, f"{spec.display_name}: accuracy and loss", artifacts.plot_file(config.model))
+
+    metadata = build_metadata(config, built, dataset, splits, outcome, result, model_path)
+    metadata.write(artifacts.metadata_file(config.model))
+    discard_checkpoint(artifacts, config.model)
+    if not quiet:
+        print(f"[{config.model}] test accuracy {result.accuracy:.4f}, loss {result.loss:.4f}; "
+              f"evaluate {result.evaluate_s * 1000:.0f} ms, predict {result.predict_s * 1000:.0f} ms; "
+              f"trained in {outcome.training_time_s / 60:.2f} min -> {model_path}", file=log, flush=True)
+        print(result.classification_report_text, file=log, flush=True)
+    return metadata
+
+
+def build_metadata(
+    config: TrainConfig,
+    built: BuiltModel,
+    dataset: Dataset,
+    splits: Splits,
+    outcome: FitOutcome,
+    result: Evaluation,
+    model_path: Path,
+) -> RunMetadata:
+    """Everything a report or an exporter needs about a trained model, so neither reloads it to find out."""
+    spec = get_spec(config.model)
+    model = built.model
+    trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    last = outcome.history.iloc[-1]
+    return RunMetadata(
+        model=config.model,
+        display_name=spec.display_name,
+        config=asdict(config),
+        data={
+            "source": dataset.source, "sha256": dataset.sha256, "images": len(dataset),
+            "class_names": list(dataset.class_names),
+            "class_map": list(dataset.class_map) if dataset.class_map else None,
+            "split": splits.sizes(), "split_protocol": SPLIT_PROTOCOL,
+        },
+        base_weights=built.base_weights,
+        params={"total": model.count_params(), "trainable": trainable, "non_trainable": model.count_params() - trainable},
+        training={
+            "training_time_s": outcome.training_time_s,
+            "feature_extraction_s": outcome.feature_extraction_s,
+            "features_from_cache": outcome.features_cached,
+            "through_frozen_base": outcome.through_frozen_base,
+            "epochs_run": len(outcome.history),
+            "resumed_from_epoch": outcome.resumed_from_epoch,
+            "median_epoch_s": float(outcome.history["epoch_time_s"].median()),
+        },
+        final_epoch={k: float(last[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+        test=asdict(result),
+        model_file={"path": str(model_path), "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+                    "bytes": model_path.stat().st_size},
+        machine=machine_info(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        extra={"conv_layers": spec.conv_layers},
+    )
