@@ -226,3 +226,40 @@ def test_unpickler_refuses_builtins_eval(tmp_path: Path):
         pickle.dump(Evil(), f, protocol=3)
     with pytest.raises(DataError, match="refusing to unpickle builtins.eval"):
         data.load_dataset(path)
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_code_in_the_npy_is_refused_at_every_pickle_protocol(tmp_path: Path, protocol: int):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.npy"
+    payload = {"features": np.zeros((10, 28, 28)), "target": np.ones(10, dtype=int), "x": _RunsCode(marker)}
+    with open(evil, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
+        pickle.dump(np.array(payload, dtype=object), f, protocol=protocol)
+    # Protocols 0-3 write Path.touch as getattr(PosixPath, 'touch'); 4 and 5 name it directly.
+    with pytest.raises(DataError, match=r"evil\.npy: refusing to unpickle (pathlib|(__builtin__|builtins)\.getattr)"):
+        data.load_dataset(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_report_npy_of_every_pickle_protocol_loads(tmp_path: Path, report_npy: Path, protocol: int):
+    stored = np.load(report_npy, allow_pickle=True)
+    path = tmp_path / f"p{protocol}.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
+        pickle.dump(stored, f, protocol=protocol)
+    assert data.load_dataset(path).sha256 == data.load_dataset(report_npy).sha256
+
+
+def test_split_refuses_fewer_than_ten_images():
+    dataset = data.Dataset(np.zeros((5, 28, 28), np.float32), np.zeros(5, np.int64), "five.npz")
+    with pytest.raises(DataError, match=r"^five.npz: only 5 images; the 80/10/10 train/val/test split needs at least 10"):
+        data.split_dataset(dataset)
+
+
+def test_complex_pixels_are_refused(tmp_path: Path):
+    path = tmp_path / "c.npz"
+    np.savez(path, x=np.full((10, 28, 28), 0.5 + 0.5j), y=np.zeros(10, np.int64))
+    with pytest.raises(DataError, match=r"c\.npz: images have dtype complex128, expected real numbers"):
+        data.load_dataset(path)
