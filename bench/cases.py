@@ -19,7 +19,11 @@ from trainer.artifacts import Artifacts
 from trainer.data import reload_dataset, split_dataset
 
 PROVIDERS = ("cuda", "cpu")  # onnxruntime's execution providers
-REFERENCES = ("keras", "tflite")  # the same model on TensorFlow's runtimes (fp32 only)
+TENSORFLOW = ("keras", "tflite")  # the same model on TensorFlow's runtimes (fp32 only)
+# Other runtimes (bench/peers.py) on the fp32 and int8 files: OpenVINO at its default precision and at f32, LiteRT.
+PEERS = ("openvino", "openvino-f32", "litert")
+PEER_VARIANTS = ("fp32", "int8")
+REFERENCES = (*TENSORFLOW, *PEERS)  # every runtime but onnxruntime: what --no-reference leaves out
 RUNTIMES = (*PROVIDERS, *REFERENCES)
 
 
@@ -29,8 +33,8 @@ class NothingToBench(RuntimeError):
 
 @dataclass(frozen=True)
 class Case:
-    """One system to measure: ``path`` is the ONNX file that runs (for a reference, the fp32 graph that
-    counts its work; the reference itself loads the trained ``.keras`` file)."""
+    """One system to measure: ``path`` is the ONNX file that runs (for Keras, TF Lite and LiteRT, the graph
+    of that variant that counts its work; they load the trained ``.keras`` file or its conversion)."""
 
     model: str
     variant: str
@@ -86,12 +90,15 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
         props = _metadata_props(path)
         check_file_identity(props, entry, path)
         cases += [Case(entry.model, entry.variant, p, path) for p in PROVIDERS if p in providers]
-        if entry.variant == "fp32" and any(p in REFERENCES for p in providers):
+        if entry.variant == "fp32" and any(p in TENSORFLOW for p in providers):
             _check_keras_source(artifacts, entry.model, props, path)
-            cases += [Case(entry.model, "fp32", p, path) for p in REFERENCES if p in providers]
+            cases += [Case(entry.model, "fp32", p, path) for p in TENSORFLOW if p in providers]
+        if entry.variant in PEER_VARIANTS:
+            # LiteRT checks its .keras source itself: a cached conversion runs without it (bench/peers.py).
+            cases += [Case(entry.model, entry.variant, p, path) for p in PEERS if p in providers]
     if not cases:
         raise NothingToBench(f"{artifacts.onnx_dir}: no exported file matches models={models} variants={variants} "
-                             f"providers={providers} (references need the fp32 file)")
+                             f"providers={providers} (keras and tflite need the fp32 file; peers the fp32 or int8 one)")
     return cases
 
 

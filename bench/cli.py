@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
-from bench import store
-from bench.cases import REFERENCES, RUNTIMES, Case, NothingToBench, discover
-from bench.compare import CompareError, compare, format_table, parse_threshold
-from bench.report import SchemaError
-from bench.runner import run
-from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, OPERATIONS, WHOLE_SPLIT, RunSettings, SessionSettings,
+from trainer import quiet  # standard library only
+
+quiet.before_imports(quiet.verbose_requested())  # before onnxruntime and (for reference rows) TensorFlow load
+
+from bench import store  # noqa: E402
+from bench.cases import REFERENCES, RUNTIMES, Case, NothingToBench, discover  # noqa: E402
+from bench.compare import CompareError, compare, format_table, parse_threshold  # noqa: E402
+from bench.report import SchemaError  # noqa: E402
+from bench.runner import run  # noqa: E402
+from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, OPERATIONS, WHOLE_SPLIT, RunSettings, SessionSettings,  # noqa: E402
                             SettingsError, SingleStreamSettings)
-from exporter.contract import VARIANTS, ContractError
-from trainer.artifacts import Artifacts, ArtifactsError
-from trainer.data import DataError
+from exporter.contract import VARIANTS, ContractError  # noqa: E402
+from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
+from trainer.data import DataError  # noqa: E402
 
 DEFAULT = RunSettings()
 
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="measure accuracy and latency; write reports/bench-<timestamp>.json and .md")
     r.add_argument("--models", type=_list(), help="comma-separated model names (default: every exported one)")
     r.add_argument("--variants", type=_list(VARIANTS), help=f"default {','.join(VARIANTS)}")
-    r.add_argument("--providers", type=_list(RUNTIMES), help=f"default {','.join(RUNTIMES)} (keras and tflite: fp32 references)")
+    r.add_argument("--providers", type=_list(RUNTIMES), help=f"default {','.join(RUNTIMES)} (cuda, cpu: onnxruntime; the others: the runtimes a user would pick instead)")
     r.add_argument("--operations", type=_list(OPERATIONS), default=list(DEFAULT.operations), help=f"default {','.join(OPERATIONS)}")
     r.add_argument("--batch-sizes", type=_batch_sizes, default=DEFAULT.batch_sizes,
                    help="default 128,all (all: the whole split as one batch)")
@@ -89,26 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--graph-optimization", choices=tuple(GRAPH_OPTIMIZATION), default=session.graph_optimization)
     r.add_argument("--cudnn-algo-search", choices=CUDNN_ALGO_SEARCH, default=session.cudnn_conv_algo_search,
                    help=f"CUDA: cuDNN's convolution algorithm search (default {session.cudnn_conv_algo_search})")
-    r.add_argument("--no-reference", action="store_true", help="skip the Keras and TF Lite rows (no TensorFlow needed)")
+    r.add_argument("--no-reference", action="store_true", help="onnxruntime rows only: skip Keras, TF Lite, OpenVINO and LiteRT")
     r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     r.add_argument("--data", help="where the training data is now, if it moved")
     r.add_argument("--report-dir", help="where bench-<timestamp>.json/.md go (default: the artifacts' reports/, "
                                         "which fmnist-bench report reads; use another for tuning runs)")
     r.add_argument("--quiet", action="store_true")
+    quiet.add_flag(r)
 
     s = sub.add_parser("summary", help="one row per model and runtime from one or more of our reports (newest result per case)")
     s.add_argument("reports", nargs="+", metavar="REPORT")
     s.add_argument("--batch-size", type=_number(int, 1, 1_000_000), default=128, help="the predict batch size to show (default 128)")
+    quiet.add_flag(s)
 
     c = sub.add_parser("compare", help="compare two results (ours or a pytest-benchmark save of `pytest bench`)")
     c.add_argument("old")
     c.add_argument("new")
     c.add_argument("--fail-on-regression", metavar="PCT",
                    help="exit 1 if a case is slower by more than PCT (e.g. 10%%) and beyond the runs' noise")
+    quiet.add_flag(c)
 
     sub.add_parser("report", help="write REPORT.md (Tables 1-5, figures, bench summary); see fmnist-bench report --help",
                    add_help=False)
-    sub.add_parser("doctor", help="what the CUDA provider needs, what this machine has, and the line that fixes it")
+    quiet.add_flag(sub.add_parser("doctor", help="what the CUDA provider needs, what this machine has, and the line that fixes it"))
     return parser
 
 
@@ -169,8 +175,8 @@ ERRORS = (NothingToBench, SchemaError, DataError, ArtifactsError, ContractError,
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet.configure(quiet.verbose_requested(argv))
     if argv[:1] == ["report"]:
         from bench.report_md import main as report_main  # noqa: PLC0415 - pandas and matplotlib only for this command
 

@@ -228,7 +228,7 @@ def classify_cuda_failure(lines: Iterable[str]) -> Failure:
         return Failure("device-error", " ".join(ep.group(1).split())[:500])
     if (created := re.search(r"Failed to create CUDAExecutionProvider[^\n]*", text)) is not None:
         return Failure("unknown", created.group(0).strip())
-    return Failure("unknown", "onnxruntime gave no reason (run `python -m bench.providers`)")
+    return Failure("unknown", "onnxruntime gave no reason (run `fmnist-bench doctor`)")
 
 
 def _missing_library(name: str) -> Failure:

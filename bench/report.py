@@ -116,7 +116,9 @@ def markdown(report: BenchReport) -> str:
         "",
         f"{machine.get('cpu')} ({machine.get('cores')} cores); GPU: {machine.get('gpu') or 'none'}; "
         f"onnxruntime {machine.get('versions', {}).get('onnxruntime-gpu') or machine.get('versions', {}).get('onnxruntime')}; "
-        f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.1f} GFLOP/s; commit {commit.get('id') or 'unknown'}"
+        f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.1f} GFLOP/s; "
+        + (f"large int8 GEMM (u8 x s8) {machine['int8_gemm_gops']:.1f} GOP/s; " if machine.get("int8_gemm_gops") else "")
+        + f"commit {commit.get('id') or 'unknown'}"
         + (" (with uncommitted changes)" if commit.get("dirty") else ""),
         "",
         "| model | variant | runtime (ran on) | operation | batch | median ms | IQR ms | device-only ms | images/s | p50 / p99 ms | GFLOP/s | accuracy | loss | MB | cold start ms | peak RSS MB |",

@@ -3,30 +3,36 @@
     fmnist-bench report                         # artifacts/reports/REPORT.md
     fmnist-bench report --out docs/results      # a copy to commit: Markdown and small PNGs, no models
 
-Sections whose inputs do not exist yet (no sweep, no bench run) are replaced by a note that says
-which command makes them. It lives in bench, the top layer, because it reads what every layer
-wrote: the trainer's metadata and experiments, and the bench results.
+It opens with "At a glance": a headline and three figures (bench/figures.py) in ``<out>/plots/``: accuracy
+against speed and size with the Pareto front, one model's single-stream latency per runtime, and the best
+model's confusion matrix and per-class scores. Sections and figures whose inputs do not exist yet (no
+sweep, no bench run, no single-stream records) are replaced by a note that says which command makes them.
+It lives in bench, the top layer, because it reads what every layer wrote: the trainer's metadata and
+experiments, and the bench results.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the model registry loads TensorFlow: keep its start-up chatter out
+from trainer import quiet  # standard library only
+
+quiet.before_imports(quiet.verbose_requested())  # the model registry loads TensorFlow: keep its start-up chatter out
 
 import pandas as pd  # noqa: E402
 
-from bench.store import find_reports
-from bench.summary import markdown_summary  # noqa: E402
+from bench import figures  # noqa: E402
+from bench.report import BenchRecord  # noqa: E402
+from bench.store import find_reports  # noqa: E402
+from bench.summary import MAX_ACCURACY_LOSS_POINTS, latest_records, markdown_summary  # noqa: E402
 from trainer.artifacts import Artifacts, write_text_atomic  # noqa: E402
 from trainer.config import DEFAULTS  # noqa: E402
 from trainer.experiments import read_experiments  # noqa: E402
-from trainer.models import get_spec, list_models  # noqa: E402
+from trainer.models import UnknownModelError, get_spec, list_models  # noqa: E402
 from trainer.reports import REPORT_EXPERIMENTS, REPORT_MODEL4_EVALUATE_MS, REPORT_MODEL4_PREDICT_MS, RunMetadata, table1  # noqa: E402
 
 PROG = "fmnist-bench report"
@@ -174,15 +180,164 @@ def latency_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
     return "\n".join(parts)
 
 
+# --------------------------------------------------------------------------------------------------
+# At a glance: a headline and the figures (bench/figures.py)
+
+BENCH_COMMAND = "fmnist-export all && fmnist-bench run"
+# Our figures in <out>/plots/: one not drawn this time is removed, so a copied report never shows an old one.
+FIGURE_GLOBS = ("tradeoff.png", "latency-*.png", "confusion-*.png")
+
+
+def _display_name(model: str) -> str:
+    try:
+        return get_spec(model).display_name
+    except UnknownModelError:
+        return model
+
+
+def _latency_model(records: dict[str, tuple[BenchRecord, dict]]) -> str | None:
+    """The model whose latency is drawn: model4 (the report's) when benched, else the first in the registry's order."""
+    benched = {record.model for record, _ in records.values() if not record.skipped}
+    if not benched:
+        return None
+    if "model4" in benched:
+        return "model4"
+    order = list_models()
+    return min(benched, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
+def _headline(best: RunMetadata, points: list[figures.Point], batch: int | None) -> str:
+    """Best accuracy; the fastest runtime within MAX_ACCURACY_LOSS_POINTS of fp32 for that model, and its ratio to Keras."""
+    split = best.data.get("split", {}).get("test")
+    text = (f"**Best test accuracy: {best.display_name}, {best.test['accuracy']:.4f}** (Keras, "
+            f"{f'{split:,} ' if split else ''}test images).")
+    mine = {(p.provider, p.variant): p for p in points if p.model == best.model}
+    if not mine:
+        return text + (f" It has no bench results yet: `fmnist-export {best.model} && fmnist-bench run --models {best.model}`."
+                       if points else "")
+    fp32 = mine.get(("cpu", "fp32")) or mine.get(("keras", "fp32"))
+    if fp32 is None:
+        return text + f" No fp32 row of {best.display_name} at batch {batch} to bound the others by."
+    eligible = [p for p in mine.values() if 100 * (fp32.accuracy - p.accuracy) <= MAX_ACCURACY_LOSS_POINTS + 1e-9]
+    fastest = min(eligible, key=lambda p: p.ms_per_image)
+    text += (f" Its fastest runtime within {MAX_ACCURACY_LOSS_POINTS} points of fp32 ({fp32.runtime}, {fp32.accuracy:.4f}) "
+             f"is **{fastest.runtime}**: {figures.format_ms(fastest.ms_per_image)} per image at batch {batch} "
+             f"({fastest.images_per_s:,.0f} images/s, accuracy {fastest.accuracy:.4f})")
+    keras = mine.get(("keras", "fp32"))
+    if keras is not None and fastest is not keras:
+        text += f", **{keras.ms_per_image / fastest.ms_per_image:.1f}x** Keras predict ({figures.format_ms(keras.ms_per_image)} per image)"
+    elif keras is None:
+        text += " (no Keras row to compare with: `fmnist-bench run` without `--no-reference`)"
+    return text + "."
+
+
+def _per_class(entries: dict, count: int) -> list[dict]:
+    """A classification report's (or the bench's per_class) rows in class order, without the averages."""
+    rows = [v for k, v in entries.items() if isinstance(v, dict) and k not in ("macro avg", "weighted avg", "micro avg")]
+    return rows[:count]
+
+
+def _confusion_source(best: RunMetadata, records: dict[str, tuple[BenchRecord, dict]]) -> tuple[list, list[dict], str] | None:
+    """The best model's confusion matrix and per-class scores: the trainer's metadata, else the bench's fp32 predict."""
+    matrix = best.test.get("confusion_matrix")
+    if matrix:
+        return matrix, _per_class(best.test.get("classification_report") or {}, len(matrix)), "Keras, the trainer's test evaluation"
+    for record, _ in records.values():
+        quality = record.quality or {}
+        if (record.model, record.variant, record.provider, record.operation) == (best.model, "fp32", "cpu", "predict") \
+                and not record.skipped and quality.get("confusion_matrix"):
+            matrix = quality["confusion_matrix"]
+            return matrix, _per_class(quality.get("per_class") or {}, len(matrix)), "onnxruntime CPU fp32, the bench's predict"
+    return None
+
+
+def glance_section(artifacts: Artifacts, out: Path, metas: dict[str, RunMetadata]) -> str:
+    """A headline paragraph and the figures; a note naming the command for each figure that cannot be drawn."""
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    reports = find_reports(artifacts.reports_dir)
+    records = latest_records(reports) if reports else {}
+    best = max(metas.values(), key=lambda m: m.test["accuracy"])
+    batch = figures.report_batch(records)
+    points, unmeasured = figures.tradeoff_points(records, batch) if batch else ([], [])
+    names = {model: _display_name(model) for model in {p.model for p in points} | set(metas)}
+    written: list[Path] = []
+    parts = ["## At a glance\n", _headline(best, points, batch) + "\n"]
+
+    if points:
+        target = plots / "tradeoff.png"
+        front = figures.tradeoff_figure(points, target, batch, names)
+        written.append(target)
+        runtimes = len({(p.provider, p.variant) for p in points})
+        caption = (f"Test accuracy against predict time per image at batch {batch} (left; log scale, faster to the left) and "
+                   f"against the model file's size (right): {len(points)} points, {len({p.model for p in points})} model(s) on "
+                   f"{runtimes} runtime(s), each the newest bench result. Circled and joined: the Pareto front, "
+                   f"{len(front)} point(s) that no other point beats on speed or accuracy without losing on the other.")
+        if unmeasured:
+            caption += f" Not drawn (no accuracy measured): {', '.join(sorted(unmeasured))}."
+        parts.append(f"{caption}\n\n![Accuracy against speed and size, with the Pareto front](plots/tradeoff.png)\n")
+        front_rows = pd.DataFrame([{"#": n, "model": names.get(points[i].model, points[i].model), "runtime": points[i].runtime,
+                                    "ms per image": points[i].ms_per_image, "images/s": points[i].images_per_s,
+                                    "accuracy": points[i].accuracy, "MB": points[i].megabytes}
+                                   for n, i in enumerate(front, start=1)])
+        parts.append(f"The front, fastest first:\n\n{front_rows.to_markdown(index=False, floatfmt=['', '', '', '.4g', ',.0f', '.4f', '.2f'], missingval='')}\n")
+    else:
+        why = "no bench results yet" if not records else f"no bench result has a measured accuracy{f' at batch {batch}' if batch else ''}"
+        parts.append(f"_No accuracy/speed figure: {why}._ Make it with `{BENCH_COMMAND}`.\n")
+
+    model = _latency_model(records)
+    series = figures.latency_series(records, model) if model else []
+    if series:
+        name = names.get(model) or _display_name(model)
+        target = plots / f"latency-{model}.png"
+        figures.latency_figure(series, target, f"{name}: single-stream latency per query, per runtime (batch 1)")
+        written.append(target)
+        caption = (f"{name}, one query at a time (batch 1) as an edge device serves them: the spread of every query's latency "
+                   f"per runtime, fastest median on top; the median (p50) and the 99th percentile (p99) marked.")
+        partial = [s.runtime for s in series if not s.times_ms]
+        if partial:
+            caption += (f" {', '.join(partial)}: p50 and p99 only (reports of schema 1 kept no per-query times); "
+                        f"`fmnist-bench run --models {model} --operations single-stream` records them.")
+        parts.append(f"{caption}\n\n![{name}: single-stream latency per runtime](plots/latency-{model}.png)\n")
+    elif records:
+        model = model or "model4"
+        parts.append(f"_No single-stream latency figure: no single-stream results for {_display_name(model)}._ "
+                     f"Make them with `fmnist-bench run --models {model} --operations single-stream`.\n")
+    else:
+        parts.append(f"_No latency figure: no bench results yet._ Make them with `{BENCH_COMMAND}`.\n")
+
+    source = _confusion_source(best, records)
+    if source is not None:
+        matrix, per_class, origin = source
+        total = sum(map(sum, matrix))
+        target = plots / f"confusion-{best.model}.png"
+        figures.confusion_figure(matrix, best.data.get("class_names") or [], per_class, target,
+                                 f"{best.display_name} (best test accuracy {best.test['accuracy']:.4f}): {total:,} test images")
+        written.append(target)
+        parts.append(f"{best.display_name}, the most accurate model ({origin}): where its {total:,} test images went "
+                     f"(rows: true class, columns: predicted; the diagonal is right), and each class's precision, recall "
+                     f"and F1.\n\n![{best.display_name}: confusion matrix and per-class scores](plots/confusion-{best.model}.png)\n")
+    else:
+        parts.append(f"_No confusion matrix for {best.display_name}: its metadata has none._ "
+                     f"Retrain it with `fmnist-train {best.model}`, or measure it with `fmnist-bench run --models {best.model}`.\n")
+
+    for pattern in FIGURE_GLOBS:
+        for stale in plots.glob(pattern):
+            if stale not in written:
+                stale.unlink(missing_ok=True)
+    return "\n".join(parts)
+
+
 def build(artifacts: Artifacts, out: Path) -> Path:
     metas = _metadata(artifacts)
     if not metas:
         raise FileNotFoundError(f"{artifacts.root / 'models'}: no trained models to report; run: fmnist-train all")
     out.mkdir(parents=True, exist_ok=True)
+    transfer = "; ".join(f"{get_spec(n).display_name}: {m.base_weights}" for n, m in metas.items() if get_spec(n).transfer)
     sections = [
         f"# Reproduction report\n\nGenerated by `{PROG}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
-        f"from `{artifacts.root}`. Base weights of the transfer models: "
-        + "; ".join(f"{get_spec(n).display_name}: {m.base_weights}" for n, m in metas.items() if get_spec(n).transfer) + ".\n",
+        f"from `{artifacts.root}`." + (f" Base weights of the transfer models: {transfer}." if transfer else "") + "\n",
+        glance_section(artifacts, out, metas),
         data_section(metas),
         table1_section(artifacts, metas),
         experiment_section(artifacts),
@@ -200,12 +355,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description="Write REPORT.md from the artifacts.")
     parser.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--out", help="output folder (default: the artifacts' reports/)")
+    quiet.add_flag(parser)
     args = parser.parse_args(argv)
+    quiet.configure(args.verbose)
     artifacts = Artifacts.at(args.artifacts)
+    out = Path(args.out) if args.out else artifacts.reports_dir
     try:
-        path = build(artifacts, Path(args.out) if args.out else artifacts.reports_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        path = build(artifacts, out)
+    except OSError as exc:
+        # errno None: our own one-line errors (no trained models; a damaged models/*.json, which is a
+        # MetadataError and names its file). Otherwise the OS refused a read or a write.
+        if exc.errno is None:
+            message = str(exc)
+        elif out.exists() and not out.is_dir():
+            message = f"{'--out ' if args.out else ''}{out}: is a file, not a folder"
+        elif exc.filename is not None and out.resolve() in (Path(exc.filename).resolve(), *Path(exc.filename).resolve().parents):
+            message = f"{'--out ' if args.out else ''}{out}: cannot write the report there ({exc.strerror or exc})"
+        else:
+            message = f"{exc.filename or out}: {exc.strerror or exc}"
+        print(f"{PROG}: error: {' '.join(message.split())[:600]}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a damaged experiments table or bench result: its first line, bounded
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        print(f"{PROG}: error: {' '.join(lines[0].split())[:600]}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

@@ -11,7 +11,8 @@ from bench.metrics import reset_peak_rss
 from bench.report import BenchRecord, BenchReport
 from bench.settings import RunSettings
 from bench.store import commit_info, machine
-from bench.sut import ProviderUnavailable, make_sut
+from bench.runtimes import make_sut
+from bench.sut import ProviderUnavailable
 from trainer.artifacts import Artifacts
 
 

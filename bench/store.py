@@ -3,7 +3,7 @@ pytest-benchmark's ``storage/file.py``.
 
 - naming: ``bench-<UTC timestamp>.json`` (and ``.md``) in a report folder, never overwriting one;
 - lookup: :func:`find_reports`, :func:`load` (our reports), :func:`load_any` (ours or a pytest-benchmark save);
-- identity: :func:`machine` (processor, cores, GPU, software versions, the SGEMM yardstick) and
+- identity: :func:`machine` (processor, cores, GPU, software versions, the SGEMM and int8 GEMM yardsticks) and
   :func:`commit_info` (hash, dirty flag, branch) kept apart, and :func:`differences` between two.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from bench.metrics import sgemm_gflops
+from bench.metrics import int8_gemm_gops, sgemm_gflops
 from bench.report import SCHEMA_VERSION, BenchRecord, BenchReport, SchemaError, markdown
 from trainer.artifacts import write_text_atomic
 from trainer.environment import machine_info
@@ -45,7 +45,8 @@ def gpu_name() -> str | None:
 
 def machine() -> dict:
     info = machine_info()
-    info.update(gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(), sgemm_gflops=sgemm_gflops())
+    info.update(gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(), sgemm_gflops=sgemm_gflops(),
+                int8_gemm_gops=int8_gemm_gops())
     return info
 
 

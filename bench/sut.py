@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cases import Case
 from bench.providers import DeviceRun, ProviderUnavailable, device_timer, node_placement, open_session
 from bench.settings import SessionSettings
 from exporter.contract import INPUT_NAME, OUTPUT_NAME, ContractError, check_interface
-from trainer.artifacts import Artifacts
+from trainer import quiet
 
-__all__ = ["SUT", "OrtSUT", "KerasSUT", "TFLiteSUT", "InterfaceError", "ProviderUnavailable", "make_sut"]
+__all__ = ["SUT", "OrtSUT", "KerasSUT", "TFLiteSUT", "InterfaceError", "ProviderUnavailable"]
 
 
 class InterfaceError(ContractError):
@@ -117,15 +116,17 @@ class TFLiteSUT(SUT):
         model = load_trained(Path(path))
         # Through a SavedModel: converting a tf.function's concrete function directly leaves the
         # weights as unresolved resource variables (all-NaN output, or READ_VARIABLE failing).
-        with tempfile.TemporaryDirectory(prefix="fmnist-tflite-") as saved:
+        # The converter and the interpreter write their INFO lines (XNNPACK delegate, quantizer settings)
+        # to fd 2 from native code: filtered as noise unless --verbose.
+        with tempfile.TemporaryDirectory(prefix="fmnist-tflite-") as saved, quiet.native_stderr_filtered():
             model.export(saved, format="tf_saved_model", verbose=False)
             content = tf.lite.TFLiteConverter.from_saved_model(saved).convert()
         start = time.perf_counter()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet.native_stderr_filtered():
             # tf.lite.Interpreter's deprecation banner (LiteRT is its successor); the interpreter still ships in TF 2.21.
             warnings.simplefilter("ignore", UserWarning)
             self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count())
-        self.interpreter.allocate_tensors()
+            self.interpreter.allocate_tensors()
         self.session_create_s = time.perf_counter() - start
         self._input = self.interpreter.get_input_details()[0]["index"]
         self._output = self.interpreter.get_output_details()[0]["index"]
@@ -142,15 +143,3 @@ class TFLiteSUT(SUT):
         self.interpreter.set_tensor(self._input, batch)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output).copy()
-
-
-REFERENCE_RUNTIMES = {"keras": KerasSUT, "tflite": TFLiteSUT}
-
-
-def make_sut(case: Case, artifacts: Artifacts, settings: SessionSettings = SessionSettings()) -> SUT:
-    """The system under test for a case: an onnxruntime session on its provider, or a TensorFlow
-    reference built from the trained ``.keras`` file. Raises ProviderUnavailable, or ImportError
-    where TensorFlow is missing."""
-    if case.is_reference:
-        return REFERENCE_RUNTIMES[case.provider](artifacts.model_file(case.model))
-    return OrtSUT(case.path, case.provider, settings)

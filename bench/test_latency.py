@@ -16,7 +16,8 @@ import pytest
 from bench.cases import Case, HeldOutSplit, load_test_split
 from bench.conftest import BenchParam, selected
 from bench.measure import measure
-from bench.sut import ProviderUnavailable, make_sut
+from bench.runtimes import make_sut
+from bench.sut import ProviderUnavailable
 
 
 @pytest.fixture(scope="session")

@@ -13,16 +13,20 @@ import os
 import sys
 from pathlib import Path
 
-from exporter.contract import ContractError
-from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from exporter.export import ExportError, ExportOptions, export_model
-from exporter.validate import ParityError, Tolerances
-from exporter.contract import VARIANTS
-from exporter.variants import CALIBRATION_METHODS, INT8_ACTIVATIONS, INT8_FORMATS, Int8Config
-from trainer.artifacts import Artifacts, ArtifactsError
-from trainer.data import DataError
-from trainer.locks import LockedError
-from trainer.models import UnknownModelError, get_spec, list_models
+from trainer import quiet  # standard library only
+
+quiet.before_imports(quiet.verbose_requested())  # before TensorFlow loads: its start-up chatter stays out
+
+from exporter.contract import ContractError  # noqa: E402
+from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: E402
+from exporter.export import ExportError, ExportOptions, export_model  # noqa: E402
+from exporter.validate import ParityError, Tolerances  # noqa: E402
+from exporter.contract import VARIANTS  # noqa: E402
+from exporter.variants import CALIBRATION_METHODS, INT8_ACTIVATIONS, INT8_FORMATS, Int8Config  # noqa: E402
+from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
+from trainer.data import DataError  # noqa: E402
+from trainer.locks import LockedError  # noqa: E402
+from trainer.models import UnknownModelError, get_spec, list_models  # noqa: E402
 
 
 def _variants(text: str) -> tuple[str, ...]:
@@ -64,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="int8: quantize BatchNormalization after ReLU as Mul+Add instead of a depthwise 1x1 Conv (for comparison)")
     parser.add_argument("--onnx-dir", help="where the .onnx files and manifest go (default: the artifacts' onnx/); for trying export settings side by side")
     parser.add_argument("--quiet", action="store_true")
+    quiet.add_flag(parser)
     return parser
 
 
@@ -81,6 +86,7 @@ def _models(names: list[str], artifacts: Artifacts) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet.configure(args.verbose)
     options = ExportOptions(
         variants=args.variants, opset=args.opset, parity_images=args.parity_images,
         calibration_images=args.calibration_images, data=args.data,

@@ -2,7 +2,8 @@
 
 Interface (exporter/contract.py): input ``image`` float32 ``[batch, 28, 28, 1]`` in [0, 1] (the trainer's
 canonical input; the transfer models pad to 32x32x3 inside the graph), output ``probabilities`` float32
-``[batch, 5]``.
+``[batch, 5]``. A model trained in mixed precision (``fmnist-train --precision bf16``) is converted
+as its float32 twin (``float32_model``): the graph never holds a bfloat16 tensor.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import onnx  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 
-from exporter.contract import BATCH_DIM, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME  # noqa: E402
+from exporter.contract import BATCH_DIM, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, ContractError  # noqa: E402
 
 DEFAULT_OPSET = 17
 # tf2onnx's supported range, and what onnxruntime's quantizer (per-channel QDQ needs 13) accepts.
@@ -32,6 +33,7 @@ def keras_to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET) -> onnx.ModelP
     ``tf.function`` of ``model(x, training=False)`` with an explicit input signature works and
     matches Keras to about 2e-7. Keep this the only place that calls tf2onnx.
     """
+    model = float32_model(model)  # a mixed-precision model would give bf16 tensors ONNX Runtime's CPU cannot run
     signature = (tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name=INPUT_NAME),)
 
     @tf.function(input_signature=signature)
@@ -39,7 +41,71 @@ def keras_to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET) -> onnx.ModelP
         return {OUTPUT_NAME: model(image, training=False)}
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
+    _check_float32(proto)
     return _fix_interface(proto)
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """``model`` with every layer computing in float32: itself when it does, else a float32 twin.
+
+    A model trained with ``fmnist-train --precision bf16`` is saved with Keras' ``mixed_bfloat16``
+    policy in each layer's config, and loads with it. Traced as it is, tf2onnx (1.17) folds the
+    per-layer weight casts into BFLOAT16 initializers and casts the image with ``Cast(to=FLOAT16)``
+    (sic), then back to FLOAT before the float32 softmax layer: ONNX Runtime's CPU provider refuses
+    the file ("Type 'tensor(bfloat16)' of input parameter ... of operator (Conv) ... is invalid"). The twin
+    is the same network rebuilt from the same config with every policy float32 and given the
+    model's weights. Mixed-precision variables are float32 already, so nothing is rounded: the twin
+    is the trained model computed in float32, which is what the fp32 ONNX file is.
+    """
+    config = {k: v for k, v in keras.saving.serialize_keras_object(model).items() if k != "compile_config"}
+    if not _mixed_policies(config):
+        return model
+    twin = keras.saving.deserialize_keras_object(_with_float32_policies(config))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _is_policy(value: object) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == "DTypePolicy" and isinstance(value.get("config"), dict)
+
+
+def _mixed_policies(config: object) -> set[str]:
+    """The names of the non-float32 dtype policies anywhere in a serialized Keras object."""
+    if _is_policy(config):
+        name = config["config"].get("name")
+        return set() if name == "float32" else {str(name)}
+    if isinstance(config, dict):
+        return set().union(*(_mixed_policies(v) for v in config.values()))
+    if isinstance(config, list):
+        return set().union(*(_mixed_policies(v) for v in config))
+    return set()
+
+
+def _with_float32_policies(config: object) -> object:
+    if _is_policy(config):
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    if isinstance(config, dict):
+        return {k: _with_float32_policies(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_with_float32_policies(v) for v in config]
+    return config
+
+
+# Element types an fp32 graph must not hold anywhere (ONNX Runtime's CPU provider runs few ops on them).
+_LOW_PRECISION = {onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.FLOAT16: "float16"}
+
+
+def _check_float32(proto: onnx.ModelProto) -> None:
+    """Refuse an fp32 graph that holds a bfloat16 or float16 tensor, initializer or cast."""
+    graph = proto.graph
+    found = [f"initializer {t.name}" for t in graph.initializer if t.data_type in _LOW_PRECISION]
+    found += [f"tensor {v.name}" for v in (*graph.input, *graph.output, *graph.value_info)
+              if v.type.tensor_type.elem_type in _LOW_PRECISION]
+    found += [f"{node.op_type} {node.name}" for node in graph.node for a in node.attribute
+              if (a.name == "to" and a.i in _LOW_PRECISION) or (a.name == "value" and a.t.data_type in _LOW_PRECISION)]
+    if found:
+        raise ContractError(f"the fp32 ONNX graph holds low-precision tensors ({', '.join(found[:3])}"
+                            f"{' ...' if len(found) > 3 else ''}); export a float32 model (float32_model)")
 
 
 def _fix_interface(proto: onnx.ModelProto) -> onnx.ModelProto:

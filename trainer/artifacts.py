@@ -59,6 +59,10 @@ class Artifacts:
     def features_dir(self) -> Path:
         return self.root / "cache" / "features"
 
+    def lock_file(self, name: str) -> Path:
+        """The lock a writer of ``name``'s files holds (trainer/locks.py); a model, or a shared table."""
+        return self.root / "locks" / f"{name}.lock"
+
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
@@ -103,6 +107,30 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``target`` (a full disk, a folder gone) into one line that names it.
+
+    Wrap an ``atomic_path`` block with it: the temporary file is gone by the time the error is raised,
+    so the line is all that is left of the attempt.
+    """
+    try:
+        yield
+    except ArtifactsError:
+        raise
+    except OSError as exc:
+        raise ArtifactsError(f"{target}: cannot write it ({exc.strerror or clip(str(exc))})") from None
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to about ``limit`` characters, for echoing user input in a one-line error."""
+    text = " ".join(str(text).split())  # one line, whatever the input held
+    if len(text) <= limit:
+        return text
+    tail = min(20, limit // 4)
+    return f"{text[: limit - tail - 1]}…{text[-tail:]}"
 
 
 def write_text_atomic(target: Path, text: str) -> None:

@@ -13,29 +13,41 @@ REPORT.md is written by ``fmnist-bench report``, which reads the bench results t
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import math
+import re
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import NoReturn, TextIO
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its start-up chatter out
+from trainer import quiet  # standard library only
 
-from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
+quiet.before_imports(quiet.verbose_requested())  # before TensorFlow loads: its start-up chatter stays out
+
+from trainer.artifacts import Artifacts, ArtifactsError, clip, writing  # noqa: E402
 from trainer.config import DEFAULTS, TrainConfig, resolve_config  # noqa: E402
 from trainer.data import DataError, Dataset, Splits  # noqa: E402
+from trainer.locks import LockedError, exclusive  # noqa: E402
 from trainer.models import BaseWeightsError, UnknownModelError, get_spec, list_models  # noqa: E402
 from trainer.plots import sample_grid  # noqa: E402
-from trainer.reports import RunMetadata, table1, write_table  # noqa: E402
-from trainer.sweep import SweepError, parse_grid, run_sweep  # noqa: E402
-from trainer.training import load_data, train_one  # noqa: E402
+from trainer.reports import MetadataError, RunMetadata, table1, write_table  # noqa: E402
+from trainer.sweep import MAX_COUNT, MAX_SEED, SweepError, parse_grid, run_sweep  # noqa: E402
+from trainer.training import load_data, model_lock, train_one  # noqa: E402
 
 PROG = "fmnist-train"
 REPORT_MOVED = f"{PROG}: error: 'report' moved: run 'fmnist-bench report' (it reads the bench results too)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error line kept to one line and free of huge user text (a pasted file as a value)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(one_line(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Train the report's Fashion-MNIST models.",
         epilog=f"Also: '{PROG} sweep MODEL --grid NAME=V1,V2' (experiment tables). REPORT.md: 'fmnist-bench report'.",
     )
@@ -52,17 +64,21 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int, help=f"batch size (default {DEFAULTS.batch_size})")
     parser.add_argument("--lr", type=_positive_float, help=f"learning rate (default: Keras' for the optimizer, {lrs})")
     parser.add_argument("--optimizer", choices=sorted(DEFAULTS.optimizers), help=f"default {DEFAULTS.optimizer}")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default 0)")
+    parser.add_argument("--precision", choices=DEFAULTS.precisions,
+                        help=f"default {DEFAULTS.precision}, the study's; bf16: Keras' mixed_bfloat16 "
+                             "(bfloat16 compute, float32 weights and output)")
+    parser.add_argument("--seed", type=_seed, default=0, help=f"seed for weights and shuffling, 0 to {MAX_SEED} (default 0)")
     parser.add_argument("--data", help="folder of IDX .gz files, the report's .npy dict, or .npz (default: $FMNIST_DATA, then Debian's dataset-fashion-mnist)")
     parser.add_argument("--class-map", help="10->5 class mapping: 'pairs' (default, label // 2) or ten comma-separated classes")
     parser.add_argument("--base-weights", default="auto", help="frozen base of resnet50/vgg16: auto (default), imagenet, none, or a weights file")
     parser.add_argument("--artifacts", help="output folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--limit", type=_positive_int, help="use only the first N images (smoke runs)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    quiet.add_flag(parser)
 
 
 def build_sweep_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{PROG} sweep", description="Train a grid of configurations; rows go to reports/experiments.csv.")
+    parser = _Parser(prog=f"{PROG} sweep", description="Train a grid of configurations; rows go to reports/experiments.csv.")
     parser.add_argument("model", help=f"any of: {', '.join(list_models())}")
     parser.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
                         help="optimizer, batch_size, lr, epochs or seed; several --grid make a product")
@@ -72,14 +88,19 @@ def build_sweep_parser() -> argparse.ArgumentParser:
 
 
 def _positive(kind: type) -> Callable[[str], int | float]:
-    """An argparse type: a positive int or float, with a one-line error naming the value."""
+    """An argparse type: a finite positive int or float, with a one-line error naming the value."""
     def parse(text: str) -> int | float:
+        shown = repr(clip(text))
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+            raise argparse.ArgumentTypeError(f"{shown} is not a {'whole number' if kind is int else 'number'}") from None
+        if not math.isfinite(value):  # inf trains to NaN and nan compares false with everything
+            raise argparse.ArgumentTypeError(f"{shown} must be a finite number")
         if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+            raise argparse.ArgumentTypeError(f"{shown} must be positive")
+        if kind is int and value > MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"{shown} must be at most {MAX_COUNT}")
         return value
     return parse
 
@@ -87,19 +108,42 @@ def _positive(kind: type) -> Callable[[str], int | float]:
 _positive_int, _positive_float = _positive(int), _positive(float)
 
 
+def _seed(text: str) -> int:
+    """An argparse type: what keras.utils.set_random_seed takes, 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{clip(text)!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{clip(text)!r} must be between 0 and {MAX_SEED}")
+    return value
+
+
+def one_line(text: object, token_limit: int = 160, line_limit: int = 600) -> str:
+    """An error message as one line, free of huge user text.
+
+    A quoted value (how argparse and our messages echo what the user typed) is cut to about 80
+    characters; any other huge word (an absurd path) to ``token_limit``, the line to ``line_limit``.
+    """
+    text = re.sub(r"'([^'\s]{81,})'", lambda m: repr(clip(m.group(1))), " ".join(str(text).split()))
+    words = [clip(word, token_limit) if len(word) > token_limit else word for word in text.split()]
+    return clip(" ".join(words), line_limit)
+
+
 def expand_models(names: list[str]) -> list[str]:
     """``all`` -> every registered model; otherwise the names, checked and without repeats."""
+    for name in names:
+        if name != "all":
+            get_spec(name)  # raises UnknownModelError naming the choices: a typo beside 'all' is never ignored
     if "all" in names:
         return list_models()
-    for name in names:
-        get_spec(name)  # raises UnknownModelError naming the choices
     return list(dict.fromkeys(names))
 
 
 def config_from_args(name: str, args: argparse.Namespace) -> TrainConfig:
     """The options of either command as a complete configuration; the defaults come from trainer.config."""
     return resolve_config(name, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                          seed=args.seed, base_weights=args.base_weights, limit=args.limit)
+                          seed=args.seed, base_weights=args.base_weights, limit=args.limit, precision=args.precision)
 
 
 def _load_data(args: argparse.Namespace, artifacts: Artifacts, log: TextIO) -> tuple[Dataset, Splits]:
@@ -110,17 +154,29 @@ def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata
     """``fmnist-train MODEL...``: train each model in turn, then write Table 1."""
     log = log or sys.stdout
     names = expand_models(args.models)
+    configs = [config_from_args(name, args) for name in names]
     artifacts = Artifacts.at(args.artifacts)
-    dataset, splits = _load_data(args, artifacts, log)
-    sample_grid(splits.train, artifacts.plot_file("samples"))
+    artifacts.ensure(artifacts.root)
+    with contextlib.ExitStack() as held:
+        # Every model's lock first: a second run on the same folder is refused before it loads the
+        # data or writes anything, not after hours of training the first models.
+        for name in names:
+            held.enter_context(model_lock(artifacts, name))
+        dataset, splits = _load_data(args, artifacts, log)
+        samples = artifacts.plot_file("samples")
+        with writing(samples):
+            sample_grid(splits.train, samples)
 
-    results, start = [], time.perf_counter()
-    for name in names:
-        results.append(train_one(config_from_args(name, args), dataset, splits, artifacts, quiet=args.quiet, log=log,
-                                 feature_cache=not args.through_base))
-    table = table1(artifacts, list_models())
-    _, md_path = write_table(table, artifacts.reports_dir / "table1",
-                             "Table 1: model performance (ours beside the report's; training time on this machine)")
+        results, start = [], time.perf_counter()
+        for config in configs:
+            results.append(train_one(config, dataset, splits, artifacts, quiet=args.quiet, log=log,
+                                     feature_cache=not args.through_base))
+    stem = artifacts.reports_dir / "table1"
+    # Runs of other models may finish at the same moment: each rewrites the table from every model's
+    # metadata under a short lock, so the last one to write it has read them all.
+    with exclusive(artifacts.lock_file("table1"), f"Table 1 in {artifacts.reports_dir}", wait_s=60), writing(stem):
+        table = table1(artifacts, list_models())
+        _, md_path = write_table(table, stem, "Table 1: model performance (ours beside the report's; training time on this machine)")
     print(f"trained {len(results)} model(s) in {(time.perf_counter() - start) / 60:.1f} min; Table 1: {md_path}", file=log)
     return results
 
@@ -138,11 +194,13 @@ def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> li
     return rows
 
 
-ERRORS = (DataError, ArtifactsError, UnknownModelError, BaseWeightsError, SweepError)
+# MetadataError and ArtifactsError name the file, LockedError the lock and its holder.
+ERRORS = (DataError, ArtifactsError, MetadataError, UnknownModelError, BaseWeightsError, SweepError, LockedError)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet.configure(quiet.verbose_requested(argv))
     command = argv[0] if argv else None
     try:
         if command == "sweep":
@@ -152,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         else:
             run(build_parser().parse_args(argv))
+    except SystemExit as exc:  # argparse: --help (0) or a bad option (2), its line already printed
+        return exc.code if isinstance(exc.code, int) else 2
     except ERRORS as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or a folder gone where no caller named the file: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {one_line(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run the same command again to resume from the last finished epoch", file=sys.stderr)

@@ -10,12 +10,15 @@ pay for loading it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
 # Keras' own default learning rate per optimizer; also the optimizers the toolkit knows.
 _KERAS_LR_BY_OPTIMIZER = MappingProxyType({"adam": 1e-3, "sgd": 1e-2})
+# ``--precision``: the Keras dtype policy each name trains under (trainer/fit.py's ``dtype_policy``).
+# bf16 is Keras' mixed precision: float32 variables, bfloat16 compute, the softmax output in float32.
+PRECISION_POLICIES = MappingProxyType({"fp32": "float32", "bf16": "mixed_bfloat16"})
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class TrainDefaults:
     epochs: int = 50
     batch_size: int = 128
     optimizer: str = "adam"
+    precision: str = "fp32"  # the study's; see PRECISION_POLICIES
     # Per optimizer, because the report changed optimizers without setting a learning rate.
     lr_by_optimizer: Mapping[str, float] = field(default_factory=lambda: _KERAS_LR_BY_OPTIMIZER)
 
@@ -45,6 +49,11 @@ class TrainDefaults:
         except KeyError:
             raise ValueError(f"--optimizer {optimizer!r}: choose from {', '.join(self.optimizers)}") from None
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The ``--precision`` names a configuration may use, the default first."""
+        return (self.precision, *(p for p in PRECISION_POLICIES if p != self.precision))
+
 
 DEFAULTS = TrainDefaults()
 
@@ -53,8 +62,9 @@ DEFAULTS = TrainDefaults()
 class TrainConfig:
     """Everything that decides what one run trains.
 
-    Its ``asdict`` is part of a checkpoint's identity (a checkpoint of another configuration is not
-    resumed) and of an experiment row's key: adding, renaming or reordering fields invalidates both.
+    Its ``identity`` is part of a checkpoint's identity (a checkpoint of another configuration is not
+    resumed) and of an experiment row's key: adding, renaming or reordering fields invalidates both,
+    unless the new field is left out of ``identity`` at its old implicit value (as ``precision`` is).
     """
 
     model: str
@@ -65,6 +75,28 @@ class TrainConfig:
     seed: int
     base_weights: str = "auto"
     limit: int | None = None  # images used (smoke runs); None: all of them
+    precision: str = "fp32"  # "bf16": Keras' mixed_bfloat16 policy (PRECISION_POLICIES)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISION_POLICIES:
+            raise ValueError(f"--precision {self.precision!r}: choose from {', '.join(PRECISION_POLICIES)}")
+
+    @property
+    def dtype_policy(self) -> str:
+        """The Keras dtype policy the model is built under: ``float32`` or ``mixed_bfloat16``."""
+        return PRECISION_POLICIES[self.precision]
+
+    def identity(self) -> dict:
+        """The configuration as checkpoints (trainer/fit.py's run.json) and experiment keys see it.
+
+        Every field, except ``precision`` when it is fp32: every run before ``--precision`` existed
+        was fp32 and has no such field, so an fp32 run keeps the key of its existing experiments.csv
+        rows and may resume its checkpoint, while a bf16 run never matches an fp32 one, nor the reverse.
+        """
+        values = asdict(self)
+        if self.precision == "fp32":
+            del values["precision"]
+        return values
 
 
 def resolve_config(
@@ -77,6 +109,7 @@ def resolve_config(
     seed: int = 0,
     base_weights: str = "auto",
     limit: int | None = None,
+    precision: str | None = None,
 ) -> TrainConfig:
     """A complete configuration from the settings the user gave (``None``: the default).
 
@@ -94,4 +127,5 @@ def resolve_config(
         seed=seed,
         base_weights=base_weights,
         limit=limit,
+        precision=precision or DEFAULTS.precision,
     )

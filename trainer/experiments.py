@@ -11,25 +11,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from trainer.artifacts import Artifacts, atomic_path
+from trainer.artifacts import Artifacts, ArtifactsError, atomic_path
 from trainer.config import TrainConfig
 
 EXPERIMENT_COLUMNS = [
-    "key", "model", "sweep", "optimizer", "batch_size", "lr", "epochs", "seed", "base_weights", "limit",
+    "key", "model", "sweep", "optimizer", "batch_size", "lr", "epochs", "seed", "base_weights", "limit", "precision",
     "train_accuracy", "val_accuracy", "train_loss", "val_loss", "test_accuracy", "test_loss",
     "training_time_min", "measured_as", "data_sha256", "run_dir", "created_at",
 ]
 SWEEP_SEPARATOR = "; "  # between the names of the sweeps one row belongs to
+# Columns added after tables were written, with the value every row of an older table had.
+LATER_COLUMNS = {"precision": "fp32"}  # every run before --precision trained in float32
+
+
+class ExperimentsError(ArtifactsError, ValueError):
+    """experiments.csv cannot be read as the experiment store; the message names it.
+
+    An ArtifactsError (every command reports those in one line) and a ValueError (as pandas' own errors were).
+    """
 
 
 def row_key(config: TrainConfig, data_sha256: str) -> str:
-    """The identity of a row: 16 hex digits of its configuration and data."""
-    return hashlib.sha256(json.dumps([asdict(config), data_sha256], sort_keys=True).encode()).hexdigest()[:16]
+    """The identity of a row: 16 hex digits of its configuration and data.
+
+    ``TrainConfig.identity`` leaves out an fp32 precision, so the rows of tables written before
+    ``--precision`` keep their keys (a sweep does not run them again).
+    """
+    return hashlib.sha256(json.dumps([config.identity(), data_sha256], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_dir(artifacts: Artifacts, config: TrainConfig, data_sha256: str) -> Path:
@@ -43,7 +55,23 @@ def read_experiments(path: Path) -> pd.DataFrame:
     # weights) stays text: only an empty cell is missing.
     if not path.exists():
         return pd.DataFrame(columns=EXPERIMENT_COLUMNS)
-    return pd.read_csv(path, dtype={"key": str, "sweep": str, "base_weights": str}, keep_default_na=False, na_values=[""])
+    try:
+        table = pd.read_csv(path, dtype={"key": str, "sweep": str, "base_weights": str}, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=EXPERIMENT_COLUMNS)  # an empty file: no rows yet
+    except ValueError as exc:  # pandas' ParserError and a UnicodeDecodeError are ValueErrors
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise ExperimentsError(f"{path}: not an experiment table ({reason}); move it aside to start a new one") from None
+    for column, value in LATER_COLUMNS.items():
+        if column not in table.columns:  # a table from before the column: its rows had the old value
+            before = EXPERIMENT_COLUMNS[EXPERIMENT_COLUMNS.index(column) - 1]
+            at = table.columns.get_loc(before) + 1 if before in table.columns else len(table.columns)
+            table.insert(at, column, value)
+    missing = [c for c in EXPERIMENT_COLUMNS if c not in table.columns]
+    if missing:
+        raise ExperimentsError(f"{path}: not an experiment table (no {', '.join(missing[:5])}"
+                               f"{' ...' if len(missing) > 5 else ''} column); move it aside to start a new one")
+    return table
 
 
 def done_keys(path: Path) -> set[str]:

@@ -114,6 +114,16 @@ def report_padding_adapter() -> list[keras.layers.Layer]:
 
 # --------------------------------------------------------------------------- the four CNNs
 
+def output_layer(spec: ModelSpec) -> layers.Dense:
+    """The softmax over the classes, in float32 whatever the policy the model is built under.
+
+    Under mixed precision (``fmnist-train --precision bf16``) Keras advises a float32 output: the
+    softmax and the loss stay exact and the model returns float32 probabilities. For an fp32 model
+    this is what the layer would have anyway (same config, same weights).
+    """
+    return layers.Dense(spec.num_classes, activation="softmax", dtype="float32")
+
+
 def _cnn(spec: ModelSpec, body: list[keras.layers.Layer]) -> keras.Model:
     model = keras.Sequential([keras.Input(spec.input_shape, name="image"), *spec.input_adapter(), *body], name=spec.name)
     return model
@@ -128,7 +138,7 @@ def build_model1(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Conv2D(128, (3, 3), activation="relu"),
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
-        layers.Dense(spec.num_classes, activation="softmax"),
+        output_layer(spec),
     ]))
 
 
@@ -149,7 +159,7 @@ def build_model2(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Dense(128, activation="relu"),
         layers.BatchNormalization(),
         layers.Dropout(0.3),
-        layers.Dense(spec.num_classes, activation="softmax"),
+        output_layer(spec),
     ]))
 
 
@@ -175,7 +185,7 @@ def build_model3(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Dense(128, activation="relu"),
         layers.BatchNormalization(),
         layers.Dropout(0.4),
-        layers.Dense(spec.num_classes, activation="softmax"),
+        output_layer(spec),
     ]))
 
 
@@ -205,7 +215,7 @@ def build_model4(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Dense(128, activation="relu"),
         layers.BatchNormalization(),
         layers.Dropout(0.5),
-        layers.Dense(spec.num_classes, activation="softmax"),
+        output_layer(spec),
     ]))
 
 
@@ -262,7 +272,7 @@ def _transfer(application: Callable[..., keras.Model]) -> Callable[..., BuiltMod
         head = keras.Sequential([
             keras.Input(features.shape[1:], name="features"),
             layers.Flatten(),
-            layers.Dense(spec.num_classes, activation="softmax"),
+            output_layer(spec),
         ], name=f"{spec.name}_head")
         model = keras.Model(image, head(base(image)), name=spec.name)
         return BuiltModel(model, used, base=base, head=head)

@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
 
-from trainer.artifacts import Artifacts, atomic_path, write_json_atomic, write_text_atomic
+from trainer.artifacts import Artifacts, ArtifactsError, atomic_path, clip, write_json_atomic, write_text_atomic
 
 METADATA_SCHEMA_VERSION = 1
+# What the readers (Table 1, REPORT.md, the exporter) take from a metadata file without asking again:
+# checked once at read time, so a damaged or foreign file is one error naming it, not a KeyError later.
+_REQUIRED = {
+    "config": ("optimizer", "epochs"),
+    "data": ("source", "sha256", "images", "class_names", "split", "split_protocol"),
+    "training": ("training_time_s",),
+    "final_epoch": ("loss", "accuracy", "val_loss", "val_accuracy"),
+    "test": ("loss", "accuracy", "evaluate_s", "predict_s", "evaluate_warm_median_s", "predict_warm_median_s",
+             "classification_report", "confusion_matrix"),
+    "model_file": ("sha256",),
+    "machine": ("cpu", "cores"),
+}
+# The values Table 1 computes with or formats, by the type it needs.
+_TYPED = {
+    ("final_epoch", "loss"): numbers.Real, ("final_epoch", "accuracy"): numbers.Real,
+    ("final_epoch", "val_loss"): numbers.Real, ("final_epoch", "val_accuracy"): numbers.Real,
+    ("test", "loss"): numbers.Real, ("test", "accuracy"): numbers.Real, ("training", "training_time_s"): numbers.Real,
+    ("config", "optimizer"): str, ("config", "epochs"): numbers.Integral,
+}
+
+
+class MetadataError(ArtifactsError, ValueError):
+    """A ``models/<name>.json`` that cannot be this toolkit's metadata; the message names the file.
+
+    An ArtifactsError, so every command that reports a damaged artifacts folder in one line (the
+    exporter included) reports this too; a ValueError, as the schema check always raised.
+    """
 
 # Table 1 of the report (50 epochs, batch 128, Adam), for side-by-side comparison.
 REPORT_TABLE1 = {
@@ -77,10 +105,43 @@ class RunMetadata:
 
     @classmethod
     def read(cls, path: Path) -> "RunMetadata":
-        payload = json.loads(path.read_text())
+        """The metadata in ``path``, or MetadataError naming it (unreadable, not JSON, another schema)."""
+        try:
+            payload = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise MetadataError(f"{path}: cannot read the run metadata ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise MetadataError(f"{path}: not run metadata (not UTF-8 text); retrain the model to rewrite it") from None
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"{path}: not run metadata (not JSON: {exc.msg} at line {exc.lineno}); "
+                                "retrain the model to rewrite it") from None
+        if not isinstance(payload, dict):
+            raise MetadataError(f"{path}: not run metadata (a JSON {type(payload).__name__}, expected an object)")
         version = payload.get("schema_version")
         if version != METADATA_SCHEMA_VERSION:
-            raise ValueError(f"{path}: metadata schema_version {version}, this toolkit reads {METADATA_SCHEMA_VERSION}")
+            raise MetadataError(f"{path}: metadata schema_version {clip(repr(version), 40)}, "
+                                f"this toolkit reads {METADATA_SCHEMA_VERSION}")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(payload) - {"extra"})
+        unknown = sorted(set(payload) - names)
+        if missing or unknown:
+            what = "; ".join(part for part in (missing and f"missing {', '.join(missing)}",
+                                               unknown and f"unknown {clip(', '.join(unknown), 60)}") if part)
+            raise MetadataError(f"{path}: not this toolkit's run metadata ({what})")
+        for name, keys in _REQUIRED.items():
+            section = payload[name]
+            if not isinstance(section, dict):
+                raise MetadataError(f"{path}: not this toolkit's run metadata ({name} is not an object)")
+            absent = [k for k in keys if k not in section]
+            if absent:
+                raise MetadataError(f"{path}: not this toolkit's run metadata ({name} lacks {', '.join(absent)})")
+        for (name, key), kind in _TYPED.items():
+            value = payload[name][key]
+            if isinstance(value, bool) or not isinstance(value, kind):
+                expected = "text" if kind is str else "a number"
+                raise MetadataError(f"{path}: not this toolkit's run metadata ({name}.{key} is not {expected})")
+        if not isinstance(payload.get("extra", {}), dict):
+            raise MetadataError(f"{path}: not this toolkit's run metadata (extra is not an object)")
         return cls(**payload)
 
 
@@ -103,6 +164,8 @@ def table1(artifacts: Artifacts, model_names: list[str]) -> pd.DataFrame:
             "Layers": meta.extra.get("conv_layers") or "",
             "Optimizer": meta.config["optimizer"].capitalize() if meta.config["optimizer"] == "adam" else meta.config["optimizer"].upper(),
             "Epochs": meta.config["epochs"],
+            # Metadata written before --precision has none: those models trained in float32.
+            "Precision": meta.config.get("precision", "fp32"),
             "Train Accuracy": ours["train_accuracy"],
             "Val Accuracy": ours["val_accuracy"],
             "Train Loss": ours["train_loss"],

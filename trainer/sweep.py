@@ -17,6 +17,7 @@ stopping at that epoch. Such rows say so in ``measured_as``.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -27,15 +28,20 @@ import keras
 import pandas as pd
 
 from trainer import experiments
-from trainer.artifacts import Artifacts, atomic_path
+from trainer.artifacts import Artifacts, atomic_path, clip, writing
 from trainer.config import DEFAULTS, TrainConfig
 from trainer.data import Dataset, Splits
 from trainer.evaluation import evaluate
 from trainer.fit import compile_for_training
 from trainer.models import get_spec, load_trained
-from trainer.training import train_one
+from trainer.locks import exclusive
+from trainer.training import model_lock, train_one
 
 GRID_TYPES = {"optimizer": str, "batch_size": int, "lr": float, "epochs": int, "seed": int}
+MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed takes 0 to 2**32 - 1
+MAX_COUNT = 2**31 - 1  # epochs and batch sizes past TensorFlow's int32 shapes are typos
+# How long a finished run waits for another sweep to finish rewriting experiments.csv (milliseconds, normally).
+STORE_WAIT_S = 60.0
 
 
 class SweepError(ValueError):
@@ -47,20 +53,41 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     grid: dict[str, list] = {}
     for item in items:
         name, _, values = item.partition("=")
+        shown = repr(clip(item))  # a pasted file must not become the error line
         if name not in GRID_TYPES or not values:
-            raise SweepError(f"--grid {item!r}: expected NAME=V1,V2 with NAME one of {', '.join(GRID_TYPES)}")
+            raise SweepError(f"--grid {shown}: expected NAME=V1,V2 with NAME one of {', '.join(GRID_TYPES)}")
         try:
             parsed = [GRID_TYPES[name](v.strip()) for v in values.split(",") if v.strip()]
         except ValueError:
-            raise SweepError(f"--grid {item!r}: {name} takes {GRID_TYPES[name].__name__} values") from None
+            raise SweepError(f"--grid {shown}: {name} takes {GRID_TYPES[name].__name__} values") from None
+        if not parsed:
+            raise SweepError(f"--grid {shown}: no values")
         if name == "optimizer" and set(parsed) - set(DEFAULTS.optimizers):
-            raise SweepError(f"--grid {item!r}: optimizers are {' and '.join(DEFAULTS.optimizers)}")
+            raise SweepError(f"--grid {shown}: optimizers are {' and '.join(DEFAULTS.optimizers)}")
+        bad = next((v for v in parsed if not _possible(name, v)), None)
+        if bad is not None:
+            raise SweepError(f"--grid {shown}: {name} {clip(repr(bad), 40)} is impossible ({_RANGES[name]})")
         if name in grid:
             raise SweepError(f"--grid {name} given twice")
         grid[name] = list(dict.fromkeys(parsed))
     if not grid:
         raise SweepError("sweep needs at least one --grid NAME=V1,V2")
     return grid
+
+
+_RANGES = {"batch_size": f"1 to {MAX_COUNT}", "epochs": f"1 to {MAX_COUNT}", "lr": "a finite number above 0",
+           "seed": f"0 to {MAX_SEED}"}
+
+
+def _possible(name: str, value: object) -> bool:
+    """Whether a grid value can be trained with: NaN and infinite rates train to NaN and exit 0 otherwise."""
+    if name == "lr":
+        return math.isfinite(value) and value > 0
+    if name in ("batch_size", "epochs"):
+        return 1 <= value <= MAX_COUNT
+    if name == "seed":
+        return 0 <= value <= MAX_SEED
+    return True
 
 
 def sweep_name(grid: dict[str, list]) -> str:
@@ -88,6 +115,10 @@ def expand(base: TrainConfig, grid: dict[str, list], lr_given: bool = False) -> 
 class EpochSnapshots(keras.callbacks.Callback):
     """Keeps the trainable weights at the requested (1-based) epochs; files survive an interrupted run."""
 
+    # Runs before the epoch's checkpoint (trainer/fit.py): once a checkpoint says an epoch is done,
+    # its snapshot is on disk, whenever a kill comes.
+    before_checkpoint = True
+
     def __init__(self, epochs: set[int], folder: Path):
         super().__init__()
         self.epochs, self.folder = epochs, folder
@@ -98,7 +129,7 @@ class EpochSnapshots(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 in self.epochs:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.path(epoch + 1)) as tmp:
+            with writing(self.path(epoch + 1)), atomic_path(self.path(epoch + 1)) as tmp:
                 self.model.save_weights(tmp)
 
 
@@ -117,8 +148,13 @@ def run_sweep(
 ) -> list[dict]:
     """Run what is not in the experiment store yet; return the rows written by this call.
 
-    ``base`` is a resolved configuration (trainer.config.resolve_config) of the model to sweep;
+    ``base`` is a resolved configuration (trainer.config.resolve_config) of the model to sweep; its
+    precision (``--precision``) is every row's, and is in each row and its key (fp32 rows keep their old key);
     ``lr_given`` says its lr was the user's, so a swept optimizer keeps it instead of its own default.
+
+    Each run holds the lock of its own folder (``model_lock`` of its run dir) from training to its
+    rows, and experiments.csv is rewritten under a lock of its own: two sweeps may share a folder,
+    never a run, and neither loses the other's rows.
     """
     log = log or sys.stdout
     model = base.model
@@ -138,36 +174,45 @@ def run_sweep(
         keys = {e: experiments.row_key(replace(shared, epochs=e), dataset.sha256) for e in epoch_list}
         done = experiments.done_keys(store)
         if not force and all(k in done for k in keys.values()):
-            experiments.add_sweep_name(store, list(keys.values()), name)
+            with _store_lock(artifacts), writing(store):
+                experiments.add_sweep_name(store, list(keys.values()), name)
             print(f"[sweep] {model} {_describe(longest, epoch_list)}: already in {store}, skipped (--force reruns)", file=log)
             continue
         run_dir = experiments.run_dir(artifacts, longest, dataset.sha256)
         run_artifacts = Artifacts(run_dir)
         snapshots = EpochSnapshots(set(epoch_list), run_dir / "snapshots")
-        print(f"[sweep] {model} {_describe(longest, epoch_list)} -> {run_dir}", file=log, flush=True)
-        meta = train_one(longest, dataset, splits, run_artifacts, quiet=quiet,
-                         extra_callbacks=[snapshots, *(extra_callbacks or [])], log=log)
-        history = pd.read_csv(run_artifacts.history_file(model))
-        rows = []
-        for epochs in sorted(epoch_list):
-            if epochs == longest.epochs:
-                test_loss, test_accuracy, measured_as = meta.test["loss"], meta.test["accuracy"], "own run"
-            else:
-                test_loss, test_accuracy = _evaluate_snapshot(run_artifacts, model, longest, snapshots.path(epochs), splits)
-                measured_as = f"epoch {epochs} of a {longest.epochs}-epoch run"
-            at = history[history["epoch"] == epochs - 1].iloc[0]
-            feature_s = meta.training["feature_extraction_s"]
-            rows.append({
-                "key": keys[epochs], "model": model, "sweep": name, **{k: v for k, v in asdict(replace(shared, epochs=epochs)).items() if k != "model"},
-                "base_weights": meta.base_weights, "train_accuracy": at["accuracy"], "val_accuracy": at["val_accuracy"],
-                "train_loss": at["loss"], "val_loss": at["val_loss"], "test_accuracy": test_accuracy, "test_loss": test_loss,
-                "training_time_min": (feature_s + history[history["epoch"] < epochs]["epoch_time_s"].sum()) / 60,
-                "measured_as": measured_as, "data_sha256": dataset.sha256, "run_dir": str(run_dir),
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
-        experiments.append_rows(store, rows)
+        with model_lock(run_artifacts, model):  # train_one takes it too; held here until the rows are written
+            print(f"[sweep] {model} {_describe(longest, epoch_list)} -> {run_dir}", file=log, flush=True)
+            meta = train_one(longest, dataset, splits, run_artifacts, quiet=quiet,
+                             extra_callbacks=[snapshots, *(extra_callbacks or [])], log=log)
+            history = pd.read_csv(run_artifacts.history_file(model))
+            rows = []
+            for epochs in sorted(epoch_list):
+                if epochs == longest.epochs:
+                    test_loss, test_accuracy, measured_as = meta.test["loss"], meta.test["accuracy"], "own run"
+                else:
+                    test_loss, test_accuracy = _evaluate_snapshot(run_artifacts, model, longest, snapshots.path(epochs), splits)
+                    measured_as = f"epoch {epochs} of a {longest.epochs}-epoch run"
+                at = history[history["epoch"] == epochs - 1].iloc[0]
+                feature_s = meta.training["feature_extraction_s"]
+                rows.append({
+                    "key": keys[epochs], "model": model, "sweep": name, **{k: v for k, v in asdict(replace(shared, epochs=epochs)).items() if k != "model"},
+                    "base_weights": meta.base_weights, "train_accuracy": at["accuracy"], "val_accuracy": at["val_accuracy"],
+                    "train_loss": at["loss"], "val_loss": at["val_loss"], "test_accuracy": test_accuracy, "test_loss": test_loss,
+                    "training_time_min": (feature_s + history[history["epoch"] < epochs]["epoch_time_s"].sum()) / 60,
+                    "measured_as": measured_as, "data_sha256": dataset.sha256, "run_dir": str(run_dir),
+                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                })
+            with _store_lock(artifacts), writing(store):
+                experiments.append_rows(store, rows)
         written += rows
     return written
+
+
+def _store_lock(artifacts: Artifacts):
+    """experiments.csv is read, changed and rewritten whole: one sweep at a time, waiting a little for another."""
+    return exclusive(artifacts.lock_file("experiments"), f"the experiment table {artifacts.experiments_file}",
+                     wait_s=STORE_WAIT_S)
 
 
 def _evaluate_snapshot(run_artifacts: Artifacts, model: str, config: TrainConfig, weights: Path, splits: Splits) -> tuple[float, float]:
@@ -181,4 +226,6 @@ def _evaluate_snapshot(run_artifacts: Artifacts, model: str, config: TrainConfig
 
 def _describe(config: TrainConfig, epoch_list: list[int]) -> str:
     epochs = ",".join(map(str, sorted(epoch_list)))
-    return f"optimizer={config.optimizer} lr={config.lr:g} batch_size={config.batch_size} seed={config.seed} epochs={epochs}"
+    precision = f" precision={config.precision}" if config.precision != DEFAULTS.precision else ""
+    return (f"optimizer={config.optimizer} lr={config.lr:g} batch_size={config.batch_size} seed={config.seed} "
+            f"epochs={epochs}{precision}")

@@ -6,6 +6,7 @@ is imported here, so the library has no policy of its own beyond the configurati
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -19,12 +20,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: k
 import keras  # noqa: E402
 
 from trainer import data as data_mod  # noqa: E402
-from trainer.artifacts import Artifacts, atomic_path  # noqa: E402
+from trainer.artifacts import Artifacts, atomic_path, writing  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import Dataset, Splits  # noqa: E402
 from trainer.environment import machine_info  # noqa: E402
 from trainer.evaluation import Evaluation, evaluate  # noqa: E402
-from trainer.fit import FitOutcome, compile_for_training, discard_checkpoint, fit  # noqa: E402
+from trainer.fit import FitOutcome, compile_for_training, discard_checkpoint, dtype_policy, fit  # noqa: E402
+from trainer.locks import exclusive  # noqa: E402
 from trainer.models import BuiltModel, create_model, get_spec  # noqa: E402
 from trainer.plots import accuracy_loss_plot  # noqa: E402
 from trainer.reports import RunMetadata  # noqa: E402
@@ -54,6 +56,16 @@ def load_data(
     return dataset, splits
 
 
+def model_lock(artifacts: Artifacts, name: str) -> contextlib.AbstractContextManager[None]:
+    """The lock of one model's files in one artifacts folder: its model, metadata, history and checkpoint.
+
+    Two runs writing them at once corrupt each other's checkpoint and history; the second is refused
+    at once with one line naming the holder (trainer/locks.py raises LockedError). Nested holds by
+    one process are allowed, so the command line can take it before loading the data.
+    """
+    return exclusive(artifacts.lock_file(name), f"{name} in {artifacts.root} (its model, history and checkpoint)")
+
+
 def train_one(
     config: TrainConfig,
     dataset: Dataset,
@@ -68,15 +80,32 @@ def train_one(
 
     Resumes from a checkpoint of the same configuration and data; the checkpoint is discarded only
     once the model and its metadata are written, so a kill at any point loses no finished epoch.
+    Holds the model's lock (``model_lock``) throughout; a write that fails (a full disk) raises
+    ArtifactsError naming the file, and leaves no file half written.
     """
+    with model_lock(artifacts, config.model):
+        return _train_one(config, dataset, splits, artifacts, quiet, extra_callbacks, log, feature_cache)
+
+
+def _train_one(
+    config: TrainConfig,
+    dataset: Dataset,
+    splits: Splits,
+    artifacts: Artifacts,
+    quiet: bool,
+    extra_callbacks: list[keras.callbacks.Callback] | None,
+    log: TextIO | None,
+    feature_cache: bool,
+) -> RunMetadata:
     log = log or sys.stdout
     spec = get_spec(config.model)
     keras.utils.set_random_seed(config.seed)
-    built = create_model(config.model, base_weights=config.base_weights)
+    with dtype_policy(config.precision):  # the layers keep it; the global policy is restored after building
+        built = create_model(config.model, base_weights=config.base_weights)
     if not quiet:
         print(f"[{config.model}] {spec.display_name}: {built.model.count_params():,} parameters, "
               f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
-              f"base weights: {built.base_weights}", file=log, flush=True)
+              f"precision {config.precision}, base weights: {built.base_weights}", file=log, flush=True)
 
     outcome = fit(built, dataset, splits, config, artifacts, quiet=quiet, extra_callbacks=extra_callbacks, log=log,
                   feature_cache=feature_cache)
@@ -86,12 +115,16 @@ def train_one(
 
     model_path = artifacts.model_file(config.model)
     artifacts.ensure(model_path.parent, artifacts.plot_file(config.model).parent)
-    with atomic_path(model_path) as tmp:
+    with writing(model_path), atomic_path(model_path) as tmp:
         built.model.save(tmp)
-    accuracy_loss_plot(outcome.history, f"{spec.display_name}: accuracy and loss", artifacts.plot_file(config.model))
+    plot_path = artifacts.plot_file(config.model)
+    with writing(plot_path):
+        accuracy_loss_plot(outcome.history, f"{spec.display_name}: accuracy and loss", plot_path)
 
     metadata = build_metadata(config, built, dataset, splits, outcome, result, model_path)
-    metadata.write(artifacts.metadata_file(config.model))
+    metadata_path = artifacts.metadata_file(config.model)
+    with writing(metadata_path):
+        metadata.write(metadata_path)
     discard_checkpoint(artifacts, config.model)
     if not quiet:
         print(f"[{config.model}] test accuracy {result.accuracy:.4f}, loss {result.loss:.4f}; "
@@ -142,5 +175,7 @@ def build_metadata(
                     "bytes": model_path.stat().st_size},
         machine=machine_info(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        extra={"conv_layers": spec.conv_layers},
+        # config["precision"] is what was asked; the policy is what the model's layers were built with
+        # (mixed_bfloat16: float32 variables, bfloat16 compute, the softmax output in float32).
+        extra={"conv_layers": spec.conv_layers, "precision": config.precision, "dtype_policy": model.dtype_policy.name},
     )

@@ -1,0 +1,265 @@
+"""Peer runtimes (issue #11): OpenVINO on the exported ONNX files, LiteRT on a conversion of the trained
+``.keras`` file, measured by the same core (bench/measure.py) as the onnxruntime rows.
+
+- ``openvino``: the ``.onnx`` file compiled for OpenVINO's CPU plugin at OpenVINO's own default inference
+  precision (bf16 on CPUs with AVX-512 BF16 or AMX, f32 elsewhere); the precision it picked is recorded.
+- ``openvino-f32``: the same, with ``INFERENCE_PRECISION_HINT`` forced to f32.
+- ``litert``: ``ai-edge-litert``'s interpreter (the successor of ``tf.lite.Interpreter``) on its default
+  XNNPACK delegate; fp32, and full-integer int8 (post-training quantization calibrated on training images,
+  float32 input and output kept so the interface stays ``(N, 28, 28, 1)`` float32 -> 5 probabilities).
+
+Every SUT imports its runtime when it is built, so the bench package imports and runs with onnxruntime,
+numpy and scikit-learn alone: a runtime that is not installed is a skipped row whose reason names the
+package (:class:`PeerUnavailable` is a ``ProviderUnavailable``, which both front doors record as a skip).
+TensorFlow is needed only to convert for LiteRT; the conversion is cached in ``artifacts/litert/``, so a
+machine holding the cache runs the LiteRT rows without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+import onnx
+
+from bench.cases import Case, read_exports
+from bench.providers import ProviderUnavailable
+from bench.settings import SessionSettings
+from bench.sut import SUT, InterfaceError
+from exporter.contract import INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, sha256_of
+from trainer import quiet
+from trainer.artifacts import Artifacts, atomic_path, writing
+from trainer.data import DataError, reload_dataset, split_dataset
+
+# provider -> the INFERENCE_PRECISION_HINT asked for ("default": left to OpenVINO, which picks by CPU).
+OPENVINO_PRECISION = {"openvino": "default", "openvino-f32": "f32"}
+LITERT = "litert"
+# Our scenarios make one synchronous call at a time (a batch, or one single-stream query), so LATENCY,
+# OpenVINO's CPU default, is the hint that uses every core for that one call; THROUGHPUT splits the cores
+# into streams that only parallel asynchronous requests would fill.
+DEFAULT_HINT = "LATENCY"
+# The int8 calibration recipe of the ONNX int8 file (exporter/export.py): 512 training images, drawn with seed 0.
+CALIBRATION_IMAGES = 512
+CALIBRATION_SEED = 0
+# Part of every cache name: bump it when convert_litert's recipe changes, so old conversions are not reused.
+LITERT_RECIPE = "r1"
+
+
+class PeerUnavailable(ProviderUnavailable):
+    """A peer runtime, or what converting for it needs, is missing here; the message names what to install."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "not-installed")
+
+
+def _require(module: str, package: str, needed_for: str = "") -> ModuleType:
+    """Import ``module`` or raise PeerUnavailable naming the pip package (imported here only: lazily)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.split(".")[0] == exc.name.split(".")[0]:
+            raise PeerUnavailable(f"{needed_for}{package} is not installed (pip install {package})") from None
+        raise PeerUnavailable(f"{needed_for}{package} cannot be imported ({exc})") from None
+    except ImportError as exc:  # installed but broken (a missing shared library, ...): say so, not "not installed"
+        raise PeerUnavailable(f"{needed_for}{package} cannot be imported ({str(exc).splitlines()[0][:200]})") from None
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+class OpenVinoSUT(SUT):
+    """The exported ``.onnx`` file compiled by OpenVINO for its CPU plugin, batch dimension left dynamic
+    (one compiled model for every batch size, as the onnxruntime session)."""
+
+    def __init__(self, path: Path, variant: str, precision: str = "default", hint: str = DEFAULT_HINT,
+                 threads: int = 0):
+        if precision not in ("f32", "default"):
+            raise ValueError(f"precision {precision!r}: expected 'f32' or 'default'")
+        ov = _require("openvino", "openvino")
+        self.path, self.variant = Path(path), variant
+        config: dict[str, str] = {"PERFORMANCE_HINT": hint}
+        if precision == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        start = time.perf_counter()
+        try:
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types for a file it cannot read
+            raise InterfaceError(f"{path}: OpenVINO cannot load it ({_ov_error(exc)})") from None
+        self.session_create_s = time.perf_counter() - start
+        try:
+            check_interface([_port(p) for p in compiled.inputs], [_port(p) for p in compiled.outputs], self.path)
+        except ContractError as exc:
+            raise InterfaceError(str(exc)) from None
+        self.request = compiled.create_infer_request()
+        picked = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16", "f16"
+        self.provider_options = {
+            "device": "CPU",
+            "performance_hint": _name(compiled.get_property("PERFORMANCE_HINT")),
+            "inference_precision_asked": precision,
+            "inference_precision": picked,
+            "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "num_streams": int(compiled.get_property("NUM_STREAMS")),
+            "batch": "dynamic",
+            "openvino": ov.__version__.split("-")[0],
+        }
+        self.providers_used = [f"OpenVINO CPU ({picked}, {self.provider_options['performance_hint']})"]
+        self.model_bytes = self.path.stat().st_size
+        self.name = "openvino" if precision == "default" else "openvino-f32"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        # share_inputs: no copy of a contiguous slice; the output is copied out (share_outputs=False).
+        return self.request.infer({0: batch}, share_inputs=True)[0]
+
+
+def _port(port) -> SimpleNamespace:
+    """An OpenVINO port as check_interface reads an onnxruntime NodeArg: name, shape, type."""
+    shape = [d.get_length() if d.is_static else "batch" for d in port.get_partial_shape()]
+    element = port.get_element_type().get_type_name()
+    return SimpleNamespace(name=port.get_any_name(), shape=shape, type="tensor(float)" if element == "f32" else element)
+
+
+def _ov_error(exc: Exception) -> str:
+    """OpenVINO's message without its "Exception from src/...cpp:N:" location lines, on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from ")]
+    return " ".join(lines)[:300] or type(exc).__name__
+
+
+def _name(value: object) -> str:
+    return getattr(value, "name", str(value))
+
+
+# --------------------------------------------------------------------------- LiteRT
+
+class LiteRTSUT(SUT):
+    """A LiteRT flatbuffer on ai-edge-litert's interpreter, default delegate (XNNPACK); the input is
+    resized whenever the batch size changes, as TFLiteSUT does."""
+
+    def __init__(self, path_tflite: Path, threads: int | None = None):
+        litert = _require("ai_edge_litert.interpreter", "ai-edge-litert")
+        self.path = Path(path_tflite)
+        content = self.path.read_bytes()
+        start = time.perf_counter()
+        try:
+            with quiet.native_stderr_filtered():  # the XNNPACK delegate's INFO line, unless --verbose
+                self.interpreter = litert.Interpreter(model_content=content, num_threads=threads or os.cpu_count())
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise InterfaceError(f"{self.path}: LiteRT cannot load it ({str(exc).splitlines()[0][-300:]})") from None
+        self.session_create_s = time.perf_counter() - start
+        (inp,), (out,) = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if (inp["dtype"] != np.float32 or tuple(inp["shape"][1:]) != INPUT_SHAPE or out["dtype"] != np.float32
+                or tuple(out["shape"][1:]) != OUTPUT_SHAPE):
+            raise InterfaceError(f"{self.path}: takes {inp['dtype'].__name__} {list(inp['shape'])} and gives "
+                                 f"{out['dtype'].__name__} {list(out['shape'])}; expected float32 [batch, 28, 28, 1] -> [batch, 5]")
+        self._input, self._output = inp["index"], out["index"]
+        self._batch = int(inp["shape"][0])
+        self.providers_used = ["litert (default delegate: XNNPACK)"]
+        self.provider_options = {"delegate": "XNNPACK (default)", "num_threads": threads or os.cpu_count(),
+                                 "file": self.path.name}
+        self.name = LITERT
+        self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self._batch != len(batch):
+            self.interpreter.resize_tensor_input(self._input, batch.shape)
+            self.interpreter.allocate_tensors()
+            self._batch = len(batch)
+        self.interpreter.set_tensor(self._input, batch)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output).copy()
+
+
+def convert_litert(keras_file: Path, variant: str, calibration_images: np.ndarray | None = None) -> bytes:
+    """The trained ``.keras`` model as a LiteRT flatbuffer: ``fp32``, or ``int8`` full-integer (weights and
+    activations int8, calibrated on ``calibration_images``, (N, 28, 28, 1) float32 TRAINING images; float32
+    input and output kept). Needs TensorFlow."""
+    if variant not in ("fp32", "int8"):
+        raise ValueError(f"variant {variant!r}: LiteRT rows are fp32 or int8")
+    if variant == "int8" and (calibration_images is None or not len(calibration_images)):
+        raise ValueError("int8 needs calibration images")
+    tf = _require("tensorflow", "tensorflow", f"converting {Path(keras_file).name} for LiteRT needs TensorFlow: ")
+    from trainer.models import load_trained  # noqa: PLC0415 - TensorFlow only when converting
+
+    model = load_trained(Path(keras_file))
+    # Through a SavedModel, as TFLiteSUT: converting a concrete function directly leaves the weights as
+    # unresolved resource variables.
+    with tempfile.TemporaryDirectory(prefix="fmnist-litert-") as saved, quiet.native_stderr_filtered():
+        model.export(saved, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        if variant == "int8":
+            images = np.asarray(calibration_images, dtype=np.float32)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([image[np.newaxis]] for image in images)
+            # Full integer: a layer without an int8 kernel fails the conversion instead of staying float.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.float32
+            converter.inference_output_type = tf.float32
+        return converter.convert()
+
+
+def litert_cache_file(artifacts: Artifacts, model: str, variant: str, keras_sha256: str) -> Path:
+    """Where the conversion of the ``.keras`` file with this sha256 lives: a retrained model gets a new name."""
+    return artifacts.root / "litert" / f"{model}.{variant}.{LITERT_RECIPE}.{keras_sha256[:16]}.tflite"
+
+
+def litert_file(artifacts: Artifacts, case: Case) -> Path:
+    """The cached LiteRT conversion for ``case``, converted now (and cached) when missing.
+
+    The cache key is the sha256 of the ``.keras`` file the case's ONNX file was exported from (its metadata),
+    so the rows always run the same trained model as the onnxruntime rows, and an edge machine with the cache
+    needs neither the ``.keras`` file nor TensorFlow.
+    """
+    props = {p.key: p.value for p in onnx.load(str(case.path), load_external_data=False).metadata_props}
+    source_sha = props.get("source_keras_sha256")
+    if not source_sha:
+        raise PeerUnavailable(f"{case.path.name}: no source_keras_sha256 in its metadata; export again: fmnist-export {case.model}")
+    cached = litert_cache_file(artifacts, case.model, case.variant, source_sha)
+    if cached.is_file():
+        return cached
+    keras_file = artifacts.model_file(case.model)
+    if not keras_file.is_file():
+        raise PeerUnavailable(f"{keras_file}: missing; LiteRT converts the trained model (no cached {cached.name})")
+    if sha256_of(keras_file) != source_sha:
+        raise PeerUnavailable(f"{keras_file}: not the model {case.path.name} was exported from (sha256 differs: "
+                              f"retrained since?); export again: fmnist-export {case.model}")
+    _require("tensorflow", "tensorflow", f"converting {keras_file.name} for LiteRT needs TensorFlow: ")
+    content = convert_litert(keras_file, case.variant,
+                             calibration_images(artifacts, case.model) if case.variant == "int8" else None)
+    with writing(cached), atomic_path(cached) as tmp:
+        tmp.write_bytes(content)
+    for stale in cached.parent.glob(f"{case.model}.{case.variant}.*.tflite"):  # conversions of older .keras files
+        if stale != cached:
+            stale.unlink(missing_ok=True)
+    return cached
+
+
+def calibration_images(artifacts: Artifacts, model: str, count: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """The int8 calibration set: ``count`` images of the model's TRAINING split (never test images), drawn
+    as exporter/export.py draws the ONNX int8 file's, from the data the manifest records (hash-checked)."""
+    _, manifest = read_exports(artifacts)
+    record = manifest.models[model]
+    try:
+        train_x = split_dataset(reload_dataset(record["data"], record["limit"])).train.x
+    except DataError as exc:  # the runner cannot pass --data to a SUT: a skipped row that says why
+        raise PeerUnavailable(f"LiteRT int8 calibration needs {model}'s training data: {exc}") from None
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    return train_x[rng.choice(len(train_x), size=min(count, len(train_x)), replace=False)][..., np.newaxis]
+
+
+# --------------------------------------------------------------------------- make_sut's entry
+
+def make_peer(case: Case, artifacts: Artifacts, settings: SessionSettings = SessionSettings()) -> SUT:
+    """The peer SUT for a case; ``--threads`` (when not 0) sets the peer's thread count as onnxruntime's."""
+    if case.provider in OPENVINO_PRECISION:
+        return OpenVinoSUT(case.path, case.variant, OPENVINO_PRECISION[case.provider], threads=settings.intra_op_threads)
+    if case.provider == LITERT:
+        _require("ai_edge_litert.interpreter", "ai-edge-litert")  # before converting anything it could not run
+        return LiteRTSUT(litert_file(artifacts, case), threads=settings.intra_op_threads or None)
+    raise ValueError(f"{case.provider!r} is not a peer runtime")

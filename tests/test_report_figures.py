@@ -1,0 +1,288 @@
+"""REPORT.md's "At a glance" figures on a tiny trained model and synthetic bench results, and a quiet terminal.
+
+The model is trained once, by the real ``fmnist-train`` in a subprocess (which is also the quiet-terminal
+check); the bench results are written with BenchReport, so no benchmark runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.figures import pareto_front, tradeoff_points
+from bench.report import BenchRecord, BenchReport
+from bench.report_md import build
+from tests.conftest import write_idx_dir
+from trainer import quiet
+from trainer.artifacts import Artifacts
+
+REPO = Path(__file__).resolve().parents[1]
+# What TensorFlow's native code printed by default on a machine without a GPU driver (trainer/quiet.py).
+NOISE = ("cudart_stub", "cuInit", "absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _command(name: str) -> list[str]:
+    """The installed console script (what a user runs), else the module."""
+    script = Path(sys.executable).parent / name
+    module = {"fmnist-train": "trainer.cli", "fmnist-bench": "bench.cli"}[name]
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
+def _run(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    child = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FMNIST_ARTIFACTS")}  # as a user's shell
+    child.update(env or {})
+    return subprocess.run([*_command(name), *args], capture_output=True, text=True, cwd=REPO, env=child, timeout=600)
+
+
+def _noise(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if any(marker in line for marker in NOISE)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Artifacts, subprocess.CompletedProcess]:
+    """model1 trained one epoch on 200 tiny images by ``fmnist-train``, with the command's output."""
+    root = tmp_path_factory.mktemp("figures")
+    art = Artifacts(root / "art")
+    result = _run("fmnist-train", "model1", "--epochs", "1", "--limit", "200", "--batch-size", "32", "--quiet",
+                  "--data", str(write_idx_dir(root / "idx", n=300)), "--artifacts", str(art.root))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return art, result
+
+
+@pytest.fixture
+def art(trained, tmp_path: Path) -> Artifacts:
+    """A copy of the trained artifacts for one test to add bench results to."""
+    copy = Artifacts(tmp_path / "art")
+    shutil.copytree(trained[0].root, copy.root)
+    for old in copy.reports_dir.glob("bench-*"):
+        old.unlink()
+    return copy
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic bench results
+
+CLASSES = 5
+TEST_IMAGES = 1000
+
+
+def _predict(model: str, provider: str, variant: str, ms_per_image: float, accuracy: float | None, mb: float) -> BenchRecord:
+    median = ms_per_image * TEST_IMAGES / 1000
+    quality = None if accuracy is None else {"accuracy": accuracy, "loss": 0.3, "per_class": {}, "confusion_matrix": []}
+    return BenchRecord(model, variant, provider, "predict", 128, [provider], TEST_IMAGES, 3, median, median * 0.98, median * 1.02,
+                       median * 0.01, [median * 0.99, median, median * 1.01], TEST_IMAGES / median, None, 1.0,
+                       model_bytes=int(mb * 1e6), quality=quality)
+
+
+def _single(model: str, provider: str, variant: str, p50_ms: float, with_times: bool = True) -> BenchRecord:
+    times = [p50_ms * (0.9 + 0.2 * ((i * 37) % 100) / 100) / 1000 for i in range(200)] + [p50_ms * 3 / 1000]
+    ordered = sorted(t * 1000 for t in times)
+    latency = {"p50": ordered[len(ordered) // 2], "p90": ordered[int(0.9 * len(ordered))], "p99": ordered[int(0.99 * len(ordered))],
+               "mean": sum(ordered) / len(ordered), "queries": len(ordered)}
+    return BenchRecord(model, variant, provider, "single-stream", 1, [provider], 1, len(times), latency["p50"] / 1000,
+                       min(times), max(times), None, times if with_times else None, 1000 / latency["p50"], latency,
+                       model_bytes=1_000_000)
+
+
+# (provider, variant): ms per image, accuracy, MB. LiteRT int8 is fastest but 3 points down: never the headline.
+MODEL1 = {("cpu", "fp32"): (0.20, 0.900, 1.0), ("cpu", "fp16"): (0.30, 0.901, 0.5), ("cpu", "int8"): (0.08, 0.897, 0.26),
+          ("keras", "fp32"): (4.00, 0.900, 2.9), ("tflite", "fp32"): (0.15, 0.900, 1.0), ("litert", "int8"): (0.05, 0.870, 0.25)}
+
+
+def _records(single: bool = True, with_times: bool = True) -> list[BenchRecord]:
+    records = [_predict("model1", p, v, *row) for (p, v), row in MODEL1.items()]
+    records += [_predict("model4", "cpu", "fp32", 0.9, 0.93, 6.0), _predict("model4", "keras", "fp32", 9.0, 0.93, 18.0),
+                _predict("model4", "cpu", "int8", 0.4, None, 1.6)]  # no accuracy: listed, not drawn
+    records.append(BenchRecord("model4", "fp32", "cuda", "all", 0, skipped="CUDAExecutionProvider requested but the session runs on CPU only"))
+    if single:
+        records += [_single(m, p, v, ms, with_times) for m, p, v, ms in
+                    (("model1", "cpu", "fp32", 0.2), ("model4", "cpu", "fp32", 0.5), ("model4", "cpu", "int8", 0.3),
+                     ("model4", "keras", "fp32", 30.0), ("model4", "tflite", "fp32", 0.4))]
+    return records
+
+
+def _write_bench(art: Artifacts, records: list[BenchRecord], name: str = "bench-20260101T000000Z.json") -> None:
+    art.ensure(art.reports_dir)
+    report = BenchReport({"cpu": "Test CPU", "cores": 2, "sgemm_gflops": 100.0}, {}, "2026-01-01T00:00:00+00:00", records)
+    (art.reports_dir / name).write_text(report.to_json())
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _assert_figure(report: str, out: Path, name: str) -> None:
+    path = out / "plots" / name
+    assert path.exists(), name
+    width, height = _png_size(path)
+    assert 600 <= width <= 3000 and 250 <= height <= 2500, (name, width, height)
+    assert 10_000 < path.stat().st_size < 2_000_000, (name, path.stat().st_size)
+    assert f"](plots/{name})" in report, name
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+
+
+def test_report_opens_with_a_headline_and_three_figures(art: Artifacts, tmp_path: Path):
+    _write_bench(art, _records())
+    out = tmp_path / "docs"
+    report = build(art, out).read_text()
+    assert report.index("## At a glance") < report.index("## Data") < report.index("## Table 1") < report.index("## Latency")
+    for heading in ("## Accuracy and loss", "## Best model", "### Table 2: Model 4, optimizers"):
+        assert heading in report  # the sections that were there stay
+    glance = report.split("## At a glance")[1].split("## Data")[0]
+    for name in ("tradeoff.png", "latency-model4.png", "confusion-model1.png"):  # model4 benched: its latency is drawn
+        _assert_figure(report, out, name)
+    assert "**Best test accuracy: Model 1," in glance
+    # Within 0.5 points of fp32 (0.900): int8 (0.897) is fastest; LiteRT int8 (0.870) is faster but never chosen.
+    assert "is **onnxruntime CPU int8**: 0.08 ms per image at batch 128" in glance
+    assert "**50.0x** Keras predict" in glance  # 4.00 / 0.08
+    assert "Not drawn (no accuracy measured): model4-int8-cpu-predict-b128" in glance
+    front = glance.split("The front, fastest first:")[1].split("one query at a time")[0]
+    assert "LiteRT int8" in front and "onnxruntime CPU int8" in front and "Keras" not in front
+
+
+def test_report_without_bench_results_says_which_command_makes_the_figures(art: Artifacts, tmp_path: Path):
+    out = tmp_path / "docs"
+    (out / "plots").mkdir(parents=True)
+    (out / "plots" / "tradeoff.png").write_bytes(PNG_SIGNATURE)  # from an earlier report: must not be left to mislead
+    report = build(art, out).read_text()
+    glance = report.split("## At a glance")[1].split("## Data")[0]
+    assert "_No accuracy/speed figure: no bench results yet._ Make it with `fmnist-export all && fmnist-bench run`" in glance
+    assert "_No latency figure: no bench results yet._" in glance
+    assert "**Best test accuracy: Model 1," in glance
+    _assert_figure(report, out, "confusion-model1.png")  # from the trainer's metadata: no bench needed
+    assert not (out / "plots" / "tradeoff.png").exists()
+    assert "No bench results yet" in report.split("## Latency")[1]
+
+
+def test_report_without_single_stream_records_names_the_run(art: Artifacts, tmp_path: Path):
+    _write_bench(art, _records(single=False))
+    out = tmp_path / "docs"
+    report = build(art, out).read_text()
+    _assert_figure(report, out, "tradeoff.png")
+    assert ("_No single-stream latency figure: no single-stream results for Model 4._ "
+            "Make them with `fmnist-bench run --models model4 --operations single-stream`") in report
+    assert not list((out / "plots").glob("latency-*.png"))
+
+
+def test_schema_1_reports_without_query_times_still_render(art: Artifacts, tmp_path: Path):
+    payload = json.loads(BenchReport({"cpu": "Old CPU", "cores": 2, "git_commit": "abc1234"}, {}, "2025-06-01T00:00:00+00:00",
+                                     _records(with_times=False)).to_json())
+    payload["schema_version"] = 1
+    for row in payload["records"]:  # schema 1 had neither the rounds nor their spread
+        row.pop("times_s"), row.pop("iqr_s")
+    art.ensure(art.reports_dir)
+    (art.reports_dir / "bench-20250601T000000Z.json").write_text(json.dumps(payload))
+    out = tmp_path / "docs"
+    report = build(art, out).read_text()
+    _assert_figure(report, out, "tradeoff.png")
+    _assert_figure(report, out, "latency-model4.png")  # p50 and p99 only
+    assert "p50 and p99 only (reports of schema 1 kept no per-query times)" in report
+    assert "`fmnist-bench run --models model4 --operations single-stream` records them" in report
+
+
+def test_pareto_front_keeps_what_nothing_beats_on_both_speed_and_accuracy():
+    points = [(1.0, 0.90),   # 0: front
+              (2.0, 0.95),   # 1: front
+              (0.5, 0.85),   # 2: front, the fastest
+              (1.5, 0.90),   # 3: slower than 0, no more accurate
+              (3.0, 0.95),   # 4: slower than 1, no more accurate
+              (0.5, 0.80),   # 5: as fast as 2, less accurate
+              (4.0, 0.99),   # 6: front, the most accurate
+              (math.nan, 1.0),  # 7: not measured: never on the front
+              (2.0, 0.95)]   # 8: equal to 1: both stay
+    assert pareto_front(points) == [2, 0, 1, 8, 6]
+    assert pareto_front([]) == [] and pareto_front([(1.0, 0.5)]) == [0]
+    assert pareto_front([(1.0, 0.9), (1.0, 0.8)]) == [0]  # as fast and more accurate
+
+
+def test_tradeoff_points_are_per_image_at_the_batch_asked():
+    records = {r.id: (r, {}) for r in _records()}
+    points, unmeasured = tradeoff_points(records, 128)
+    int8 = next(p for p in points if (p.model, p.provider, p.variant) == ("model1", "cpu", "int8"))
+    assert int8.ms_per_image == pytest.approx(0.08) and int8.images_per_s == pytest.approx(12_500)
+    assert int8.runtime == "onnxruntime CPU int8" and int8.megabytes == pytest.approx(0.26)
+    assert unmeasured == ["model4-int8-cpu-predict-b128"]
+    assert tradeoff_points(records, 64) == ([], [])
+
+
+# --------------------------------------------------------------------------------------------------
+# A quiet terminal
+
+
+@pytest.mark.parametrize("level, dropped", [(3, True), (2, True), (1, True), (0, False)])
+def test_pre_init_info_lines_follow_tf_cpp_min_log_level(level: int, dropped: bool):
+    line = "I0000 00:00:1795599560.736354   19629 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used."
+    assert quiet.is_noise(line, level) is dropped
+    assert quiet.is_noise("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", level) is dropped
+    assert quiet.is_noise("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", level) is dropped
+
+
+def test_fatal_lines_tracebacks_and_our_errors_always_pass():
+    for line in ("F0000 00:00:1795599560.736354   19629 check.cc:12] Check failed: x == y",
+                 "Traceback (most recent call last):",
+                 "fmnist-train: error: --data /nowhere: no such file or folder",
+                 "ERROR: TF Lite could not allocate tensors"):
+        assert not quiet.is_noise(line, 3), line
+    assert quiet.is_noise("E0000 00:00:1795599574.200678   19629 cuda_platform.cc:52] failed call to cuInit: ...", 3)
+    assert not quiet.is_noise("E0000 00:00:1795599574.200678   19629 cuda_platform.cc:52] failed call to cuInit: ...", 2)
+
+
+def test_native_writes_are_filtered_and_the_rest_kept_in_order(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    with pytest.raises(RuntimeError, match="boom"), quiet.native_stderr_filtered():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1795599560.736354   19629 cudart_stub.cc:31] Could not find cuda drivers\n")
+        os.write(2, b"a real line\n")
+        print("python stderr", file=sys.stderr)
+        raise RuntimeError("boom")
+    # (Under pytest sys.stderr is not fd 2, so the Python line does not pass through the filter; in a command it does.)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["a real line", "python stderr"]
+
+
+def test_verbose_is_read_from_the_options():
+    assert quiet.verbose_requested(["model1", "--verbose"])
+    assert not quiet.verbose_requested(["model1", "--", "--verbose"]) and not quiet.verbose_requested(["model1"])
+
+
+def test_commands_are_quiet_by_default(trained, tmp_path: Path):
+    art, train = trained
+    assert _noise(train) == [], _noise(train)
+    assert "trained 1 model(s)" in train.stdout
+    report = _run("fmnist-bench", "report", "--artifacts", str(art.root), "--out", str(tmp_path / "docs"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert _noise(report) == [], _noise(report)  # the model registry imports TensorFlow: filtered
+    assert report.stdout.startswith("wrote ")
+
+
+def test_verbose_lets_the_libraries_speak(trained, tmp_path: Path):
+    import tensorflow as tf
+
+    art, _ = trained
+    result = _run("fmnist-bench", "report", "--artifacts", str(art.root), "--out", str(tmp_path / "docs"), "--verbose")
+    assert result.returncode == 0, result.stderr[-2000:]
+    no_driver = not Path("/proc/driver/nvidia").exists()
+    if tf.sysconfig.get_build_info().get("is_cuda_build") and no_driver:
+        # A CUDA build of TensorFlow without a driver says so at import: --verbose shows it.
+        assert any("cudart_stub" in line for line in _noise(result)), result.stderr[-2000:]
+
+
+def test_a_failing_command_still_prints_its_error_line(tmp_path: Path):
+    result = _run("fmnist-train", "model1", "--data", str(tmp_path / "nowhere"), "--artifacts", str(tmp_path / "art"))
+    assert result.returncode == 2
+    assert "fmnist-train: error: " in result.stderr and "nowhere" in result.stderr
+    assert _noise(result) == [], _noise(result)

@@ -1,0 +1,613 @@
+"""Issue #14, the trainer's side: a hostile tester's findings, each shown to end in one clean line.
+
+Every refusal here is one line, ``fmnist-train: error: ...`` (or ``fmnist-bench report: error: ...``)
+naming the file, the option or the lock, with a non-zero exit and never a traceback; every kill
+leaves a state that a rerun finishes from with each epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import keras
+import pandas as pd
+import pytest
+
+from tests.conftest import write_idx_dir
+from trainer import data, experiments
+from trainer import fit as fit_mod
+from trainer import reports as reports_mod
+from trainer import training as training_mod
+from trainer.artifacts import Artifacts, atomic_path
+from trainer.cli import main
+from trainer.config import TrainConfig, resolve_config
+from trainer.locks import LockedError, exclusive
+from trainer.reports import MetadataError, RunMetadata, table1
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--batch-size", "32", "--quiet"]
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _config(epochs: int) -> TrainConfig:
+    return TrainConfig(model="model1", epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
+
+
+@pytest.fixture(scope="module")
+def idx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_idx_dir(tmp_path_factory.mktemp("hostile") / "idx")
+
+
+@pytest.fixture(scope="module")
+def tiny(idx: Path) -> tuple[data.Dataset, data.Splits]:
+    dataset = data.load_dataset(idx)
+    return dataset, data.split_dataset(dataset)
+
+
+@pytest.fixture(scope="module")
+def trained(idx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifacts folder with model1 trained (1 epoch); copy it before changing it."""
+    root = tmp_path_factory.mktemp("trained") / "art"
+    assert main(["model1", "--data", str(idx), "--artifacts", str(root), *TINY]) == 0
+    return root
+
+
+def _error_line(err: str, prog: str = "fmnist-train") -> str:
+    """The one error line of a refused command (argparse's usage line aside), checked for a traceback."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(prog)]
+    assert len(lines) == 1 and ": error: " in lines[0], err
+    return lines[0]
+
+
+def _history_epochs(art: Artifacts) -> list[int]:
+    return list(pd.read_csv(art.history_file("model1"))["epoch"])
+
+
+def _leftovers(root: Path) -> list[Path]:
+    """Temporary files of atomic writes, which a failed write must not leave behind."""
+    return [p for p in root.rglob("*") if ".tmp" in p.name]
+
+
+# --------------------------------------------------------------------------- 1. two runs on one artifacts folder
+
+HOLDER = ("import sys, time; from pathlib import Path; from trainer.locks import exclusive\n"
+          "with exclusive(Path(sys.argv[1]), 'model1 (held by a test)'):\n"
+          "    print('held', flush=True); time.sleep(600)\n")
+
+
+@contextlib.contextmanager
+def _held_by_another_process(lock: Path) -> Iterator[subprocess.Popen]:
+    """A process that holds ``lock`` until the block ends, when it is SIGKILLed (never a clean release)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+
+
+def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder_and_writes_nothing(idx: Path, tmp_path: Path):
+    root = tmp_path / "art"
+    lock = Artifacts(root).lock_file("model1")
+    with exclusive(lock, "model1 (held by this test)"):
+        holder_text = lock.read_text()
+        result = subprocess.run([sys.executable, "-m", "trainer.cli", "model1", "--data", str(idx), "--artifacts", str(root), *TINY],
+                                capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 2
+    line = _error_line(result.stderr)
+    assert str(lock) in line and f"pid {os.getpid()}" in line and "in use by" in line
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["locks", "locks/model1.lock"]
+    assert lock.read_text() == holder_text  # the refused run did not even rewrite the holder's name
+
+
+def test_a_killed_holder_leaves_no_stale_lock(idx: Path, tmp_path: Path):
+    root = tmp_path / "art"
+    lock = Artifacts(root).lock_file("model1")
+    with _held_by_another_process(lock) as holder:
+        with pytest.raises(LockedError, match=f"pid {holder.pid} "):
+            with exclusive(lock, "model1"):
+                pass
+    # SIGKILLed: no cleanup ran, the lock file is still there, yet the next run gets the lock.
+    assert lock.exists()
+    assert main(["model1", "--data", str(idx), "--artifacts", str(root), *TINY]) == 0
+    assert _history_epochs(Artifacts(root)) == [0]
+
+
+def test_a_sweep_refuses_a_run_that_another_process_is_writing(idx: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    art = Artifacts(tmp_path / "art")
+    sha256 = data.load_dataset(idx).limit(200).sha256
+    run_dir = experiments.run_dir(art, resolve_config("model1", epochs=1, batch_size=32, seed=0, limit=200), sha256)
+    lock = Artifacts(run_dir).lock_file("model1")
+    argv = ["sweep", "model1", "--grid", "seed=0", "--epochs", "1", "--batch-size", "32", "--limit", "200",
+            "--data", str(idx), "--artifacts", str(art.root), "--quiet"]
+    with _held_by_another_process(lock) as holder:
+        assert main(argv) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert str(lock) in line and f"pid {holder.pid} " in line
+    assert not art.experiments_file.exists() and not (run_dir / "history").exists()
+
+
+def test_a_lock_held_for_a_moment_is_waited_for(tmp_path: Path):
+    lock = tmp_path / "locks" / "experiments.lock"
+    releaser = subprocess.Popen([sys.executable, "-c", HOLDER.replace("time.sleep(600)", "time.sleep(1)"), str(lock)],
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert releaser.stdout.readline().strip() == "held"
+    with exclusive(lock, "the experiment table", wait_s=60):
+        pass
+    releaser.wait(timeout=60)
+
+
+# --------------------------------------------------------------------------- 2. kill windows in resume
+
+def test_a_kill_between_the_checkpoint_and_the_history_row_loses_no_epoch(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    dataset, splits = tiny
+    art = Artifacts(tmp_path / "art")
+    write_row = fit_mod.HistoryLogger.on_epoch_end
+
+    def killed_before_row_1(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # Keras' checkpoint of epoch 2 is written; its history row is not
+        write_row(self, epoch, logs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fit_mod.HistoryLogger, "on_epoch_end", killed_before_row_1)
+        with pytest.raises(KeyboardInterrupt):
+            training_mod.train_one(_config(3), dataset, splits, art, quiet=True)
+    assert json.loads((art.backup_dir("model1") / "training_metadata.json").read_text())["epoch"] == 2
+    assert _history_epochs(art) == [0]
+
+    log = io.StringIO()
+    meta = training_mod.train_one(_config(3), dataset, splits, art, quiet=True, log=log)
+    assert "using Keras' copy of the epoch before" in log.getvalue()
+    assert meta.training["resumed_from_epoch"] == 1  # epoch 2 trains again, so its row is written
+    assert _history_epochs(art) == [0, 1, 2] and meta.training["epochs_run"] == 3
+
+
+def test_a_torn_training_metadata_json_resumes_from_the_keras_copy(idx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture):
+    root = tmp_path / "art"
+    argv = ["model1", "--data", str(idx), "--artifacts", str(root), "--epochs", "2", "--batch-size", "32"]
+    write_row = fit_mod.HistoryLogger.on_epoch_end
+
+    def killed_after_row_1(self, epoch, logs=None):
+        write_row(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fit_mod.HistoryLogger, "on_epoch_end", killed_after_row_1)
+        assert main([*argv, "--quiet"]) == 130
+    state = Artifacts(root).backup_dir("model1") / "training_metadata.json"
+    state.write_text('{"epo')  # a kill while Keras rewrote it
+    capsys.readouterr()
+
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "training_metadata.json is unreadable; using Keras' copy of the epoch before" in out
+    assert "resuming at epoch 2/2" in out
+    meta = RunMetadata.read(Artifacts(root).metadata_file("model1"))
+    assert _history_epochs(Artifacts(root)) == [0, 1] and meta.training["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("damage", ["run.json", "both copies", "history twice"])
+def test_a_damaged_checkpoint_is_discarded_or_repaired_in_one_line(damage: str, tiny, tmp_path: Path):
+    from tests.test_train import Crash
+
+    dataset, splits = tiny
+    art = Artifacts(tmp_path / "art")
+    with pytest.raises(KeyboardInterrupt):
+        training_mod.train_one(_config(2), dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=1)])
+    backup, history = art.backup_dir("model1"), art.history_file("model1")
+    if damage == "run.json":
+        (backup / "run.json").write_bytes(b'{"config": {"mod')
+    elif damage == "both copies":
+        (backup / "training_metadata.json").write_bytes(b"")
+        (backup / "training_metadata.json.bkp").write_bytes(b"\xff")
+    else:  # what two runs at once left: the header and every epoch twice
+        text = history.read_text()
+        history.write_text(text + text)
+
+    log = io.StringIO()
+    meta = training_mod.train_one(_config(2), dataset, splits, art, quiet=True, log=log)
+    notes = [line for line in log.getvalue().splitlines() if "checkpoint" in line and "resuming" not in line]
+    if damage == "history twice":
+        assert notes == [] and meta.training["resumed_from_epoch"] == 2
+    else:
+        assert len(notes) == 1 and notes[0].startswith(f"[model1] discarding checkpoint {backup}: ")
+        assert ("run.json is unreadable" if damage == "run.json" else "training_metadata.json is unreadable") in notes[0]
+        assert meta.training["resumed_from_epoch"] == 0
+    assert _history_epochs(art) == [0, 1] and meta.training["epochs_run"] == 2
+
+
+class _Recorder:
+    """Records the artifacts folder after every write of a training run, and as a kill in the middle of it left it.
+
+    The hooks are the real write functions: Keras' file copies, ``save_weights`` and ``file_utils.File``
+    (BackupAndRestore), our history append, then train_one's model and metadata writes.
+    """
+
+    def __init__(self, root: Path, states: Path):
+        self.root, self.states, self.writes = root, states, []
+        self.count = 0
+
+    def snapshot(self, label: str, torn: Callable[[bytes], list[bytes]] | None = None, target: Path | None = None) -> None:
+        self.count += 1
+        base = self.states / f"{self.count:02d}-after-{label}"
+        shutil.copytree(self.root, base)
+        if torn is None or target is None:
+            return
+        content = target.read_bytes()
+        for i, cut in enumerate(torn(content)):
+            state = self.states / f"{self.count:02d}-during-{label}-{i}"
+            shutil.copytree(self.root, state)
+            (state / target.relative_to(self.root)).write_bytes(cut)
+
+    def written(self, target: Path, torn: Callable[[bytes], list[bytes]], label: str | None = None) -> None:
+        self.writes.append(target.name)
+        self.snapshot(label or target.name, torn, target)
+
+
+class _AtStart(keras.callbacks.Callback):
+    """The state of a kill during the first epoch, before any of its writes."""
+
+    def __init__(self, recorder: _Recorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def on_train_begin(self, logs=None):
+        self.recorder.snapshot("start")
+
+
+def _half(content: bytes) -> list[bytes]:
+    """A big file (weights) being written when the kill came: cut short."""
+    return [content[: len(content) // 2]]
+
+
+def _emptied(content: bytes) -> list[bytes]:
+    """A small file (a JSON line) being written when the kill came: open() had truncated it, write() not run yet."""
+    return [b""]
+
+
+def test_a_kill_at_every_write_still_finishes_with_each_epoch_once(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from keras.src.utils import file_utils
+
+    dataset, splits = tiny
+    epochs = 2
+    root = tmp_path / "art"
+    art = Artifacts(root)
+    recorder = _Recorder(root, tmp_path / "states")
+    backup = art.backup_dir("model1")
+
+    with monkeypatch.context() as patch:
+        copy, save_weights, open_file, append = file_utils.copy, keras.Model.save_weights, file_utils.File, fit_mod._append_whole
+
+        def copied(src, dst):
+            result = copy(src, dst)
+            recorder.written(Path(dst), _half if Path(dst).name.endswith(".h5.bkp") else _emptied)
+            return result
+
+        def weights_saved(self, filepath, *args, **kwargs):
+            result = save_weights(self, filepath, *args, **kwargs)
+            if Path(filepath).parent == backup:
+                recorder.written(Path(filepath), _half)
+            return result
+
+        @contextlib.contextmanager
+        def state_written(path, mode="r"):
+            with open_file(path, mode) as f:
+                yield f
+            if "w" in mode and Path(path).parent == backup:
+                recorder.written(Path(path), _emptied)
+
+        def row_appended(path, payload):
+            before = path.stat().st_size if path.exists() else 0
+            append(path, payload)
+            recorder.written(path, lambda content: [content[: before + (len(content) - before) // 2]])
+
+        plot = training_mod.accuracy_loss_plot
+        write_json = reports_mod.write_json_atomic
+
+        def plotted(*args, **kwargs):
+            recorder.snapshot("model file")  # the .keras file is in place, the metadata not yet
+            return plot(*args, **kwargs)
+
+        def metadata_written(path, payload):
+            write_json(path, payload)
+            recorder.snapshot("metadata")
+            # A kill while the finished checkpoint is deleted: renamed aside, partly gone.
+            aside = recorder.states / f"{recorder.count:02d}-during-discard"
+            shutil.copytree(root, aside)
+            moved = aside / backup.relative_to(root)
+            moved = moved.rename(moved.with_name(f".{moved.name}.discarded-1"))
+            (moved / "latest.weights.h5").unlink()
+
+        patch.setattr(file_utils, "copy", copied)
+        patch.setattr(keras.Model, "save_weights", weights_saved)
+        patch.setattr(file_utils, "File", state_written)
+        patch.setattr(fit_mod, "_append_whole", row_appended)
+        patch.setattr(training_mod, "accuracy_loss_plot", plotted)
+        patch.setattr(reports_mod, "write_json_atomic", metadata_written)
+        training_mod.train_one(_config(epochs), dataset, splits, art, quiet=True, extra_callbacks=[_AtStart(recorder)])
+
+    # The write order trainer/fit.py documents, as Keras really did it.
+    assert recorder.writes == ["latest.weights.h5", "training_metadata.json", "model1.csv",
+                               "latest.weights.h5.bkp", "training_metadata.json.bkp",
+                               "latest.weights.h5", "training_metadata.json", "model1.csv"]
+
+    states = sorted(recorder.states.iterdir())
+    assert len(states) == 20  # the start, after and during each of the 8 writes, and 3 after fit()
+    # The reruns check the epochs, not the figures or timings: skip what costs time and writes no checkpoint.
+    monkeypatch.setattr(training_mod, "accuracy_loss_plot", lambda history, title, target: target.write_bytes(b"png"))
+    monkeypatch.setattr(training_mod, "evaluate", functools.partial(training_mod.evaluate, repeats=1))
+    monkeypatch.setattr(training_mod, "machine_info", lambda: {"cpu": "test", "cores": 1})
+    failures = []
+    for state in states:
+        rerun = Artifacts(tmp_path / "rerun" / state.name)
+        shutil.copytree(state, rerun.root)
+        log = io.StringIO()
+        try:
+            meta = training_mod.train_one(_config(epochs), dataset, splits, rerun, quiet=True, log=log)
+        except Exception as exc:  # noqa: BLE001 - every failure is collected and reported below
+            failures.append(f"{state.name}: {type(exc).__name__}: {exc}")
+            continue
+        seen = _history_epochs(rerun)
+        if seen != list(range(epochs)) or meta.training["epochs_run"] != epochs or meta.config["epochs"] != epochs:
+            failures.append(f"{state.name}: history epochs {seen}, metadata says {meta.training['epochs_run']} run")
+        if rerun.backup_dir("model1").exists() or list(rerun.backup_dir("model1").parent.glob(".*")):
+            failures.append(f"{state.name}: a checkpoint was left behind")
+        if any("\n" in line or len(line) > 400 for line in log.getvalue().splitlines()):
+            failures.append(f"{state.name}: a note of more than one line")
+        shutil.rmtree(rerun.root)
+    assert not failures, "\n".join(failures)
+
+
+# --------------------------------------------------------------------------- 3. typos and impossible values
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["all", "modle1"], "unknown model 'modle1'"),
+        (["model1", "--lr", "inf"], "--lr: 'inf' must be a finite number"),
+        (["model1", "--lr", "nan"], "--lr: 'nan' must be a finite number"),
+        (["model1", "--lr", "-0.001"], "--lr: '-0.001' must be positive"),
+        (["model1", "--lr", "0"], "--lr: '0' must be positive"),
+        (["model1", "--epochs", "0"], "--epochs: '0' must be positive"),
+        (["model1", "--batch-size", "1e3"], "--batch-size: '1e3' is not a whole number"),
+        (["model1", "--batch-size", str(2**31)], "--batch-size: '2147483648' must be at most 2147483647"),
+        (["model1", "--limit", "-5"], "--limit: '-5' must be positive"),
+        (["model1", "--seed", "-1"], "--seed: '-1' must be between 0 and 4294967295"),
+        (["model1", "--seed", str(2**32)], "--seed: '4294967296' must be between 0 and 4294967295"),
+        (["sweep", "modle4", "--grid", "lr=0.1"], "unknown model 'modle4'"),
+        (["sweep", "model4", "--grid", "lr=inf"], "--grid 'lr=inf': lr inf is impossible"),
+        (["sweep", "model4", "--grid", "lr=0.001,nan"], "--grid 'lr=0.001,nan': lr nan is impossible"),
+        (["sweep", "model4", "--grid", "lr=0.001,0"], "lr 0.0 is impossible"),
+        (["sweep", "model4", "--grid", "batch_size=32,0"], "batch_size 0 is impossible"),
+        (["sweep", "model4", "--grid", "epochs=-1,5"], "epochs -1 is impossible"),
+        (["sweep", "model4", "--grid", "seed=-1"], "seed -1 is impossible"),
+        (["sweep", "model4", "--grid", f"seed={2**32}"], "seed 4294967296 is impossible"),
+        (["sweep", "model4", "--grid", "lr=0.1", "--epochs", "0"], "--epochs: '0' must be positive"),
+    ],
+)
+def test_typos_and_impossible_values_are_refused_before_anything_runs(argv, message, tmp_path: Path, capsys: pytest.CaptureFixture):
+    root = tmp_path / "art"
+    assert main([*argv, "--data", str(tmp_path / "no-data"), "--artifacts", str(root)]) == 2
+    assert message in _error_line(capsys.readouterr().err)
+    assert not root.exists()  # refused before the folder, the data or a model was touched
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["x" * 100_000],
+        ["model1", "--lr", "x" * 100_000],
+        ["model1", "--optimizer", "y" * 100_000],
+        ["model1", "--seed", "9" * 100_000],
+        ["sweep", "model4", "--grid", "lr=" + "z" * 100_000],
+        ["sweep", "model4", "--grid", "lr=" + "9" * 100_000],
+        ["sweep", "w" * 100_000, "--grid", "lr=0.1"],
+    ],
+)
+def test_huge_user_text_is_never_echoed_whole(argv, tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main([*argv, "--artifacts", str(tmp_path / "art")]) == 2
+    assert len(_error_line(capsys.readouterr().err)) < 400
+
+
+# --------------------------------------------------------------------------- 4. one line where one line is promised
+
+def _report(argv: list[str]) -> int:
+    from bench.report_md import main as report_main
+
+    return report_main(argv)
+
+
+def test_report_out_pointing_to_a_file_is_one_line(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    a_file = tmp_path / "REPORT"
+    a_file.write_text("keep me")
+    for out, expected in ((a_file, f"--out {a_file}: is a file, not a folder"),
+                          (a_file / "sub", f"--out {a_file / 'sub'}: cannot write the report there (Not a directory)")):
+        assert _report(["--artifacts", str(trained), "--out", str(out)]) == 2
+        assert expected in _error_line(capsys.readouterr().err, "fmnist-bench report")
+    assert a_file.read_text() == "keep me"
+
+
+def test_report_out_in_an_unwritable_folder_is_one_line(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "locked"
+    out.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: the refusal the OS gives anyone else, where it would come
+        import bench.report_md
+
+        def refused(path: Path, text: str) -> None:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path.with_name(f".{path.name}.tmp")))
+
+        monkeypatch.setattr(bench.report_md, "write_text_atomic", refused)
+    else:
+        out.chmod(0o555)
+    try:
+        assert _report(["--artifacts", str(trained), "--out", str(out)]) == 2
+    finally:
+        out.chmod(0o755)
+    line = _error_line(capsys.readouterr().err, "fmnist-bench report")
+    assert f"--out {out}: cannot write the report there (Permission denied)" in line
+    assert not (out / "REPORT.md").exists()
+
+
+def _metadata_damage() -> dict[str, tuple[Callable[[dict], bytes], str]]:
+    def dumped(change: Callable[[dict], None]) -> Callable[[dict], bytes]:
+        def apply(payload: dict) -> bytes:
+            change(payload)
+            return json.dumps(payload).encode()
+        return apply
+
+    return {
+        "not JSON": (lambda p: b'{"model": "model1", "display_na', "not JSON"),
+        "not text": (lambda p: b"\xff\xfe\x00\x00binary", "not UTF-8 text"),
+        "a JSON list": (lambda p: b"[1, 2, 3]", "a JSON list, expected an object"),
+        "another schema": (dumped(lambda p: p.update(schema_version=99)), "metadata schema_version 99, this toolkit reads 1"),
+        "a huge schema": (dumped(lambda p: p.update(schema_version="v" * 100_000)), "metadata schema_version 'vvv"),
+        "missing keys": (dumped(lambda p: p.pop("test")), "missing test"),
+        "a foreign key": (dumped(lambda p: p.update(weights="elsewhere")), "unknown weights"),
+        "a nested key missing": (dumped(lambda p: p["final_epoch"].pop("accuracy")), "final_epoch lacks accuracy"),
+        "a wrong type": (dumped(lambda p: p["final_epoch"].update(accuracy="high")), "final_epoch.accuracy is not a number"),
+    }
+
+
+@pytest.mark.parametrize("damage", list(_metadata_damage()))
+def test_damaged_metadata_is_one_error_naming_the_file_for_every_reader(damage: str, trained: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture):
+    from exporter.cli import main as export_main
+    from exporter.export import load_source
+
+    root = tmp_path / "art"
+    shutil.copytree(trained, root)
+    art = Artifacts(root)
+    path = art.metadata_file("model1")
+    damaged, expected = _metadata_damage()[damage]
+    path.write_bytes(damaged(json.loads(path.read_text())))
+
+    with pytest.raises(MetadataError) as caught:
+        RunMetadata.read(path)
+    assert str(path) in str(caught.value) and expected in str(caught.value) and len(str(caught.value)) < 400
+    with pytest.raises(MetadataError):
+        table1(art, ["model1"])
+    with pytest.raises(MetadataError):
+        load_source("model1", art)
+
+    assert _report(["--artifacts", str(root), "--out", str(tmp_path / "out")]) == 2
+    assert f"{path}: " in _error_line(capsys.readouterr().err, "fmnist-bench report")
+    assert export_main(["model1", "--artifacts", str(root), "--quiet"]) == 2
+    assert f"{path}: " in _error_line(capsys.readouterr().err, "fmnist-export")
+
+
+def test_fmnist_train_names_a_damaged_metadata_file_that_table_1_reads(trained: Path, idx: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture):
+    root = tmp_path / "art"
+    shutil.copytree(trained, root)
+    other = Artifacts(root).metadata_file("model4")
+    other.write_text("[]")
+    assert main(["model1", "--data", str(idx), "--artifacts", str(root), *TINY]) == 2
+    assert f"{other}: not run metadata" in _error_line(capsys.readouterr().err)
+
+
+def _fail_model_save(patch: pytest.MonkeyPatch) -> None:
+    def save(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"PK\x03\x04 the first bytes of a zip")
+        raise ENOSPC
+
+    patch.setattr(keras.Model, "save", save)
+
+
+def _fail_second_history_row(patch: pytest.MonkeyPatch) -> None:
+    write_all, calls = fit_mod._write_all, []
+
+    def write(fd: int, payload: bytes) -> None:
+        calls.append(payload)
+        if len(calls) < 2:
+            return write_all(fd, payload)
+        os.write(fd, payload[: len(payload) // 2])
+        raise ENOSPC
+
+    patch.setattr(fit_mod, "_write_all", write)
+
+
+def _fail_metadata(patch: pytest.MonkeyPatch) -> None:
+    def write_json(path: Path, payload: dict) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text('{"model": "mod')
+            raise ENOSPC
+
+    patch.setattr(reports_mod, "write_json_atomic", write_json)
+
+
+def _fail_second_checkpoint(patch: pytest.MonkeyPatch) -> None:
+    """Keras' weights file of the second epoch cut short by the full disk (the next run falls back to its copy)."""
+    save_weights, calls = keras.Model.save_weights, []
+
+    def save(self, filepath, *args, **kwargs):
+        if Path(filepath).name == "latest.weights.h5":
+            calls.append(filepath)
+            if len(calls) == 2:
+                Path(filepath).write_bytes(b"\x89HDF\r\n\x1a\n cut short")
+                raise ENOSPC
+        return save_weights(self, filepath, *args, **kwargs)
+
+    patch.setattr(keras.Model, "save_weights", save)
+
+
+@pytest.mark.parametrize(
+    ("fail", "where", "epochs"),
+    [(_fail_model_save, "models/model1.keras", 1), (_fail_second_history_row, "history/model1.csv", 2),
+     (_fail_metadata, "models/model1.json", 1), (_fail_second_checkpoint, "checkpoints/model1", 2)],
+)
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(fail, where: str, epochs: int, idx: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    root = tmp_path / "art"
+    art = Artifacts(root)
+    argv = ["model1", "--data", str(idx), "--artifacts", str(root), "--epochs", str(epochs), "--batch-size", "32", "--quiet"]
+    with monkeypatch.context() as patch:
+        fail(patch)
+        assert main(argv) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"{root / where}: cannot write" in line and "No space left on device" in line
+    assert _leftovers(root) == []
+    assert not art.metadata_file("model1").exists()
+    if where != "models/model1.json":  # the model file is written whole before its metadata, never after
+        assert not art.model_file("model1").exists()
+    history = art.history_file("model1")
+    if history.exists():  # whatever rows it has are whole
+        text = history.read_text()
+        assert text.endswith("\n") and _history_epochs(art) == list(range(len(text.splitlines()) - 1))
+
+    assert main(argv) == 0  # space again: the run finishes, each epoch once
+    assert _history_epochs(art) == list(range(epochs))
+    assert RunMetadata.read(art.metadata_file("model1")).training["epochs_run"] == epochs
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00 binary", b'key,model,sweep\n"a quote never closed', b"a,b\n1,2\n"])
+def test_a_damaged_experiment_table_is_one_line_naming_it(content: bytes, trained: Path, idx: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture):
+    root = tmp_path / "art"
+    shutil.copytree(trained, root)
+    store = Artifacts(root).experiments_file
+    store.write_bytes(content)
+    assert _report(["--artifacts", str(root), "--out", str(tmp_path / "out")]) == 2
+    assert f"{store}: not an experiment table" in _error_line(capsys.readouterr().err, "fmnist-bench report")
+    argv = ["sweep", "model1", "--grid", "seed=0", "--epochs", "1", "--batch-size", "32", "--limit", "200",
+            "--data", str(idx), "--artifacts", str(root), "--quiet"]
+    assert main(argv) == 2
+    assert f"{store}: not an experiment table" in _error_line(capsys.readouterr().err)
+    assert store.read_bytes() == content  # refused, never overwritten

@@ -1,0 +1,219 @@
+"""A quiet terminal: TensorFlow's and onnxruntime's own chatter stays out unless ``--verbose``.
+
+What the three commands printed before any of their own lines, on a machine without a GPU:
+
+    WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+    I0000 00:00:1795599560.736354   19629 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+    E0000 00:00:1795599574.200678   19629 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: ...
+
+- TensorFlow's C++ log honours ``TF_CPP_MIN_LOG_LEVEL`` (0: all, 1: no INFO, 2: no WARNING, 3: no ERROR;
+  FATAL always shows), read when it first logs: :func:`before_imports` sets it to 3 unless the user set it.
+  That hides the cuInit line, the oneDNN notice and the CPU-feature notice.
+- The cudart_stub lines and absl's banner are written while TensorFlow is imported, before absl's
+  logging is initialised, and ignore that variable. So the first ``import tensorflow`` (wherever it
+  happens: at a CLI's top, or inside a function) runs with file descriptor 2 sent to a temporary file;
+  afterwards every line is written back except the log lines below ``TF_CPP_MIN_LOG_LEVEL`` and the
+  banner. A FATAL line, a Python traceback, or anything not in TensorFlow's log format always passes.
+- Python: the ``tensorflow`` logger (retracing notices) and absl's Python logging are set to ERROR;
+  DeprecationWarning, FutureWarning and UserWarning raised inside keras, tensorflow, absl or onnxruntime
+  (about their own internals) are ignored. Warnings raised from this project's code still show.
+- onnxruntime: its default logger shows errors only (``set_default_logger_severity(3)``), which drops its
+  warnings ("Memcpy nodes are added", "Some nodes were not assigned to the preferred execution providers");
+  the errors bench/providers.py reads to say why CUDA is unavailable still come.
+
+``--verbose`` (or ``TF_CPP_MIN_LOG_LEVEL`` set by the user: its level decides what TensorFlow shows)
+leaves the libraries as they are. Our own progress and ``error:`` lines are never touched.
+
+TF Lite and LiteRT print "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." themselves, ignoring
+``TF_CPP_MIN_LOG_LEVEL``: bench/sut.py and bench/peers.py build their interpreters inside
+:func:`native_stderr_filtered`, which knows that line.
+
+This module imports only the standard library: it runs before TensorFlow and onnxruntime are imported.
+The CLIs call :func:`before_imports` at the top of their module and :func:`configure` first in ``main``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+
+FLAG = "--verbose"
+HELP = "show TensorFlow's and onnxruntime's own log lines and warnings (hidden by default)"
+TF_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+QUIET_ENV = {TF_LEVEL: "3", "GRPC_VERBOSITY": "ERROR"}  # set only where the user has not set them
+QUIET_LIBRARIES = r"(keras|tensorflow|tf_keras|absl|onnxruntime|google\.protobuf)(\.|$)"
+ORT_ERROR = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+
+# TensorFlow's two log formats: absl's "I0000 00:00:1795599560.736354   19629 cudart_stub.cc:31] ..."
+# and the older "2025-09-17 14:44:05.157831: I external/.../cudart_stub.cc:32] ...".
+_ABSL_LINE = re.compile(r"^(?P<severity>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\] ")
+_TSL_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<severity>[IWEF]) \S+:\d+\] ")
+_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+# TF Lite's own log ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU."): its INFO lines only.
+_TFLITE_INFO = re.compile(r"^(VERBOSE|INFO): ")
+# The second line of cpu_feature_guard's INFO message (the only multi-line one seen at import).
+_CONTINUATION = re.compile(r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$")
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+
+_state = {"verbose": None}
+
+
+def verbose_requested(argv: Sequence[str] | None = None) -> bool:
+    """Whether ``--verbose`` is among the options (``sys.argv[1:]`` by default; not after a ``--``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" in args:
+        args = args[: args.index("--")]
+    return FLAG in args
+
+
+def add_flag(parser):  # an argparse parser (argparse itself is not imported here for this)
+    """Add ``--verbose`` to ``parser``; returns it."""
+    parser.add_argument(FLAG, action="store_true", help=HELP)
+    return parser
+
+
+def min_level() -> int:
+    """TensorFlow's ``TF_CPP_MIN_LOG_LEVEL`` as a number, 0 where unset or not a number."""
+    try:
+        return max(0, min(3, int(os.environ.get(TF_LEVEL, "0"))))
+    except ValueError:
+        return 0
+
+
+def is_noise(line: str, level: int | None = None) -> bool:
+    """Whether a line written while TensorFlow was imported is below ``TF_CPP_MIN_LOG_LEVEL`` (never a FATAL one)."""
+    level = min_level() if level is None else level
+    text = line.rstrip("\r\n")
+    if text == _BANNER or _CONTINUATION.match(text) or _TFLITE_INFO.match(text):
+        return level >= 1
+    found = _ABSL_LINE.match(text) or _TSL_LINE.match(text)
+    if found is None:
+        return False
+    severity = found.group("severity")
+    return severity != "F" and _SEVERITY[severity] < level
+
+
+@contextlib.contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Run the block with file descriptor 2 in a temporary file, then write back what is not noise.
+
+    Native code (absl, TensorFlow) writes to fd 2 directly, so ``sys.stderr`` cannot catch it. Lines
+    come back in order when the block ends, an exception included; if fd 2 cannot be redirected
+    (closed), the block runs as is.
+    """
+    _flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    sink = tempfile.TemporaryFile(mode="w+b")
+    try:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            _flush()
+            os.dup2(saved, 2)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace")
+            level = min_level()
+            kept = "".join(line for line in text.splitlines(keepends=True) if not is_noise(line, level))
+            if kept:
+                with contextlib.suppress(OSError):
+                    os.write(2, kept.encode("utf-8", errors="replace"))
+    finally:
+        os.close(saved)
+        sink.close()
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):  # C stdio buffers of native code, before fd 2 moves
+        import ctypes  # noqa: PLC0415 - only where a buffer may be pending
+
+        ctypes.CDLL(None).fflush(None)
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Wraps the first import of ``tensorflow`` in :func:`native_stderr_filtered`, then leaves ``sys.meta_path``."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "tensorflow":
+            return None
+        _remove_hook()
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if find is not None and (spec := find(fullname, path, target)) is not None:
+                break
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        original = spec.loader.exec_module
+
+        def exec_module(module):
+            with native_stderr_filtered():
+                original(module)
+            _quiet_python_logging()  # absl's Python logging exists now
+
+        spec.loader.exec_module = exec_module  # this spec's loader only (a new one per lookup)
+        return spec
+
+
+_HOOK = _QuietImport()
+
+
+def _remove_hook() -> None:
+    with contextlib.suppress(ValueError):
+        sys.meta_path.remove(_HOOK)
+
+
+def before_imports(verbose: bool = False) -> None:
+    """What must happen before TensorFlow is imported: its environment, and the import filter.
+
+    Quiet: ``TF_CPP_MIN_LOG_LEVEL=3`` and ``GRPC_VERBOSITY=ERROR`` unless the user set them, and the
+    first ``import tensorflow`` filtered. Verbose: ``TF_CPP_MIN_LOG_LEVEL=0`` unless set (so library
+    modules that default it to 2 do not hide what was asked for), nothing filtered.
+    """
+    _state["verbose"] = verbose
+    if verbose:
+        _remove_hook()
+        os.environ.setdefault(TF_LEVEL, "0")
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    if "tensorflow" not in sys.modules and _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)
+
+
+def configure(verbose: bool = False) -> None:
+    """The whole quiet setup for a command (``main``'s first step): :func:`before_imports`, then the
+    Python loggers and warnings and onnxruntime's logger, for what is already imported and what comes."""
+    before_imports(verbose)
+    if verbose:
+        return
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=QUIET_LIBRARIES)
+    _quiet_python_logging()
+    ort = sys.modules.get("onnxruntime")
+    if ort is not None and hasattr(ort, "set_default_logger_severity"):
+        ort.set_default_logger_severity(ORT_ERROR)
+
+
+def _quiet_python_logging() -> None:
+    if _state["verbose"]:
+        return
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices, deprecation logs
+    absl_logging = sys.modules.get("absl.logging")  # its logger is absl's own class: only once absl made it
+    if absl_logging is not None:
+        with contextlib.suppress(Exception):
+            absl_logging.set_verbosity(absl_logging.ERROR)
