@@ -30,7 +30,7 @@ import onnx
 from bench.cases import Case, read_exports
 from bench.providers import ProviderUnavailable
 from bench.settings import SessionSettings
-from bench.sut import SUT, InterfaceError
+from bench.sut import SUT, InterfaceError, InterpreterSUT
 from exporter.contract import INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, sha256_of
 from trainer import quiet
 from trainer.artifacts import Artifacts, atomic_path, writing
@@ -137,7 +137,7 @@ def _name(value: object) -> str:
 
 # --------------------------------------------------------------------------- LiteRT
 
-class LiteRTSUT(SUT):
+class LiteRTSUT(InterpreterSUT):
     """A LiteRT flatbuffer on ai-edge-litert's interpreter, default delegate (XNNPACK); the input is
     resized whenever the batch size changes, as TFLiteSUT does."""
 
@@ -166,14 +166,6 @@ class LiteRTSUT(SUT):
         self.name = LITERT
         self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if self._batch != len(batch):
-            self.interpreter.resize_tensor_input(self._input, batch.shape)
-            self.interpreter.allocate_tensors()
-            self._batch = len(batch)
-        self.interpreter.set_tensor(self._input, batch)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._output).copy()
 
 
 def convert_litert(keras_file: Path, variant: str, calibration_images: np.ndarray | None = None) -> bytes:

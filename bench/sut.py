@@ -20,7 +20,7 @@ from bench.settings import SessionSettings
 from exporter.contract import INPUT_NAME, OUTPUT_NAME, ContractError, check_interface
 from trainer import quiet
 
-__all__ = ["SUT", "OrtSUT", "KerasSUT", "TFLiteSUT", "InterfaceError", "ProviderUnavailable"]
+__all__ = ["SUT", "OrtSUT", "InterpreterSUT", "KerasSUT", "TFLiteSUT", "InterfaceError", "ProviderUnavailable"]
 
 
 class InterfaceError(ContractError):
@@ -105,7 +105,26 @@ class KerasSUT(SUT):
         return self.model.predict(x, batch_size=batch_size, verbose=0)
 
 
-class TFLiteSUT(SUT):
+class InterpreterSUT(SUT):
+    """A TF Lite flatbuffer on an interpreter (TensorFlow's or LiteRT's): the input is resized whenever
+    the batch size changes. Subclasses set ``interpreter``, ``_input``, ``_output`` and ``_batch``."""
+
+    interpreter: object
+    _input: int
+    _output: int
+    _batch: int | None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self._batch != len(batch):
+            self.interpreter.resize_tensor_input(self._input, batch.shape)
+            self.interpreter.allocate_tensors()
+            self._batch = len(batch)
+        self.interpreter.set_tensor(self._input, batch)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output).copy()
+
+
+class TFLiteSUT(InterpreterSUT):
     """TF Lite fp32 of the same ``.keras`` model, on its default CPU delegate (XNNPACK)."""
 
     def __init__(self, path: Path, threads: int | None = None):
@@ -134,12 +153,3 @@ class TFLiteSUT(SUT):
         self.providers_used = ["tflite (default delegate: XNNPACK)"]
         self.name = "tflite"
         self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if self._batch != len(batch):
-            self.interpreter.resize_tensor_input(self._input, batch.shape)
-            self.interpreter.allocate_tensors()
-            self._batch = len(batch)
-        self.interpreter.set_tensor(self._input, batch)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._output).copy()

@@ -59,3 +59,19 @@ def artifacts_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "artifacts"
     monkeypatch.setenv("FMNIST_ARTIFACTS", str(folder))
     return folder
+
+
+def train_and_export_model1(root: Path) -> "Artifacts":
+    """model1, trained one epoch on 1,000 tiny images and exported in all three variants (bench and peer tests)."""
+    from exporter.cli import main as export_main  # noqa: PLC0415 - TensorFlow only for the tests that need it
+    from trainer import data
+    from trainer.artifacts import Artifacts
+    from trainer.config import TrainConfig
+    from trainer.training import train_one
+
+    dataset = data.load_dataset(write_idx_dir(root / "idx", n=1000))
+    art = Artifacts(root / "art")
+    config = TrainConfig(model="model1", epochs=1, batch_size=64, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
+    train_one(config, dataset, data.split_dataset(dataset), art, quiet=True)
+    assert export_main(["model1", "--artifacts", str(art.root), "--quiet", "--calibration-images", "64", "--int8-max-drop", "10"]) == 0
+    return art

@@ -21,12 +21,9 @@ from bench.store import load
 from bench.summary import latest_records, recommendations
 from bench.runtimes import make_sut
 from bench.sut import OrtSUT
-from exporter.cli import main as export_main
-from tests.conftest import write_idx_dir
+from tests.conftest import train_and_export_model1
 from trainer import data
 from trainer.artifacts import Artifacts
-from trainer.fit import TrainConfig
-from trainer.training import train_one
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--batch-sizes", "128", "--quiet"]
@@ -34,14 +31,7 @@ FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--bat
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
-    """model1, trained one epoch on 1,000 tiny images and exported in all three variants (as tests/test_bench.py)."""
-    root = tmp_path_factory.mktemp("peers")
-    dataset = data.load_dataset(write_idx_dir(root / "idx", n=1000))
-    art = Artifacts(root / "art")
-    config = TrainConfig(model="model1", epochs=1, batch_size=64, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
-    train_one(config, dataset, data.split_dataset(dataset), art, quiet=True)
-    assert export_main(["model1", "--artifacts", str(art.root), "--quiet", "--calibration-images", "64", "--int8-max-drop", "10"]) == 0
-    return art
+    return train_and_export_model1(tmp_path_factory.mktemp("peers"))
 
 
 def _run(art: Artifacts, report_dir: Path, *options: str) -> list[BenchRecord]:
