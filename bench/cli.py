@@ -6,6 +6,7 @@
     fmnist-bench compare OLD.json NEW.json --fail-on-regression 10%
     fmnist-bench report                               # REPORT.md from everything in the artifacts folder
     fmnist-bench doctor                               # can this machine run the CUDA provider?
+    fmnist-bench pack edge.tar.gz                     # what a device needs to run the bench (README: On the device)
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ quiet.before_imports(quiet.verbose_requested())  # before onnxruntime and (for r
 
 from bench import store  # noqa: E402
 from bench.cases import REFERENCES, RUNTIMES, Case, NothingToBench, discover  # noqa: E402
+from bench.pack import PackError, pack  # noqa: E402
 from bench.compare import CompareError, compare, format_table, parse_threshold  # noqa: E402
 from bench.report import SchemaError  # noqa: E402
 from bench.runner import run  # noqa: E402
-from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, OPERATIONS, WHOLE_SPLIT, RunSettings, SessionSettings,  # noqa: E402
+from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MEMORY, OPERATIONS, WHOLE_SPLIT, RunSettings, SessionSettings,  # noqa: E402
                             SettingsError, SingleStreamSettings)
 from exporter.contract import VARIANTS, ContractError  # noqa: E402
 from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--graph-optimization", choices=tuple(GRAPH_OPTIMIZATION), default=session.graph_optimization)
     r.add_argument("--cudnn-algo-search", choices=CUDNN_ALGO_SEARCH, default=session.cudnn_conv_algo_search,
                    help=f"CUDA: cuDNN's convolution algorithm search (default {session.cudnn_conv_algo_search})")
+    r.add_argument("--memory", choices=MEMORY, default=DEFAULT.memory,
+                   help="each case's peak resident memory, measured in a fresh process of its own (default on)")
     r.add_argument("--no-reference", action="store_true", help="onnxruntime rows only: skip Keras, TF Lite, OpenVINO and LiteRT")
     r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     r.add_argument("--data", help="where the training data is now, if it moved")
@@ -115,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("report", help="write REPORT.md (Tables 1-5, figures, bench summary); see fmnist-bench report --help",
                    add_help=False)
     quiet.add_flag(sub.add_parser("doctor", help="what the CUDA provider needs, what this machine has, and the line that fixes it"))
+
+    p = sub.add_parser("pack", help="one .tar.gz holding what `fmnist-bench run` needs on a device: the ONNX files and the data")
+    p.add_argument("archive", help="the .tar.gz to write (never overwritten)")
+    p.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
+    p.add_argument("--data", help="where the training data is now, if it moved")
+    quiet.add_flag(p)
     return parser
 
 
@@ -126,7 +136,7 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
     if args.no_reference:
         providers = [p for p in providers if p not in REFERENCES]
     settings = RunSettings(
-        batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations),
+        batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations), memory=args.memory,
         single_stream=SingleStreamSettings(min_queries=args.min_queries, min_duration_s=args.min_duration),
         session=SessionSettings(intra_op_threads=args.threads, graph_optimization=args.graph_optimization,
                                 cudnn_conv_algo_search=args.cudnn_algo_search),
@@ -170,8 +180,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"run": cmd_run, "summary": cmd_summary, "compare": cmd_compare, "doctor": cmd_doctor}
-ERRORS = (NothingToBench, SchemaError, DataError, ArtifactsError, ContractError, CompareError, SettingsError)
+def cmd_pack(args: argparse.Namespace) -> int:
+    packed = pack(Artifacts.at(args.artifacts), Path(args.archive), args.data)
+    mib = 1 << 20
+    print(f"wrote {packed.archive}: {packed.onnx_files} ONNX files ({packed.onnx_bytes / mib:.1f} MiB) and the data "
+          f"({packed.data_bytes / mib:.1f} MiB). On the device (pip install fmnist-edge):\n"
+          f"  mkdir edge && tar -xzf {packed.archive.name} -C edge && fmnist-bench run --artifacts edge")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "summary": cmd_summary, "compare": cmd_compare, "doctor": cmd_doctor, "pack": cmd_pack}
+ERRORS = (NothingToBench, SchemaError, DataError, ArtifactsError, ContractError, CompareError, SettingsError, PackError)
 
 
 def main(argv: list[str] | None = None) -> int:

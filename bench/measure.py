@@ -20,11 +20,13 @@ import numpy as np
 
 from bench import scenarios
 from bench.cases import Case, HeldOutSplit
-from bench.metrics import achieved_gflops, multiply_adds_per_image, peak_rss_mb, quality
+from bench.memory import case_peak_rss_mb
+from bench.metrics import achieved_gflops, multiply_adds_per_image, quality
 from bench.report import BenchRecord
 from bench.settings import RunSettings
 from bench.sut import SUT
 from exporter.contract import check_output
+from trainer.artifacts import Artifacts
 
 # timer(call, rounds, warmup) -> seconds of each of ``rounds`` timed calls, after ``warmup`` untimed ones.
 Timer = Callable[[Callable[[], object], int, int], list[float]]
@@ -39,6 +41,14 @@ def perf_timer(call: Callable[[], object], rounds: int, warmup: int) -> list[flo
         call()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def case_memory_mb(case: Case, artifacts: Artifacts, settings: RunSettings, test_images: int) -> float | None:
+    """The case's own peak resident memory (bench/memory.py) at the largest batch it is measured at, for every
+    record of the case; None with ``--memory off``. Raises MemoryProbeError."""
+    if settings.memory == "off":
+        return None
+    return case_peak_rss_mb(case, artifacts, settings.session, max(batch for _, batch in plan(settings, test_images)))
 
 
 def plan(settings: RunSettings, test_images: int) -> list[tuple[str, int]]:
@@ -108,6 +118,6 @@ def _record(sut: SUT, case: Case, operation: str, batch: int, images_per_call: i
         providers_used=list(sut.providers_used), images=images_per_call, rounds=len(times),
         median_s=median, min_s=min(times), max_s=max(times), iqr_s=float(q3 - q1), times_s=[float(t) for t in times],
         throughput_ips=images_per_call / median, gflops=achieved_gflops(macs, images_per_call, median) if macs else None,
-        session_create_s=sut.session_create_s, model_bytes=sut.model_bytes, peak_rss_mb=peak_rss_mb(),
+        session_create_s=sut.session_create_s, model_bytes=sut.model_bytes,
         provider_options=sut.provider_options, **extra,
     )

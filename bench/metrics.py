@@ -114,17 +114,8 @@ def _time(call) -> float:
     return time.perf_counter() - t0
 
 
-def reset_peak_rss() -> bool:
-    """Reset this process's resident-memory high-water mark (Linux >= 4.0), so the next reading is one case's peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process since the last reset (VmHWM), else since it started."""
+    """Peak resident memory of this process (VmHWM), in MiB: bench/memory.py reads it in a process of its own."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -48,6 +48,7 @@ CALIBRATION_IMAGES = 512
 CALIBRATION_SEED = 0
 # Part of every cache name: bump it when convert_litert's recipe changes, so old conversions are not reused.
 LITERT_RECIPE = "r1"
+TRAIN_EXTRA = "'fmnist-edge[train]'"  # what brings TensorFlow (pyproject.toml)
 
 
 class PeerUnavailable(ProviderUnavailable):
@@ -57,13 +58,14 @@ class PeerUnavailable(ProviderUnavailable):
         super().__init__(message, "not-installed")
 
 
-def _require(module: str, package: str, needed_for: str = "") -> ModuleType:
-    """Import ``module`` or raise PeerUnavailable naming the pip package (imported here only: lazily)."""
+def _require(module: str, package: str, needed_for: str = "", install: str | None = None) -> ModuleType:
+    """Import ``module`` or raise PeerUnavailable naming the package and what to install (imported here only:
+    lazily)."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name and module.split(".")[0] == exc.name.split(".")[0]:
-            raise PeerUnavailable(f"{needed_for}{package} is not installed (pip install {package})") from None
+            raise PeerUnavailable(f"{needed_for}{package} is not installed (pip install {install or package})") from None
         raise PeerUnavailable(f"{needed_for}{package} cannot be imported ({exc})") from None
     except ImportError as exc:  # installed but broken (a missing shared library, ...): say so, not "not installed"
         raise PeerUnavailable(f"{needed_for}{package} cannot be imported ({str(exc).splitlines()[0][:200]})") from None
@@ -176,7 +178,7 @@ def convert_litert(keras_file: Path, variant: str, calibration_images: np.ndarra
         raise ValueError(f"variant {variant!r}: LiteRT rows are fp32 or int8")
     if variant == "int8" and (calibration_images is None or not len(calibration_images)):
         raise ValueError("int8 needs calibration images")
-    tf = _require("tensorflow", "tensorflow", f"converting {Path(keras_file).name} for LiteRT needs TensorFlow: ")
+    tf = _require("tensorflow", "tensorflow", f"converting {Path(keras_file).name} for LiteRT needs TensorFlow: ", TRAIN_EXTRA)
     from trainer.models import load_trained  # noqa: PLC0415 - TensorFlow only when converting
 
     model = load_trained(Path(keras_file))
@@ -221,7 +223,7 @@ def litert_file(artifacts: Artifacts, case: Case) -> Path:
     if sha256_of(keras_file) != source_sha:
         raise PeerUnavailable(f"{keras_file}: not the model {case.path.name} was exported from (sha256 differs: "
                               f"retrained since?); export again: fmnist-export {case.model}")
-    _require("tensorflow", "tensorflow", f"converting {keras_file.name} for LiteRT needs TensorFlow: ")
+    _require("tensorflow", "tensorflow", f"converting {keras_file.name} for LiteRT needs TensorFlow: ", TRAIN_EXTRA)
     content = convert_litert(keras_file, case.variant,
                              calibration_images(artifacts, case.model) if case.variant == "int8" else None)
     with writing(cached), atomic_path(cached) as tmp:

@@ -38,7 +38,8 @@ class BenchRecord:
     gflops: float | None = None
     session_create_s: float | None = None
     model_bytes: int | None = None  # the file the runtime loaded: .onnx, .keras or the .tflite buffer
-    peak_rss_mb: float | None = None  # the process's peak resident memory while this system under test was measured
+    # The case's own peak resident memory: a fresh process that builds it and runs its largest batch (bench/memory.py).
+    peak_rss_mb: float | None = None
     quality: dict | None = None  # accuracy, loss, per_class, confusion_matrix
     placement: dict | None = None  # CUDA: nodes per provider and the op types left on CPU
     device_median_s: float | None = None  # CUDA: device-only time per call (IOBinding), without host copies

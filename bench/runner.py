@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from typing import TextIO
 
 from bench.cases import Case, HeldOutSplit, load_test_split
-from bench.measure import measure, plan
-from bench.metrics import reset_peak_rss
+from bench.measure import case_memory_mb, measure, plan
+from bench.memory import MemoryProbeError
 from bench.report import BenchRecord, BenchReport
 from bench.settings import RunSettings
 from bench.store import commit_info, machine
@@ -25,23 +26,28 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
     for i, case in enumerate(cases, 1):
         split = splits.get(case.model) or splits.setdefault(case.model, load_test_split(artifacts, case.model, data))
         _say(log, f"[{i}/{len(cases)}] {case.id} ({len(split.y)} test images)")
-        reset_peak_rss()  # the peak then covers this case: its session and its runs
         try:
             sut = make_sut(case, artifacts, settings.session)
         except ProviderUnavailable as exc:
             report.records.append(_skipped(case, str(exc)))
             _say(log, f"  skipped: {exc}")
             continue
-        except ImportError as exc:  # a reference runtime that is not installed
-            report.records.append(_skipped(case, f"{case.provider} needs TensorFlow, which is not installed ({exc})"))
-            _say(log, f"  skipped: {case.provider} needs TensorFlow")
-            continue
+        records = []
         for operation, batch in plan(settings, len(split.y)):
             record = measure(sut, case, split, operation, batch, settings)
-            report.records.append(record)
+            records.append(record)
             _say(log, f"  {record.id:<42} median {record.median_s * 1000:9.2f} ms (IQR {record.iqr_s * 1000:.2f})"
                       f"  {record.throughput_ips:9.0f} img/s"
                       + (f"  accuracy {record.quality['accuracy']:.4f}" if record.quality else ""))
+        del sut  # before the memory probe, which runs the case again in a process of its own
+        try:
+            peak = case_memory_mb(case, artifacts, settings, len(split.y))
+            records = [dataclasses.replace(r, peak_rss_mb=peak) for r in records]
+        except MemoryProbeError as exc:  # the timings stand; the memory column says nothing rather than something wrong
+            _say(log, f"  {exc}")
+        if records and records[0].peak_rss_mb is not None:
+            _say(log, f"  peak resident memory of the case in its own process: {records[0].peak_rss_mb:.0f} MB")
+        report.records.extend(records)
     return report
 
 

@@ -77,6 +77,9 @@ class SingleStreamSettings:
         return min(self.max_queries, max(self.min_queries, by_duration))
 
 
+MEMORY = ("on", "off")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What one bench run measures; both front doors build one of these and hand it to ``bench.measure``."""
@@ -87,8 +90,12 @@ class RunSettings:
     operations: tuple[str, ...] = OPERATIONS
     single_stream: SingleStreamSettings = field(default_factory=SingleStreamSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
+    # Each case's peak resident memory, from a fresh process of its own (bench/memory.py); off saves a
+    # process start per case.
+    memory: str = "on"
 
     def __post_init__(self) -> None:
+        _require(self.memory in MEMORY, "--memory", self.memory, " or ".join(MEMORY))
         _require(1 <= self.rounds <= 1000, "--rounds", self.rounds, "between 1 and 1000")
         _require(0 <= self.warmup_rounds <= 100, "--warmup-rounds", self.warmup_rounds, "between 0 and 100")
         _require(bool(self.batch_sizes) and all(b >= 0 for b in self.batch_sizes), "--batch-sizes", self.batch_sizes,

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,7 +30,7 @@ REPORT_PREFIX = "bench-"
 REPORT_GLOB = f"{REPORT_PREFIX}*.json"
 REPO = Path(__file__).resolve().parents[1]
 # The machine facts that make two reports comparable; anything else (platform string, ...) is informative.
-IDENTITY = ("cpu", "cores", "gpu")
+IDENTITY = ("host", "cpu", "cores", "gpu")
 VERSIONS = ("python", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorflow")
 
 
@@ -45,7 +46,7 @@ def gpu_name() -> str | None:
 
 def machine() -> dict:
     info = machine_info()
-    info.update(gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(), sgemm_gflops=sgemm_gflops(),
+    info.update(host=socket.gethostname(), gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(), sgemm_gflops=sgemm_gflops(),
                 int8_gemm_gops=int8_gemm_gops())
     return info
 

@@ -50,17 +50,45 @@ def _peak(provider: str, variant: str, machine: dict) -> float | None:
     return machine.get("int8_gemm_gops" if variant == "int8" else "sgemm_gflops")
 
 
-def latest_records(paths: list[Path]) -> dict[str, tuple[BenchRecord, dict]]:
-    """{case id: (record, machine)}, the newest report (by its created_at) winning."""
-    records: dict[str, tuple[BenchRecord, dict]] = {}
+Records = dict[tuple[str, str], tuple[BenchRecord, dict]]  # (machine label, case id) -> (record, its machine)
+
+
+def machine_label(machine: dict) -> str:
+    """Which machine measured: its host name where the report has one, its CPU, cores and GPU."""
+    host = f"{machine['host']}: " if machine.get("host") else ""
+    gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
+    return f"{host}{machine.get('cpu')} ({machine.get('cores')} cores{gpu})"
+
+
+def latest_records(paths: list[Path]) -> Records:
+    """Each machine's newest result per case (by the report's created_at). Results of different machines are
+    never merged: a case measured on two machines is two entries."""
+    records: Records = {}
     for report in sorted((load(Path(p)) for p in paths), key=lambda r: r.created_at):
         for record in report.records:
-            records[record.id] = (record, report.machine)
+            records[(machine_label(report.machine), record.id)] = (record, report.machine)
     return records
 
 
-def summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: int = 128) -> pd.DataFrame:
-    """The table, from :func:`latest_records`."""
+def by_machine(records: Records) -> dict[str, dict[str, tuple[BenchRecord, dict]]]:
+    """{machine label: {case id: (record, machine)}}, machines in the order first seen."""
+    grouped: dict[str, dict[str, tuple[BenchRecord, dict]]] = {}
+    for (label, case_id), value in records.items():
+        grouped.setdefault(label, {})[case_id] = value
+    return grouped
+
+
+def summary(records: Records, batch_size: int = 128) -> pd.DataFrame:
+    """The table, from :func:`latest_records`: one block of rows per machine, with a machine column when
+    there are several (ratios to Keras are always within one machine)."""
+    grouped = by_machine(records)
+    frames = [_machine_summary(group, batch_size) for group in grouped.values()]
+    if len(grouped) > 1:
+        frames = [frame.assign(machine=label)[["machine", *frame.columns]] for label, frame in zip(grouped, frames)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: int) -> pd.DataFrame:
     by_id = {key: record for key, (record, _) in records.items()}
     machines = {key: machine for key, (_, machine) in records.items()}
     models = sorted({record.model for record in by_id.values()})  # model1..model4, resnet50, vgg16: the registry's order
@@ -113,10 +141,20 @@ def _fp32_accuracy(get: Getter, batch_size: int) -> float | None:
     return None
 
 
-def recommendations(records: dict[str, tuple[BenchRecord, dict]], batch_size: int = 128) -> list[str]:
-    """One line per model: the fastest row within MAX_ACCURACY_LOSS_POINTS of fp32 accuracy for batch
-    processing (predict at ``batch_size``) and for single-stream latency (p50), each with its ratio to Keras
-    in the same scenario. A row whose accuracy is unknown, or further below fp32, is never recommended."""
+def recommendations(records: Records, batch_size: int = 128) -> list[str]:
+    """One line per model (and machine, where there are several): the fastest row within
+    MAX_ACCURACY_LOSS_POINTS of fp32 accuracy for batch processing (predict at ``batch_size``) and for
+    single-stream latency (p50), each with its ratio to Keras in the same scenario on the same machine.
+    A row whose accuracy is unknown, or further below fp32, is never recommended."""
+    grouped = by_machine(records)
+    lines = []
+    for label, group in grouped.items():
+        prefix = f"On {label}: " if len(grouped) > 1 else ""
+        lines += [prefix + line for line in _machine_recommendations(group, batch_size)]
+    return lines
+
+
+def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch_size: int) -> list[str]:
     by_id = {key: record for key, (record, _) in records.items()}
     lines = []
     for model in sorted({record.model for record in by_id.values()}):
@@ -167,16 +205,19 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
     for _, machine in records.values():
         if all(differences(machine, seen) for seen in machines):
             machines.append(machine)
-    described = [f"{m.get('cpu')} ({m.get('cores')} cores), GPU: {m.get('gpu') or 'none'}; "
+    described = [f"{machine_label(m)}, GPU: {m.get('gpu') or 'none'}; "
                  f"large SGEMM {m.get('sgemm_gflops', float('nan')):.0f} GFLOP/s"
                  + (f", large int8 GEMM {m['int8_gemm_gops']:.0f} GOP/s" if m.get("int8_gemm_gops") else "")
                  for m in machines]
     header = "; ".join(described) + f"; from {', '.join(Path(p).name for p in paths)}"
-    if len(machines) > 1:
-        header = (f"**These reports come from {len(machines)} different machines or software versions, and the rows mix "
-                  f"them:** {' / '.join(described)} ({'; '.join(differences(machines[0], machines[1]))}); "
+    if len(by_machine(records)) > 1:
+        header = (f"**These reports come from {len(by_machine(records))} machines, shown side by side (the machine "
+                  f"column), never merged:** {' / '.join(described)}; from {', '.join(Path(p).name for p in paths)}")
+    elif len(machines) > 1:
+        header = (f"**These reports come from one machine with different software, and the rows mix them:** "
+                  f"{' / '.join(described)} ({'; '.join(differences(machines[0], machines[1]))}); "
                   f"from {', '.join(Path(p).name for p in paths)}")
-    formats = ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".1f", ".1f", ".4f", "+.2f"]
+    formats = ([""] if len(by_machine(records)) > 1 else []) + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".1f", ".1f", ".4f", "+.2f"]
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():
         if record.skipped:

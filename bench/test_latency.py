@@ -11,11 +11,13 @@ round included, goes in each benchmark's ``extra_info`` and so into pytest-bench
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench.cases import Case, HeldOutSplit, load_test_split
 from bench.conftest import BenchParam, selected
-from bench.measure import measure
+from bench.measure import case_memory_mb, measure
 from bench.runtimes import make_sut
 from bench.sut import ProviderUnavailable
 
@@ -42,8 +44,6 @@ def suts(chosen):
                 cache[case] = make_sut(case, chosen.artifacts, chosen.settings.session)
             except ProviderUnavailable as exc:
                 cache[case] = str(exc)
-            except ImportError as exc:
-                cache[case] = f"{case.provider} needs TensorFlow, which is not installed ({exc})"
         if isinstance(cache[case], str):
             pytest.skip(cache[case])
         return cache[case]
@@ -51,7 +51,15 @@ def suts(chosen):
     return get
 
 
-def test_latency(benchmark, bench_param: BenchParam, suts, splits, chosen):
+@pytest.fixture(scope="session")
+def memories(chosen):
+    """Each case's own peak resident memory, measured once (bench/memory.py), as ``fmnist-bench run`` does."""
+    cache: dict[Case, float | None] = {}
+    return lambda case, test_images: cache[case] if case in cache else cache.setdefault(
+        case, case_memory_mb(case, chosen.artifacts, chosen.settings, test_images))
+
+
+def test_latency(benchmark, bench_param: BenchParam, suts, splits, memories, chosen):
     case = bench_param.case
     sut = suts(case)
     benchmark.group = f"{case.model}-{bench_param.operation}-b{bench_param.batch}"
@@ -60,5 +68,7 @@ def test_latency(benchmark, bench_param: BenchParam, suts, splits, chosen):
         benchmark.pedantic(call, rounds=rounds, warmup_rounds=warmup, iterations=1)
         return list(benchmark.stats.stats.data)
 
-    record = measure(sut, case, splits(case.model), bench_param.operation, bench_param.batch, chosen.settings, timer)
+    split = splits(case.model)
+    record = measure(sut, case, split, bench_param.operation, bench_param.batch, chosen.settings, timer)
+    record = dataclasses.replace(record, peak_rss_mb=memories(case, len(split.y)))
     benchmark.extra_info.update(record.to_dict())

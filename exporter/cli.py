@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from trainer import quiet  # standard library only
+from trainer import extras, quiet  # standard library only
 
+extras.require("train", "fmnist-export")  # a bench-only install: one line naming the extra, not a traceback
 quiet.before_imports(quiet.verbose_requested())  # before TensorFlow loads: its start-up chatter stays out
 
 from exporter.contract import ContractError  # noqa: E402

@@ -110,6 +110,24 @@ TIMING_FIELDS = {"median_s", "min_s", "max_s", "iqr_s", "times_s", "throughput_i
                  "session_create_s", "peak_rss_mb", "first_run_s"}
 
 
+def test_each_case_reports_its_own_peak_memory(exported: Artifacts, tmp_path: Path):
+    """A case measured after a heavy one (Keras loads TensorFlow into the bench's process) reports what it holds
+    alone, not the process's history: the same figure as when it is measured first, and far below Keras'."""
+    options = ["--operations", "predict", "--batch-sizes", "128", *FAST_RUN]
+
+    def peaks(report_dir: Path, *selection: str) -> dict[str, float]:
+        assert main(["run", "--artifacts", str(exported.root), "--report-dir", str(report_dir), *selection, *options]) == 0
+        (path,) = report_dir.glob("bench-*.json")
+        return {f"{r.variant}-{r.provider}": r.peak_rss_mb for r in load(path).records}
+
+    after_keras = peaks(tmp_path / "a", "--providers", "cpu,keras", "--variants", "fp32,int8")  # fp32-cpu, fp32-keras, int8-cpu
+    alone = peaks(tmp_path / "b", "--providers", "cpu", "--variants", "int8")
+    assert after_keras["fp32-keras"] > after_keras["int8-cpu"] + 150  # TensorFlow alone is hundreds of MB
+    assert abs(after_keras["int8-cpu"] - alone["int8-cpu"]) < 0.15 * alone["int8-cpu"], (after_keras, alone)
+    off = peaks(tmp_path / "c", "--providers", "cpu", "--variants", "int8", "--memory", "off")
+    assert off == {"int8-cpu": None}
+
+
 def test_both_front_doors_give_the_same_record(exported: Artifacts, tmp_path: Path):
     """One case through ``fmnist-bench run`` and through ``pytest bench``: the same record, field by field."""
     options = {"providers": "cpu,keras", "variants": "fp32", "operations": "predict,single-stream", "batch-sizes": "128",

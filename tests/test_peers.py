@@ -164,7 +164,7 @@ assert main({run!r} + ['--providers', 'litert', '--report-dir', {str(tmp_path / 
     assert first["litert"].skipped == "ai-edge-litert is not installed (pip install ai-edge-litert)"
     (litert,) = load(next((tmp_path / "b").glob("bench-*.json"))).records
     assert litert.skipped == ("converting model1.keras for LiteRT needs TensorFlow: tensorflow is not installed "
-                              "(pip install tensorflow)")
+                              "(pip install 'fmnist-edge[train]')")
     assert not (art.root / "litert").exists()
 
 
@@ -254,3 +254,27 @@ def test_no_recommendation_without_an_fp32_accuracy_or_an_eligible_row(tmp_path:
     assert "batch processing (predict, batch 128): **Keras**, 2000.0 ms, 1.00x Keras predict" in line
     assert "Never recommended here: onnxruntime CPU fp32 (accuracy not measured), LiteRT int8 (-5.60 points)" in line
     assert "single-stream: " not in line
+
+
+def test_reports_from_two_machines_stand_side_by_side(tmp_path: Path, capsys):
+    """The same cases measured on two machines: two blocks of rows with a machine column, never one merged row;
+    each machine's ratios are to its own Keras, and each gets its own recommendation."""
+    paths = []
+    for host, keras_s, cpu_s, created in (("edge-a", 2.0, 1.0, "2026-11-24T00:00:00+00:00"),
+                                          ("edge-b", 3.0, 0.5, "2026-11-25T00:00:00+00:00")):
+        path = tmp_path / f"bench-{host}.json"
+        records = [*_rec("keras", "fp32", keras_s, 0.9277, 5.0), *_rec("cpu", "fp32", cpu_s, 0.9277, 0.5)]
+        path.write_text(BenchReport({"host": host, "cpu": "test CPU", "cores": 2, "sgemm_gflops": 100.0}, {}, created,
+                                    records).to_json())
+        paths.append(path)
+    assert len(latest_records(paths)) == 8
+    assert main(["summary", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| edge-")]
+    by_machine = {(row[0].split(":")[0], row[2]): row for row in rows}
+    assert len(rows) == 4 and set(by_machine) == {(h, r) for h in ("edge-a", "edge-b") for r in ("Keras", "onnxruntime CPU fp32")}
+    assert by_machine[("edge-a", "onnxruntime CPU fp32")][3] == "1000.0"
+    assert by_machine[("edge-b", "onnxruntime CPU fp32")][3] == "500.0"
+    assert by_machine[("edge-b", "onnxruntime CPU fp32")][6] == "6.00"  # 3.0 s Keras on edge-b / 0.5 s: never edge-a's Keras
+    assert "shown side by side (the machine column), never merged" in out
+    assert "On edge-a: test CPU (2 cores): **model4**" in out and "On edge-b: test CPU (2 cores): **model4**" in out

@@ -56,6 +56,10 @@ class Artifacts:
     def plot_file(self, name: str) -> Path:
         return self.root / "plots" / f"{name}.png"
 
+    def carried_data_dir(self) -> Path:
+        """The training data a packed folder carries to a device (``fmnist-bench pack``)."""
+        return self.root / "data"
+
     def features_dir(self) -> Path:
         return self.root / "cache" / "features"
 

@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable
 from typing import NoReturn, TextIO
 
-from trainer import quiet  # standard library only
+from trainer import extras, quiet  # standard library only
 
+extras.require("train", "fmnist-train")  # a bench-only install: one line naming the extra, not a traceback
 quiet.before_imports(quiet.verbose_requested())  # before TensorFlow loads: its start-up chatter stays out
 
+from trainer import cluster  # noqa: E402
 from trainer.artifacts import Artifacts, ArtifactsError, clip, writing  # noqa: E402
 from trainer.config import DEFAULTS, TrainConfig, resolve_config  # noqa: E402
 from trainer.data import DataError, Dataset, Splits  # noqa: E402
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Also: '{PROG} sweep MODEL --grid NAME=V1,V2' (experiment tables). REPORT.md: 'fmnist-bench report'.",
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help=f"'all' or any of: {', '.join(list_models())}")
+    add_ray_option(parser, "each model one Ray task")
     parser.add_argument("--through-base", action="store_true",
                         help="resnet50/vgg16: run the frozen base on every batch, as the report did (slow; to measure the feature cache)")
     add_training_options(parser)
@@ -83,8 +86,15 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
                         help="optimizer, batch_size, lr, epochs or seed; several --grid make a product")
     parser.add_argument("--force", action="store_true", help="rerun configurations already in experiments.csv")
+    add_ray_option(parser, "each configuration one Ray task")
     add_training_options(parser)
     return parser
+
+
+def add_ray_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--ray", nargs="?", const=cluster.LOCAL, metavar="ADDRESS",
+                        help=f"{what} (needs the [ray] extra): no ADDRESS starts a local Ray instance; 'auto' or "
+                             "'ray://host:port' joins a cluster. Give it after the model names.")
 
 
 def _positive(kind: type) -> Callable[[str], int | float]:
@@ -167,10 +177,12 @@ def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata
         with writing(samples):
             sample_grid(splits.train, samples)
 
-        results, start = [], time.perf_counter()
-        for config in configs:
-            results.append(train_one(config, dataset, splits, artifacts, quiet=args.quiet, log=log,
-                                     feature_cache=not args.through_base))
+        start = time.perf_counter()
+        if args.ray:
+            results = cluster.run_models(configs, dataset, artifacts, args.ray, not args.through_base, log)
+        else:
+            results = [train_one(config, dataset, splits, artifacts, quiet=args.quiet, log=log, feature_cache=not args.through_base)
+                       for config in configs]
     stem = artifacts.reports_dir / "table1"
     # Runs of other models may finish at the same moment: each rewrites the table from every model's
     # metadata under a short lock, so the last one to write it has read them all.
@@ -189,13 +201,14 @@ def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> li
     artifacts = Artifacts.at(args.artifacts)
     dataset, splits = _load_data(args, artifacts, log)
     rows = run_sweep(grid, config_from_args(args.model, args), dataset, splits, artifacts,
-                     lr_given=args.lr is not None, force=args.force, quiet=args.quiet, log=log)
+                     lr_given=args.lr is not None, force=args.force, quiet=args.quiet, log=log, ray_address=args.ray)
     print(f"sweep: {len(rows)} row(s) written to {artifacts.experiments_file}", file=log)
     return rows
 
 
 # MetadataError and ArtifactsError name the file, LockedError the lock and its holder.
-ERRORS = (DataError, ArtifactsError, MetadataError, UnknownModelError, BaseWeightsError, SweepError, LockedError)
+ERRORS = (DataError, ArtifactsError, MetadataError, UnknownModelError, BaseWeightsError, SweepError, LockedError,
+          cluster.ClusterError)
 
 
 def main(argv: list[str] | None = None) -> int:

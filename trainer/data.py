@@ -987,6 +987,11 @@ def split_dataset(dataset: Dataset) -> Splits:
     )
 
 
+def source_location(source: str) -> str:
+    """The file or folder a ``Dataset.source`` names, without the " (first N)" that ``Dataset.limit`` appends."""
+    return source.split(" (first ")[0]
+
+
 def reload_dataset(record: dict, limit: int | None, data: str | os.PathLike | None = None) -> Dataset:
     """The data set a model was trained on, from its metadata's ``data`` record, hash-checked.
 
@@ -994,7 +999,7 @@ def reload_dataset(record: dict, limit: int | None, data: str | os.PathLike | No
     """
     class_map = tuple(record["class_map"]) if record.get("class_map") else DEFAULT_CLASS_MAP
     source = data
-    recorded = record["source"].split(" (first ")[0]  # Dataset.limit appends " (first N)"; the limit comes back separately
+    recorded = source_location(record["source"])
     if source is None and Path(recorded).exists():
         source = recorded
     dataset = load_dataset(source, class_map).limit(limit)

@@ -1,8 +1,8 @@
-"""The model registry: the one place that knows the report's six models.
+"""The model registry: the report's six models (named in trainer/catalog.py) with their Keras builders.
 
-Every consumer (trainer, exporter, bench, tests) asks here: ``list_models()``,
-``get_spec(name)``, ``create_model(name, ...)``. A model is registered once with its builder,
-its input adapter, its input shape and its number of classes, in the manner of timm's registry.
+The trainer and exporter ask here: ``list_models()``, ``get_spec(name)``, ``create_model(name, ...)``;
+the bench, which runs without TensorFlow, asks trainer/catalog.py for the same facts. A model is
+registered once with its builder and its input adapter, in the manner of timm's registry.
 Training defaults are not per model (the report trained all six alike): see trainer/config.py.
 
 Every model built here takes the trainer's canonical input, float32 ``(batch, 28, 28, 1)`` in
@@ -17,62 +17,44 @@ import hashlib
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import keras
 from keras import layers, regularizers
 
-from trainer.data import IMAGE_SHAPE, NUM_CLASSES
+from trainer.catalog import INPUT_SHAPE, ModelInfo, UnknownModelError, list_models, model_info  # noqa: F401 - re-exported
 
-INPUT_SHAPE = (*IMAGE_SHAPE, 1)
 TRANSFER_INPUT_SHAPE = (32, 32, 3)
 # The report's padding of (N, 28, 28, 1) to (N, 32, 32, 3): 2 pixels each side, and the
 # grey channel in the middle of three.
 REPORT_PADDING = ((0, 0), (2, 2), (2, 2), (1, 1))
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One registered model: how to build it and what tensor it takes and gives."""
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(ModelInfo):
+    """One registered model: its catalogue entry (trainer/catalog.py) plus how to build it."""
 
-    name: str
-    display_name: str
     builder: Callable[..., "BuiltModel"]
     # Layers that turn the canonical (28, 28, 1) input into what the network was built for.
     input_adapter: Callable[[], list[keras.layers.Layer]]
-    conv_layers: int | None = None  # the report's "Layers" column
-    transfer: bool = False  # frozen ImageNet base + trainable head
-    # What the built model takes (float32 in [0, 1], without the batch axis) and how many classes it
-    # scores: the builders build to them, so a consumer can ask the record instead of a model file.
-    input_shape: tuple[int, int, int] = INPUT_SHAPE
-    num_classes: int = NUM_CLASSES
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"model {spec.name!r} is registered twice")
-    _REGISTRY[spec.name] = spec
+def register(name: str, builder: Callable[..., "BuiltModel"], input_adapter: Callable[[], list[keras.layers.Layer]]) -> ModelSpec:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    info = model_info(name)
+    spec = ModelSpec(**{f.name: getattr(info, f.name) for f in fields(ModelInfo)}, builder=builder, input_adapter=input_adapter)
+    _REGISTRY[name] = spec
     return spec
 
 
-def list_models() -> list[str]:
-    return list(_REGISTRY)
-
-
-class UnknownModelError(KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
-
-
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; choose from {', '.join(list_models())}") from None
+    model_info(name)  # an unknown name is named with the choices
+    return _REGISTRY[name]
 
 
 def create_model(name: str, base_weights: str = "none") -> "BuiltModel":
@@ -280,12 +262,14 @@ def _transfer(application: Callable[..., keras.Model]) -> Callable[..., BuiltMod
     return build
 
 
-register(ModelSpec("model1", "Model 1", build_model1, no_adapter, conv_layers=3))
-register(ModelSpec("model2", "Model 2", build_model2, no_adapter, conv_layers=3))
-register(ModelSpec("model3", "Model 3", build_model3, no_adapter, conv_layers=4))
-register(ModelSpec("model4", "Model 4", build_model4, no_adapter, conv_layers=4))
-register(ModelSpec("resnet50", "ResNet50", _transfer(keras.applications.ResNet50), report_padding_adapter, transfer=True))
-register(ModelSpec("vgg16", "VGG16", _transfer(keras.applications.VGG16), report_padding_adapter, transfer=True))
+register("model1", build_model1, no_adapter)
+register("model2", build_model2, no_adapter)
+register("model3", build_model3, no_adapter)
+register("model4", build_model4, no_adapter)
+register("resnet50", _transfer(keras.applications.ResNet50), report_padding_adapter)
+register("vgg16", _transfer(keras.applications.VGG16), report_padding_adapter)
+if set(_REGISTRY) != set(list_models()):  # a catalogue entry without a builder is a bug here, found at import
+    raise ImportError(f"trainer/catalog.py and trainer/models.py disagree on {sorted(set(list_models()) ^ set(_REGISTRY))}")
 
 
 def load_trained(path: Path) -> keras.Model:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -145,6 +145,7 @@ def run_sweep(
     quiet: bool = False,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     log: TextIO | None = None,
+    ray_address: str | None = None,
 ) -> list[dict]:
     """Run what is not in the experiment store yet; return the rows written by this call.
 
@@ -155,6 +156,9 @@ def run_sweep(
     Each run holds the lock of its own folder (``model_lock`` of its run dir) from training to its
     rows, and experiments.csv is rewritten under a lock of its own: two sweeps may share a folder,
     never a run, and neither loses the other's rows.
+
+    ``ray_address`` runs each group as a Ray task instead (trainer/cluster.py): "local" starts a local
+    Ray instance, "auto" or "ray://host:port" joins a cluster. Only this process writes the folder.
     """
     log = log or sys.stdout
     model = base.model
@@ -162,51 +166,96 @@ def run_sweep(
     name = sweep_name(grid)
     store = artifacts.experiments_file
     artifacts.ensure(store.parent)
-    configs = expand(base, grid, lr_given)
-    # Configurations that differ only in epochs share one run to the largest epoch count.
+    pending = []
+    for group in group_configs(expand(base, grid, lr_given)):
+        keys = group.keys(dataset.sha256)
+        if not force and all(k in experiments.done_keys(store) for k in keys.values()):
+            with _store_lock(artifacts), writing(store):
+                experiments.add_sweep_name(store, list(keys.values()), name)
+            print(f"[sweep] {model} {group.describe()}: already in {store}, skipped (--force reruns)", file=log)
+        else:
+            pending.append(group)
+
+    written: list[dict] = []
+    if ray_address is not None:
+        from trainer import cluster  # noqa: PLC0415 - Ray only when asked for
+
+        for group, rows in cluster.run_groups(pending, train_group, name, dataset, artifacts, ray_address, log):
+            _store_rows(artifacts, rows)
+            written += rows
+        return written
+    for group in pending:
+        run_artifacts = Artifacts(experiments.run_dir(artifacts, group.longest, dataset.sha256))
+        with model_lock(run_artifacts, model):  # train_one takes it too; held here until the rows are written
+            print(f"[sweep] {model} {group.describe()} -> {run_artifacts.root}", file=log, flush=True)
+            rows = train_group(group, name, dataset, splits, run_artifacts, quiet=quiet,
+                               extra_callbacks=extra_callbacks, log=log)
+            _store_rows(artifacts, rows)
+        written += rows
+    return written
+
+
+@dataclass(frozen=True)
+class Group:
+    """Configurations that differ only in their epoch count: one run to the largest, evaluated at each."""
+
+    shared: TrainConfig  # epochs=0
+    epochs: tuple[int, ...]
+
+    @property
+    def longest(self) -> TrainConfig:
+        return replace(self.shared, epochs=max(self.epochs))
+
+    def keys(self, data_sha256: str) -> dict[int, str]:
+        return {e: experiments.row_key(replace(self.shared, epochs=e), data_sha256) for e in self.epochs}
+
+    def describe(self) -> str:
+        config = self.shared
+        precision = f" precision={config.precision}" if config.precision != DEFAULTS.precision else ""
+        return (f"optimizer={config.optimizer} lr={config.lr:g} batch_size={config.batch_size} seed={config.seed} "
+                f"epochs={','.join(map(str, sorted(self.epochs)))}{precision}")
+
+
+def group_configs(configs: list[TrainConfig]) -> list[Group]:
     groups: dict[TrainConfig, list[int]] = {}
     for config in configs:
         groups.setdefault(replace(config, epochs=0), []).append(config.epochs)
+    return [Group(shared, tuple(epochs)) for shared, epochs in groups.items()]
 
-    written: list[dict] = []
-    for shared, epoch_list in groups.items():
-        longest = replace(shared, epochs=max(epoch_list))
-        keys = {e: experiments.row_key(replace(shared, epochs=e), dataset.sha256) for e in epoch_list}
-        done = experiments.done_keys(store)
-        if not force and all(k in done for k in keys.values()):
-            with _store_lock(artifacts), writing(store):
-                experiments.add_sweep_name(store, list(keys.values()), name)
-            print(f"[sweep] {model} {_describe(longest, epoch_list)}: already in {store}, skipped (--force reruns)", file=log)
-            continue
-        run_dir = experiments.run_dir(artifacts, longest, dataset.sha256)
-        run_artifacts = Artifacts(run_dir)
-        snapshots = EpochSnapshots(set(epoch_list), run_dir / "snapshots")
-        with model_lock(run_artifacts, model):  # train_one takes it too; held here until the rows are written
-            print(f"[sweep] {model} {_describe(longest, epoch_list)} -> {run_dir}", file=log, flush=True)
-            meta = train_one(longest, dataset, splits, run_artifacts, quiet=quiet,
-                             extra_callbacks=[snapshots, *(extra_callbacks or [])], log=log)
-            history = pd.read_csv(run_artifacts.history_file(model))
-            rows = []
-            for epochs in sorted(epoch_list):
-                if epochs == longest.epochs:
-                    test_loss, test_accuracy, measured_as = meta.test["loss"], meta.test["accuracy"], "own run"
-                else:
-                    test_loss, test_accuracy = _evaluate_snapshot(run_artifacts, model, longest, snapshots.path(epochs), splits)
-                    measured_as = f"epoch {epochs} of a {longest.epochs}-epoch run"
-                at = history[history["epoch"] == epochs - 1].iloc[0]
-                feature_s = meta.training["feature_extraction_s"]
-                rows.append({
-                    "key": keys[epochs], "model": model, "sweep": name, **{k: v for k, v in asdict(replace(shared, epochs=epochs)).items() if k != "model"},
-                    "base_weights": meta.base_weights, "train_accuracy": at["accuracy"], "val_accuracy": at["val_accuracy"],
-                    "train_loss": at["loss"], "val_loss": at["val_loss"], "test_accuracy": test_accuracy, "test_loss": test_loss,
-                    "training_time_min": (feature_s + history[history["epoch"] < epochs]["epoch_time_s"].sum()) / 60,
-                    "measured_as": measured_as, "data_sha256": dataset.sha256, "run_dir": str(run_dir),
-                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                })
-            with _store_lock(artifacts), writing(store):
-                experiments.append_rows(store, rows)
-        written += rows
-    return written
+
+def train_group(group: Group, name: str, dataset: Dataset, splits: Splits, run_artifacts: Artifacts, *, quiet: bool = False,
+                extra_callbacks: list[keras.callbacks.Callback] | None = None, log: TextIO | None = None) -> list[dict]:
+    """Train one group into ``run_artifacts`` and return its experiment rows (not yet stored)."""
+    model, longest = group.shared.model, group.longest
+    keys = group.keys(dataset.sha256)
+    snapshots = EpochSnapshots(set(group.epochs), run_artifacts.root / "snapshots")
+    meta = train_one(longest, dataset, splits, run_artifacts, quiet=quiet,
+                     extra_callbacks=[snapshots, *(extra_callbacks or [])], log=log)
+    history = pd.read_csv(run_artifacts.history_file(model))
+    rows = []
+    for epochs in sorted(group.epochs):
+        if epochs == longest.epochs:
+            test_loss, test_accuracy, measured_as = meta.test["loss"], meta.test["accuracy"], "own run"
+        else:
+            test_loss, test_accuracy = _evaluate_snapshot(run_artifacts, model, longest, snapshots.path(epochs), splits)
+            measured_as = f"epoch {epochs} of a {longest.epochs}-epoch run"
+        at = history[history["epoch"] == epochs - 1].iloc[0]
+        feature_s = meta.training["feature_extraction_s"]
+        rows.append({
+            "key": keys[epochs], "model": model, "sweep": name,
+            **{k: v for k, v in asdict(replace(group.shared, epochs=epochs)).items() if k != "model"},
+            "base_weights": meta.base_weights, "train_accuracy": at["accuracy"], "val_accuracy": at["val_accuracy"],
+            "train_loss": at["loss"], "val_loss": at["val_loss"], "test_accuracy": test_accuracy, "test_loss": test_loss,
+            "training_time_min": (feature_s + history[history["epoch"] < epochs]["epoch_time_s"].sum()) / 60,
+            "measured_as": measured_as, "data_sha256": dataset.sha256, "run_dir": str(run_artifacts.root),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+    return rows
+
+
+def _store_rows(artifacts: Artifacts, rows: list[dict]) -> None:
+    with _store_lock(artifacts), writing(artifacts.experiments_file):
+        experiments.append_rows(artifacts.experiments_file, rows)
 
 
 def _store_lock(artifacts: Artifacts):
@@ -222,10 +271,3 @@ def _evaluate_snapshot(run_artifacts: Artifacts, model: str, config: TrainConfig
     compile_for_training(full, config)
     result = evaluate(full, splits.test, repeats=1)
     return result.loss, result.accuracy
-
-
-def _describe(config: TrainConfig, epoch_list: list[int]) -> str:
-    epochs = ",".join(map(str, sorted(epoch_list)))
-    precision = f" precision={config.precision}" if config.precision != DEFAULTS.precision else ""
-    return (f"optimizer={config.optimizer} lr={config.lr:g} batch_size={config.batch_size} seed={config.seed} "
-            f"epochs={epochs}{precision}")

@@ -1,0 +1,60 @@
+"""Peak resident memory of one case, measured in a fresh process of its own.
+
+In one bench process resident memory only grows: TensorFlow, OpenVINO and every earlier session's
+arena stay mapped after their case, and resetting the high-water mark (``/proc/self/clear_refs``) resets
+it to the current size, which still holds all of that. So a case's figure read there was the run's
+history (328, 846, 887, 942 ... 1865 MB across Model 4's rows, in the order they ran). Here each case
+gets a child process that imports the bench, builds that one system under test exactly as the timed run
+does, predicts one batch and reports its own peak (VmHWM): the interpreter, the runtime's libraries, the
+model, its session and one batch. That is what a process serving that case alone would hold. It is
+measured once per case (not per operation) and costs a process start each, which ``--no-memory`` skips.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.cases import Case
+from bench.metrics import peak_rss_mb
+from bench.settings import SessionSettings
+from exporter.contract import INPUT_SHAPE
+from trainer.artifacts import Artifacts
+
+PROBE_TIMEOUT_S = 600
+
+
+class MemoryProbeError(RuntimeError):
+    """The child process failed; the message is its last error line."""
+
+
+def case_peak_rss_mb(case: Case, artifacts: Artifacts, session: SessionSettings, batch: int) -> float:
+    """The peak resident memory, in MiB, of a fresh process that builds ``case`` and predicts one ``batch``."""
+    request = {"model": case.model, "variant": case.variant, "provider": case.provider, "path": str(case.path.resolve()),
+               "artifacts": str(artifacts.root.resolve()), "session": session.__dict__, "batch": batch}
+    result = subprocess.run([sys.executable, "-m", "bench.memory", json.dumps(request)], capture_output=True, text=True,
+                            timeout=PROBE_TIMEOUT_S)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        raise MemoryProbeError(f"{case.id}: memory probe failed: {lines[-1][:300]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def _probe(request: dict) -> float:
+    from bench.runtimes import make_sut  # noqa: PLC0415 - imported in the child, where its memory counts
+
+    case = Case(request["model"], request["variant"], request["provider"], Path(request["path"]))
+    sut = make_sut(case, Artifacts(Path(request["artifacts"])), SessionSettings(**request["session"]))
+    sut(np.zeros((request["batch"], *INPUT_SHAPE), dtype=np.float32))
+    return peak_rss_mb()
+
+
+if __name__ == "__main__":
+    from trainer import quiet  # noqa: PLC0415
+
+    quiet.configure(quiet.verbose_requested([]))
+    print(json.dumps({"peak_rss_mb": _probe(json.loads(sys.argv[1]))}))
