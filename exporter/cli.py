@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8-activations", choices=sorted(INT8_ACTIVATIONS), default="uint8", help="activation type (default uint8)")
     parser.add_argument("--int8-calibration", choices=sorted(CALIBRATION_METHODS), default="minmax",
                         help="how activation ranges are calibrated (default minmax)")
+    parser.add_argument("--int8-reduce-range", action="store_true",
+                        help="int8: 7-bit weights, which cannot saturate the u8 x s8 products of x86 CPUs without VNNI")
     parser.add_argument("--no-affine-rewrite", action="store_true",
                         help="int8: quantize BatchNormalization after ReLU as Mul+Add instead of a depthwise 1x1 Conv (for comparison)")
     parser.add_argument("--onnx-dir", help="where the .onnx files and manifest go (default: the artifacts' onnx/); for trying export settings side by side")
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ExportOptions(
         variants=args.variants, opset=args.opset, parity_images=args.parity_images,
         calibration_images=args.calibration_images, data=args.data,
-        int8=Int8Config(args.int8_format, args.int8_activations, args.int8_calibration, not args.no_affine_rewrite),
+        int8=Int8Config(args.int8_format, args.int8_activations, args.int8_calibration, not args.no_affine_rewrite,
+                        args.int8_reduce_range),
         onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
         tolerances=Tolerances(int8_max_accuracy_drop_points=args.int8_max_drop),
     )

@@ -62,10 +62,14 @@ class Int8Config:
     activations: str = "uint8"
     calibration: str = "minmax"
     affine_rewrite: bool = True  # see exporter/affine.py
+    # Weights in 7 bits (-64..63). x86 CPUs without VNNI multiply u8 x s8 with vpmaddubsw, whose int16 pair
+    # sums saturate at full-range weights (255 * 127 * 2 > 32767); 7-bit weights cannot overflow there.
+    reduce_range: bool = False
 
     def metadata(self) -> dict[str, str]:
         return {"int8_format": self.format, "int8_activations": self.activations,
-                "int8_calibration": self.calibration, "int8_weights": "int8 per-channel",
+                "int8_calibration": self.calibration,
+                "int8_weights": "int7 (reduce_range) per-channel" if self.reduce_range else "int8 per-channel",
                 "int8_affine_rewrite": str(self.affine_rewrite).lower()}
 
 
@@ -82,5 +86,6 @@ def to_int8(fp32: onnx.ModelProto, calibration_images: np.ndarray, config: Int8C
             quant_format=INT8_FORMATS[config.format], per_channel=True,
             activation_type=INT8_ACTIVATIONS[config.activations], weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[config.calibration], nodes_to_exclude=excluded,
+            reduce_range=config.reduce_range,
         )
         return onnx.load(quantized)

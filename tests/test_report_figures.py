@@ -230,6 +230,9 @@ def test_pre_init_info_lines_follow_tf_cpp_min_log_level(level: int, dropped: bo
     assert quiet.is_noise(line, level) is dropped
     assert quiet.is_noise("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", level) is dropped
     assert quiet.is_noise("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", level) is dropped
+    # LiteRT's full-integer conversion (seen in `make demo`'s terminal before it was known)
+    assert quiet.is_noise("fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, "
+                          "output_inference_type: FLOAT32", level) is dropped
 
 
 def test_fatal_lines_tracebacks_and_our_errors_always_pass():

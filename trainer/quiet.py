@@ -58,6 +58,10 @@ _TSL_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<severity>[IWE
 _BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 # TF Lite's own log ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU."): its INFO lines only.
 _TFLITE_INFO = re.compile(r"^(VERBOSE|INFO): ")
+# The TF Lite converter's quantizer states its settings on a bare line of its own when it quantizes a model
+# (LiteRT's full-integer int8 in bench/peers.py): information, as its INFO lines are.
+_TFLITE_QUANTIZER = re.compile(r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
+                               r"output_inference_type: \w+$")
 # The second line of cpu_feature_guard's INFO message (the only multi-line one seen at import).
 _CONTINUATION = re.compile(r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
@@ -91,7 +95,7 @@ def is_noise(line: str, level: int | None = None) -> bool:
     """Whether a line written while TensorFlow was imported is below ``TF_CPP_MIN_LOG_LEVEL`` (never a FATAL one)."""
     level = min_level() if level is None else level
     text = line.rstrip("\r\n")
-    if text == _BANNER or _CONTINUATION.match(text) or _TFLITE_INFO.match(text):
+    if text == _BANNER or _CONTINUATION.match(text) or _TFLITE_INFO.match(text) or _TFLITE_QUANTIZER.match(text):
         return level >= 1
     found = _ABSL_LINE.match(text) or _TSL_LINE.match(text)
     if found is None:
