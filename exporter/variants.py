@@ -62,8 +62,8 @@ class Int8Config:
     activations: str = "uint8"
     calibration: str = "minmax"
     affine_rewrite: bool = True  # see exporter/affine.py
-    # Weights in 7 bits (-64..63). x86 CPUs without VNNI multiply u8 x s8 with vpmaddubsw, whose int16 pair
-    # sums saturate at full-range weights (255 * 127 * 2 > 32767); 7-bit weights cannot overflow there.
+    # Weights in 7 bits (symmetric: -64..64). x86 CPUs without VNNI multiply u8 x s8 with vpmaddubsw, whose int16 pair
+    # sums saturate at full-range weights (255 * 127 * 2 > 32767); 255 * 64 * 2 cannot.
     reduce_range: bool = False
 
     def metadata(self) -> dict[str, str]:

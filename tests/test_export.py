@@ -238,3 +238,20 @@ def test_an_export_is_published_whole_or_not_at_all(art: Artifacts, crash_at: st
     after = _consistent(art)
     assert set(after) == set(before) and after["model1.int8.onnx"] != before["model1.int8.onnx"]
     assert len(list(publish.store_dir(art.onnx_dir).glob("gen-*"))) == 2  # the live one and the one before
+
+
+def test_reduce_range_gives_seven_bit_weights_and_says_so(art: Artifacts, tmp_path: Path):
+    """--int8-reduce-range: every quantized weight in -64..64 (no u8 x s8 pair sum can saturate int16 without VNNI)."""
+    side = tmp_path / "reduced" / "onnx"
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--variants", "int8", "--int8-reduce-range",
+                 "--onnx-dir", str(side)]) == 0
+    proto = onnx.load(side / "model1.int8.onnx")
+    assert {p.key: p.value for p in proto.metadata_props}["int8_weights"] == "int7 (reduce_range) per-channel"
+    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8
+               and len(t.dims) == 4]
+    assert weights and all(w.min() >= -64 and w.max() <= 64 for w in weights)
+    full_side = tmp_path / "full" / "onnx"
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--variants", "int8", "--onnx-dir", str(full_side)]) == 0
+    full = onnx.load(full_side / "model1.int8.onnx")  # the default keeps full-range weights
+    assert max(int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in full.graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4) > 64

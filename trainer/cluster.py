@@ -96,9 +96,7 @@ def run_groups(groups: list, train_group: Callable[..., list[dict]], sweep_name:
 
     if not groups:
         return
-    ray = connect(address)
-    task = ray.remote(num_cpus=CPUS_PER_TASK, max_retries=MAX_RETRIES)(_train_group_task)
-    data_ref = ray.put(dataset)
+    ray, task, data_ref = _task_and_data(address, _train_group_task, dataset)
     futures = {}
     for group in groups:
         print(f"[sweep] {group.shared.model} {group.describe()} -> Ray task", file=log, flush=True)
@@ -160,9 +158,7 @@ def run_models(configs: list["TrainConfig"], dataset: Dataset, artifacts: Artifa
     """Each model as one task; its files are written here atomically as each task finishes."""
     from trainer.reports import RunMetadata  # noqa: PLC0415
 
-    ray = connect(address)
-    task = ray.remote(num_cpus=CPUS_PER_TASK, max_retries=MAX_RETRIES)(_train_model_task)
-    data_ref = ray.put(dataset)
+    ray, task, data_ref = _task_and_data(address, _train_model_task, dataset)
     futures = {}
     for config in configs:
         print(f"[{config.model}] -> Ray task", file=log, flush=True)
@@ -214,6 +210,12 @@ def _install_model(archive: bytes, model: str, artifacts: Artifacts) -> None:
 
 
 # --------------------------------------------------------------------------- shared
+
+def _task_and_data(address: str, function: Callable, dataset: Dataset) -> tuple[object, object, object]:
+    """``ray`` connected, ``function`` as a retried one-CPU task, and the data set in the object store (once)."""
+    ray = connect(address)
+    return ray, ray.remote(num_cpus=CPUS_PER_TASK, max_retries=MAX_RETRIES)(function), ray.put(dataset)
+
 
 def _as_completed(ray, futures: dict) -> Iterator[tuple[object, object]]:
     """(what was submitted, its result or the exception it failed with), in the order tasks finish."""
