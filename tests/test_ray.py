@@ -70,8 +70,11 @@ def _assert_same_results(rows: dict[str, dict], serial: dict[str, dict], art: Pa
 
 
 def _sweep_process(idx: Path, art: Path, *ray_option: str) -> subprocess.Popen:
+    # As a user's shell has it: not the RAY_AUTH_MODE an in-process local ray.init of an earlier test sets.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     return subprocess.Popen([sys.executable, "-m", "trainer.cli", *GRID, "--data", str(idx), "--artifacts", str(art),
-                             "--ray", *ray_option], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--ray", *ray_option], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
 
 
 def test_a_sweep_on_a_local_ray_instance_writes_the_serial_rows(ray, idx: Path, serial_rows, tmp_path: Path):

@@ -52,6 +52,7 @@ class ClusterError(RuntimeError):
 
 def connect(address: str) -> object:
     """``ray``, initialised: a local instance for ``LOCAL``, else the cluster at ``address``."""
+    _token_auth_like_ray_start(address)  # before Ray is imported: it reads its configuration once
     try:
         import ray  # noqa: PLC0415 - an optional extra
     except ModuleNotFoundError:
@@ -82,6 +83,19 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     except OSError as exc:
         raise ClusterError(f"--ray {address}: cannot connect ({exc.strerror or exc}); start a head there with "
                            f"'ray start --head --port={port}' or pass its address") from None
+
+
+def _token_auth_like_ray_start(address: str) -> None:
+    """Send this machine's Ray token when joining by address, as ``ray start`` uses it.
+
+    ``ray start --head`` turns token authentication on when ``~/.ray/auth_token`` exists (any local
+    ``ray.init`` writes one), and ``ray.init(address="auto")`` follows; an explicit address never does,
+    so the driver was refused ("InvalidAuthToken") by a head it had just been told to join. The user's
+    own ``RAY_AUTH_MODE`` always wins.
+    """
+    token = os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").is_file()
+    if address not in (LOCAL, "auto") and "RAY_AUTH_MODE" not in os.environ and token:
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 # --------------------------------------------------------------------------- sweep groups
