@@ -210,14 +210,15 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
                  + (f", large int8 GEMM {m['int8_gemm_gops']:.0f} GOP/s" if m.get("int8_gemm_gops") else "")
                  for m in machines]
     header = "; ".join(described) + f"; from {', '.join(Path(p).name for p in paths)}"
-    if len(by_machine(records)) > 1:
-        header = (f"**These reports come from {len(by_machine(records))} machines, shown side by side (the machine "
+    machine_count = len(by_machine(records))
+    if machine_count > 1:
+        header = (f"**These reports come from {machine_count} machines, shown side by side (the machine "
                   f"column), never merged:** {' / '.join(described)}; from {', '.join(Path(p).name for p in paths)}")
     elif len(machines) > 1:
         header = (f"**These reports come from one machine with different software, and the rows mix them:** "
                   f"{' / '.join(described)} ({'; '.join(differences(machines[0], machines[1]))}); "
                   f"from {', '.join(Path(p).name for p in paths)}")
-    formats = ([""] if len(by_machine(records)) > 1 else []) + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".1f", ".1f", ".4f", "+.2f"]
+    formats = ([""] if machine_count > 1 else []) + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".1f", ".1f", ".4f", "+.2f"]
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():
         if record.skipped:

@@ -16,6 +16,7 @@ import pytest
 
 from exporter.cli import main as export_main
 from exporter.convert import _check_float32, float32_model
+from tests.crash import Crash
 from tests.conftest import write_idx_dir
 from trainer import data, experiments
 from trainer.artifacts import Artifacts
@@ -29,18 +30,6 @@ from trainer.training import train_one
 TINY = ["--epochs", "1", "--batch-size", "32", "--quiet"]
 LENIENT = ["--quiet", "--parity-images", "40", "--calibration-images", "64", "--int8-max-drop", "100"]
 LOW_PRECISION = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16}
-
-
-class Crash(keras.callbacks.Callback):
-    """Stands in for a kill after epoch ``after`` (0-based) and its checkpoint."""
-
-    def __init__(self, after: int):
-        super().__init__()
-        self.after = after
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.after:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_train import Crash
+from tests.crash import Crash
 from trainer import data
 from bench.report_md import build, experiment_section
 from bench.report_md import main as report_main

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.crash import Crash
 from trainer import data
 from trainer.artifacts import Artifacts
 from trainer.cli import main
@@ -27,18 +28,6 @@ def _config(name: str = "model1", **overrides) -> TrainConfig:
     values = dict(model=name, epochs=3, batch_size=32, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
     values.update(overrides)
     return TrainConfig(**values)
-
-
-class Crash(keras.callbacks.Callback):
-    """Stands in for a kill: dies after the backup of epoch ``after`` is written."""
-
-    def __init__(self, after: int):
-        super().__init__()
-        self.after = after
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.after:
-            raise KeyboardInterrupt
 
 
 def test_cli_writes_every_artifact_of_the_report(idx_dir: Path, artifacts_dir: Path):

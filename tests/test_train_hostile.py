@@ -205,7 +205,7 @@ def test_a_torn_training_metadata_json_resumes_from_the_keras_copy(idx: Path, tm
 
 @pytest.mark.parametrize("damage", ["run.json", "both copies", "history twice"])
 def test_a_damaged_checkpoint_is_discarded_or_repaired_in_one_line(damage: str, tiny, tmp_path: Path):
-    from tests.test_train import Crash
+    from tests.crash import Crash
 
     dataset, splits = tiny
     art = Artifacts(tmp_path / "art")

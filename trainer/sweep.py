@@ -166,10 +166,10 @@ def run_sweep(
     name = sweep_name(grid)
     store = artifacts.experiments_file
     artifacts.ensure(store.parent)
-    pending = []
+    pending, done = [], experiments.done_keys(store)
     for group in group_configs(expand(base, grid, lr_given)):
         keys = group.keys(dataset.sha256)
-        if not force and all(k in experiments.done_keys(store) for k in keys.values()):
+        if not force and all(k in done for k in keys.values()):
             with _store_lock(artifacts), writing(store):
                 experiments.add_sweep_name(store, list(keys.values()), name)
             print(f"[sweep] {model} {group.describe()}: already in {store}, skipped (--force reruns)", file=log)
