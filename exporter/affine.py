@@ -9,8 +9,12 @@ QLinearMul + QLinearAdd, which on Model 4 took 41% of the int8 run time.
 - On feature maps (NCHW, constants shaped [1, C, 1, 1]) the pair is exactly a depthwise 1x1
   convolution with weight ``scale`` and bias ``offset``: it quantizes per channel and runs as one
   QLinearConv.
-- On dense features (constants shaped [K]) the pair stays in float: :func:`float_affine_nodes`
-  names those nodes so the quantizer leaves them out.
+- On dense features (constants shaped [K]) the pair is folded into the Dense layers first
+  (exporter/fold.py); one that cannot be stays in float: :func:`float_affine_nodes` names those nodes
+  so the quantizer leaves them out.
+
+The fp32 graph uses the same depthwise form (exporter/variants.py ``cpu_fp32``): onnxruntime runs a
+depthwise Conv inside its blocked NCHWc layout, where a bare ``Add`` forced a reorder out and back.
 
 Measured on Model 4 (README, performance section): int8 predict 1.23 s -> 0.65 s, and the int8
 accuracy change against fp32 from -0.55 to +0.08 points.

@@ -23,7 +23,7 @@ from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: E402
 from exporter.export import ExportError, ExportOptions, export_model  # noqa: E402
 from exporter.validate import ParityError, Tolerances  # noqa: E402
 from exporter.contract import VARIANTS  # noqa: E402
-from exporter.variants import CALIBRATION_METHODS, INT8_ACTIVATIONS, INT8_FORMATS, Int8Config  # noqa: E402
+from exporter.variants import CALIBRATION_METHODS, FP32_GRAPHS, INT8_ACTIVATIONS, INT8_FORMATS, Int8Config  # noqa: E402
 from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
 from trainer.data import DataError  # noqa: E402
 from trainer.locks import LockedError  # noqa: E402
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="int8: 7-bit weights, which cannot saturate the u8 x s8 products of x86 CPUs without VNNI")
     parser.add_argument("--no-affine-rewrite", action="store_true",
                         help="int8: quantize BatchNormalization after ReLU as Mul+Add instead of a depthwise 1x1 Conv (for comparison)")
+    parser.add_argument("--fp32-graph", choices=list(FP32_GRAPHS), default="depthwise",
+                        help="fp32 and fp16: how BatchNormalization after ReLU is laid out (default depthwise: "
+                             "depthwise 1x1 Conv on feature maps, folded into Dense layers; fold: also into the next Conv; "
+                             "converted: tf2onnx's graph); all compute the same function")
     parser.add_argument("--onnx-dir", help="where the .onnx files and manifest go (default: the artifacts' onnx/); for trying export settings side by side")
     parser.add_argument("--quiet", action="store_true")
     quiet.add_flag(parser)
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         calibration_images=args.calibration_images, data=args.data,
         int8=Int8Config(args.int8_format, args.int8_activations, args.int8_calibration, not args.no_affine_rewrite,
                         args.int8_reduce_range),
-        onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
+        fp32_graph=args.fp32_graph, onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
         tolerances=Tolerances(int8_max_accuracy_drop_points=args.int8_max_drop),
     )
     artifacts = Artifacts.at(args.artifacts)

@@ -20,7 +20,7 @@ from exporter.contract import VARIANTS, Manifest, ManifestFile, manifest_path, r
 from exporter.convert import DEFAULT_OPSET, float32_model, keras_to_onnx
 from exporter.publish import generation
 from exporter.validate import Tolerances, check_model, compare, cpu_session, enforce, run_probabilities
-from exporter.variants import Int8Config, to_fp16, to_int8
+from exporter.variants import FP32_GRAPHS, Int8Config, cpu_fp32, to_fp16, to_int8
 from trainer.artifacts import Artifacts, write_json_atomic, write_text_atomic
 from trainer.data import reload_dataset, split_dataset
 from trainer.fit import images
@@ -40,6 +40,7 @@ class ExportOptions:
     tolerances: Tolerances = field(default_factory=Tolerances)
     data: str | None = None
     int8: Int8Config = Int8Config()
+    fp32_graph: str = "depthwise"  # a key of FP32_GRAPHS; fp16 follows it, int8 starts from tf2onnx's graph
     onnx_dir: Path | None = None  # default: the artifacts' onnx/
 
 
@@ -141,9 +142,10 @@ def export_variants(
     log = log or sys.stdout
     onnx_dir = options.onnx_dir or artifacts.onnx_dir
     artifacts.ensure(onnx_dir.parent)
-    fp32 = keras_to_onnx(source.model, options.opset)
+    converted = keras_to_onnx(source.model, options.opset)
+    fp32 = cpu_fp32(converted, options.fp32_graph)
     builders = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32),
-                "int8": lambda: to_int8(fp32, calibration_x, options.int8)}
+                "int8": lambda: to_int8(converted, calibration_x, options.int8)}
     fp32_accuracy = None
     exported: list[ManifestFile] = []
     # Everything is written into a new generation; it replaces the live one in one step, or not at all.
@@ -153,6 +155,8 @@ def export_variants(
             props = _metadata_props(source, variant, options.opset)
             if variant == "int8":
                 props.update(options.int8.metadata())
+            else:
+                props["graph"] = FP32_GRAPHS[options.fp32_graph]
             onnx.helper.set_model_props(proto, props)
             keep = variant in options.variants
             path = stage / (variant_filename(source.name, variant) if keep else f".{source.name}.fp32-reference.onnx")

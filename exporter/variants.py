@@ -1,5 +1,7 @@
-"""fp16 and int8 variants of an fp32 ONNX model, with the tools that already do the job.
+"""The graphs that are published: fp32 rewritten for the runtimes, and its fp16 and int8 variants.
 
+fp32: tf2onnx's graph with BatchNormalization-after-ReLU folded exactly where a layer can take it
+(exporter/fold.py, exporter/affine.py) and Flatten's run-time shape made static (exporter/simplify.py).
 fp16: onnxconverter-common, float32 input and output kept (meant for the CUDA provider).
 int8: onnxruntime static quantization, QDQ, per-channel weights, calibrated on training images
 after onnxruntime's quantization pre-processing (which needs sympy).
@@ -21,8 +23,32 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 
 from exporter.affine import channel_affine_to_depthwise, float_affine_nodes
 from exporter.contract import INPUT_NAME
+from exporter.fold import affine_after_maxpool, fold_affine_forward
+from exporter.simplify import static_reshapes
 
 CALIBRATION_BATCH = 32
+
+
+# How the fp32 graph treats BatchNormalization after ReLU (every choice computes the same function; the
+# README's performance section has what each measured on the CPU provider):
+FP32_GRAPHS = {
+    # feature maps: one depthwise 1x1 Conv each, which onnxruntime runs in its blocked NCHWc layout, so no
+    # layout reorders are needed around it; dense features: folded into the Dense layers exactly.
+    "depthwise": "BatchNormalization after ReLU: depthwise 1x1 Conv on feature maps, folded into the Dense layers",
+    # also folded into the next Conv, with a border correction map Add after it (exact, but that Add runs
+    # outside the NCHWc layout, which costs more than the depthwise Conv it replaces).
+    "fold": "BatchNormalization after ReLU: folded into the next Conv (border correction map) and Dense layers",
+    "converted": "tf2onnx's graph as converted",
+}
+
+
+def cpu_fp32(converted: onnx.ModelProto, graph: str = "depthwise") -> onnx.ModelProto:
+    """The fp32 graph that is published, from tf2onnx's (see FP32_GRAPHS)."""
+    if graph == "converted":
+        return converted
+    model = static_reshapes(converted)[0]
+    model = fold_affine_forward(model, into_conv=graph == "fold")[0]
+    return channel_affine_to_depthwise(affine_after_maxpool(model)[0])[0]
 
 
 def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
@@ -74,8 +100,15 @@ class Int8Config:
 
 
 def to_int8(fp32: onnx.ModelProto, calibration_images: np.ndarray, config: Int8Config = Int8Config()) -> onnx.ModelProto:
-    """Static quantization with per-channel int8 weights, after onnxruntime's pre-processing."""
-    source_model = channel_affine_to_depthwise(fp32)[0] if config.affine_rewrite else fp32
+    """Static quantization with per-channel int8 weights, after onnxruntime's pre-processing.
+
+    ``fp32``: tf2onnx's graph. With the affine rewrite, BatchNormalization after ReLU is folded exactly where
+    its scale can go back into the layer before the ReLU (dense features), otherwise made a depthwise 1x1 Conv
+    (feature maps), so every weight is quantized per output channel; what is left stays in float."""
+    source_model = fp32
+    if config.affine_rewrite:
+        source_model = fold_affine_forward(static_reshapes(fp32)[0], into_conv=False, scales_forward=False)[0]
+        source_model = channel_affine_to_depthwise(affine_after_maxpool(source_model)[0])[0]
     with tempfile.TemporaryDirectory(prefix="fmnist-int8-") as work:
         source, prepared, quantized = (Path(work) / name for name in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         onnx.save(source_model, source)

@@ -1,0 +1,331 @@
+"""Exact folding of the report's BatchNormalization-after-ReLU into the layer that follows it.
+
+The study's CNNs run ``Conv -> ReLU -> BatchNormalization``, which tf2onnx leaves as a per-channel
+``Mul(x, scale) -> Add(., offset)``: onnxruntime cannot fuse it into the convolution before it (the
+ReLU is in between), so it runs as two extra passes over every feature map, and on the CPU provider
+each one forces a reorder out of and back into the blocked NCHWc layout around it.
+
+The affine map can instead be folded *forward*, into the next linear layer, exactly:
+
+- **into a Dense layer** (``MatMul`` + bias ``Add``): ``(x * s + t) @ W + b = x @ (s[:, None] * W) + (t @ W + b)``;
+  the affine may first pass through ``MaxPool`` (when every scale is positive: max commutes with a
+  positive scale and a shift), ``Transpose`` and ``Reshape`` (Flatten), whose permutation of features is
+  followed by pushing the per-channel constants through the same operators.
+- **into a Conv** with weight ``W`` and bias ``b``: ``W' = W * s`` over input channels, and the shift
+  ``t`` becomes ``b' = b + sum(W * t)``. That is exact wherever the kernel sees no padding; at the
+  border, 'same' padding pads the *normalised* map with zeros, which the folded convolution must not
+  count: a constant correction map (zero inside, ``-sum`` of the border taps' ``W * t`` on the border)
+  added after the convolution keeps it exact.
+
+Only a Mul/Add pair whose output feeds exactly one such chain is folded; anything else is left as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from exporter.affine import _affine_pairs, _drop_unused_initializers
+
+# Operators an affine map may pass through on its way to the next linear layer: they move or select
+# features but do not mix them (MaxPool only when every scale is positive).
+_PASS_THROUGH = ("MaxPool", "Transpose", "Reshape")
+
+
+@dataclass
+class FoldReport:
+    into_conv: int = 0
+    into_dense: int = 0
+    corrections: int = 0  # convolutions that needed a border correction map
+    scaled_back: int = 0  # of into_dense: the scale went into the layer before the ReLU, the shift forward
+
+    @property
+    def folded(self) -> int:
+        return self.into_conv + self.into_dense
+
+
+def fold_affine_forward(model: onnx.ModelProto, into_conv: bool = True,
+                        scales_forward: bool = True) -> tuple[onnx.ModelProto, FoldReport]:
+    """A copy of ``model`` with every foldable per-channel Mul+Add folded into the next Conv or MatMul.
+
+    ``into_conv=False`` folds into Dense layers only (no correction maps). ``scales_forward=False`` is for a
+    graph that will be quantized: a scale folded forward multiplies the next layer's weight *rows*, while
+    int8 weights are scaled per *column* (output channel), so the rows with the smallest scales would lose
+    bits (Model 4's first dense BatchNormalization spans a factor of 253: -33 accuracy points with 7-bit
+    weights). Then only affines whose scale can go back into the layer before the ReLU are folded.
+    """
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    report = FoldReport()
+    for name in [mul.name for mul, *_ in _affine_pairs(folded)]:
+        # Looked up again after each fold: a fold rewires node inputs, so earlier lookups go stale.
+        found = [pair for pair in _affine_pairs(folded) if pair[0].name == name]
+        if not found:
+            continue
+        mul, add, scale, offset = found[0]
+        positive = bool((scale > 0).all())
+        graph = _Graph(folded)
+        chain = graph.chain_to_linear(add.output[0], positive)
+        if chain is None:
+            continue
+        *passes, linear = chain
+        if linear.op_type == "Conv":
+            if not (into_conv and scales_forward and scale.ndim == 4 and all(p.op_type == "MaxPool" for p in passes)
+                    and _is_plain_conv(linear, graph)):
+                continue
+            report.corrections += _fold_into_conv(folded, graph, linear, scale.reshape(-1), offset.reshape(-1))
+            report.into_conv += 1
+        else:
+            if graph.dense_bias(linear) is None:
+                continue
+            producer = graph.layer_before_relu(mul.input[0]) if positive else None
+            if producer is not None:
+                # s * ReLU(z) = ReLU(s * z) for s > 0: the scale goes back into the layer before the ReLU, per
+                # output channel (which its int8 weights are scaled by anyway); only the shift goes forward.
+                _scale_outputs(folded, graph, producer, scale.reshape(-1))
+                forward_scale = np.ones_like(scale)
+                report.scaled_back += 1
+            elif scales_forward:
+                forward_scale = scale
+            else:
+                continue
+            _fold_into_dense(folded, graph, linear, *_through(graph, passes, forward_scale, offset))
+            report.into_dense += 1
+        _bypass(folded, mul, add)
+    _drop_unused_initializers(folded)
+    return folded, report
+
+
+def affine_after_maxpool(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` where each per-channel Mul+Add with only positive scales that feeds only a MaxPool runs
+    after it instead: ``max(s * x + t) = s * max(x) + t`` for ``s > 0``, so the affine touches a quarter of the
+    values (2x2 pooling). Returns how many were moved."""
+    moved_model = onnx.ModelProto()
+    moved_model.CopyFrom(model)
+    moved = 0
+    for mul, add, scale, _ in _affine_pairs(moved_model):
+        graph = _Graph(moved_model, shapes=False)
+        pool = graph.only_consumer(add.output[0])
+        if pool is None or pool.op_type != "MaxPool" or not (scale > 0).all() or len(pool.output) != 1:
+            continue
+        # x -> Mul -> Add -> MaxPool -> y   becomes   x -> MaxPool -> Mul -> Add -> y
+        source, pooled, result = mul.input[0], pool.output[0], add.output[0]
+        for node in moved_model.graph.node:
+            if node.name == pool.name:
+                node.input[0], node.output[0] = source, result
+            elif node.name == mul.name:
+                node.input[0] = result
+            elif node.name == add.name:
+                node.output[0] = pooled
+        moved += 1
+    return _topologically_sorted(moved_model), moved
+
+
+def _topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            raise ValueError("the graph has a cycle or a missing input")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        placed = {id(node) for node in ready}
+        pending = [node for node in pending if id(node) not in placed]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return model
+
+
+class _Graph:
+    """Lookups on one state of the graph (rebuilt after every fold)."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: bool = True):
+        self.model = model
+        self.constants = {init.name: init for init in model.graph.initializer}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        if not shapes:
+            return
+        inferred = shape_inference.infer_shapes(model)
+        self.shapes = {value.name: [d.dim_value or None for d in value.type.tensor_type.shape.dim]
+                       for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        # A Shape node reads only the shape (tf2onnx's Flatten computes its target shape that way).
+        users = [node for node in self.consumers.get(name, []) if node.op_type != "Shape"]
+        outputs = {o.name for o in self.model.graph.output}
+        return users[0] if len(users) == 1 and name not in outputs else None
+
+    def chain_to_linear(self, name: str, positive: bool) -> list[onnx.NodeProto] | None:
+        """The pass-through nodes from ``name`` to the Conv or MatMul that takes it (as its data input)."""
+        chain = []
+        while (node := self.only_consumer(name)) is not None:
+            chain.append(node)
+            if node.op_type in ("Conv", "MatMul"):
+                return chain if node.input[0] == name else None
+            if node.op_type not in _PASS_THROUGH or (node.op_type == "MaxPool" and not positive):
+                return None
+            name = node.output[0]
+        return None
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.constants[name])
+
+    def layer_before_relu(self, name: str) -> onnx.NodeProto | None:
+        """The Conv, or the Dense layer's bias Add, whose output goes only through a ReLU to ``name``;
+        None unless its weight and bias are constants used nowhere else."""
+        producers = {out: node for node in self.model.graph.node for out in node.output}
+        relu = producers.get(name)
+        if relu is None or relu.op_type != "Relu" or self.only_consumer(relu.output[0]) is None:
+            return None
+        layer = producers.get(relu.input[0])
+        if layer is None or self.only_consumer(layer.output[0]) is None:
+            return None
+        if layer.op_type == "Conv" and len(layer.input) == 3 and all(self._private_constant(n) for n in layer.input[1:]):
+            return layer
+        if layer.op_type == "Add" and self._private_constant(layer.input[1]):
+            matmul = producers.get(layer.input[0])
+            if matmul is not None and matmul.op_type == "MatMul" and self._private_constant(matmul.input[1]):
+                return layer
+        return None
+
+    def _private_constant(self, name: str) -> bool:
+        return name in self.constants and len(self.consumers.get(name, [])) == 1
+
+    def dense_bias(self, matmul: onnx.NodeProto) -> onnx.NodeProto | None:
+        """The ``Add(MatMul, const)`` that is the layer's bias, when the weight is a constant too."""
+        add = self.only_consumer(matmul.output[0])
+        if (matmul.input[1] in self.constants and len(self.consumers[matmul.input[1]]) == 1 and add is not None and add.op_type == "Add"
+                and add.input[0] == matmul.output[0] and add.input[1] in self.constants
+                and len(self.consumers[add.input[1]]) == 1):
+            return add
+        return None
+
+
+def _is_plain_conv(conv: onnx.NodeProto, graph: _Graph) -> bool:
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    return (len(conv.input) == 3 and all(name in graph.constants for name in conv.input[1:])
+            and attrs.get("group", 1) == 1 and set(attrs.get("dilations", [1, 1])) == {1}
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+            and len(graph.consumers[conv.input[1]]) == 1 and len(graph.consumers[conv.input[2]]) == 1
+            and _known_spatial(graph.shapes.get(conv.input[0])))
+
+
+def _known_spatial(shape: list[int | None] | None) -> bool:
+    return shape is not None and len(shape) == 4 and None not in shape[2:]
+
+
+def _fold_into_conv(model: onnx.ModelProto, graph: _Graph, conv: onnx.NodeProto, s: np.ndarray, t: np.ndarray) -> int:
+    """Fold into ``conv``; returns 1 when a border correction map was added after it."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    weight, bias = graph.array(conv.input[1]), graph.array(conv.input[2])
+    shift = weight.astype(np.float64) * t[None, :, None, None]  # [O, C, kh, kw]: each tap's share of the shift
+    _set(model, conv.input[1], (weight * s[None, :, None, None]).astype(weight.dtype))
+    _set(model, conv.input[2], (bias + shift.sum(axis=(1, 2, 3))).astype(bias.dtype))
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    if not any(pads):
+        return 0
+    # What the folded convolution adds at each output position from taps that fall on padding: the same
+    # convolution of a map of ones padded with zeros tells where taps fall inside, so the correction is
+    # the shift over those inside taps minus the full shift.
+    height, width = graph.shapes[conv.input[0]][2:]
+    ones = np.ones((1, 1, height, width))
+    inside = _conv2d(ones, shift.sum(axis=1, keepdims=True), attrs)  # [1, O, H', W']
+    correction = (inside[0] - shift.sum(axis=(1, 2, 3))[:, None, None])[None].astype(np.float32)
+    if not np.any(correction):
+        return 0
+    name = f"{conv.name}_fold_border"
+    model.graph.initializer.append(numpy_helper.from_array(correction, f"{name}_map"))
+    corrected = f"{conv.output[0]}_unfolded"
+    for node in model.graph.node:  # the conv's users now read the corrected output
+        node.input[:] = [corrected if name_ == conv.output[0] else name_ for name_ in node.input]
+    for output in model.graph.output:
+        if output.name == conv.output[0]:
+            output.name = corrected
+    nodes = list(model.graph.node)
+    at = nodes.index(conv) + 1
+    nodes.insert(at, helper.make_node("Add", [conv.output[0], f"{name}_map"], [corrected], name=name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return 1
+
+
+def _conv2d(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
+    """A plain NCHW convolution in float64 (for the correction map only): x [1, C, H, W], w [O, C, kh, kw]."""
+    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
+    stride_h, stride_w = attrs.get("strides", [1, 1])
+    kh, kw = w.shape[2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_h = (padded.shape[2] - kh) // stride_h + 1
+    out_w = (padded.shape[3] - kw) // stride_w + 1
+    out = np.zeros((1, w.shape[0], out_h, out_w))
+    for i in range(kh):
+        for j in range(kw):
+            window = padded[:, :, i:i + stride_h * out_h:stride_h, j:j + stride_w * out_w:stride_w]
+            out += np.einsum("nchw,oc->nohw", window, w[:, :, i, j])
+    return out
+
+
+def _through(graph: _Graph, passes: list[onnx.NodeProto], scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-feature scale and offset after the pass-through nodes: the constants broadcast to the
+    feature map's shape and moved by the same Transpose/Reshape (MaxPool keeps each channel's value)."""
+    s, t = scale, offset
+    for node in passes:
+        shape = graph.shapes[node.input[0]]
+        if node.op_type == "MaxPool":
+            shape = graph.shapes[node.output[0]]
+        full = [1] + [d for d in shape[1:]]
+        s, t = np.broadcast_to(s, full), np.broadcast_to(t, full)
+        if node.op_type == "Transpose":
+            perm = helper.get_attribute_value(next(a for a in node.attribute if a.name == "perm"))
+            s, t = s.transpose(perm), t.transpose(perm)
+        elif node.op_type == "Reshape":
+            s, t = s.reshape(1, -1), t.reshape(1, -1)  # Flatten: the only Reshape between a feature map and a Dense
+    return np.asarray(s).reshape(-1), np.asarray(t).reshape(-1)
+
+
+def _scale_outputs(model: onnx.ModelProto, graph: _Graph, layer: onnx.NodeProto, s: np.ndarray) -> None:
+    """Multiply a Conv's, or a Dense layer's (``layer`` is its bias Add), output channels by ``s``."""
+    if layer.op_type == "Conv":
+        weight, bias = graph.array(layer.input[1]), graph.array(layer.input[2])
+        _set(model, layer.input[1], (weight * s[:, None, None, None]).astype(weight.dtype))
+        _set(model, layer.input[2], (bias * s).astype(bias.dtype))
+        return
+    matmul = next(node for node in model.graph.node if layer.input[0] in node.output)
+    weight, bias = graph.array(matmul.input[1]), graph.array(layer.input[1])
+    _set(model, matmul.input[1], (weight * s[None, :]).astype(weight.dtype))
+    _set(model, layer.input[1], (bias * s).astype(bias.dtype))
+
+
+def _fold_into_dense(model: onnx.ModelProto, graph: _Graph, matmul: onnx.NodeProto, s: np.ndarray, t: np.ndarray) -> None:
+    weight = graph.array(matmul.input[1])
+    bias_add = graph.dense_bias(matmul)
+    bias = graph.array(bias_add.input[1])
+    _set(model, matmul.input[1], (s[:, None] * weight).astype(weight.dtype))
+    _set(model, bias_add.input[1], (bias + t.astype(np.float64) @ weight).astype(bias.dtype))
+
+
+def _set(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    """Replace an initializer's value (a fresh name is not needed: each weight here has one user)."""
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == name:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, name))
+            return
+    raise KeyError(name)
+
+
+def _bypass(model: onnx.ModelProto, mul: onnx.NodeProto, add: onnx.NodeProto) -> None:
+    """Remove the Mul+Add pair; its users read the Mul's input instead."""
+    source, result = mul.input[0], add.output[0]
+    nodes = [node for node in model.graph.node if node.name not in (mul.name, add.name)]
+    for node in nodes:
+        node.input[:] = [source if name == result else name for name in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
