@@ -26,8 +26,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from exporter.simplify import drop_dead_nodes
 
-def _affine_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray, np.ndarray]]:
+
+def affine_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray, np.ndarray]]:
     """Every ``Mul(x, const) -> Add(., const)`` whose Mul output feeds only that Add, with both constants."""
     constants = {init.name: init for init in model.graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -58,7 +60,7 @@ def channel_affine_to_depthwise(model: onnx.ModelProto) -> tuple[onnx.ModelProto
     rewritten.CopyFrom(model)
     replace: dict[str, onnx.NodeProto] = {}  # Mul's name -> the Conv that takes its place
     drop: set[str] = set()  # the Adds folded into those Convs
-    for i, (mul, add, scale, offset) in enumerate(_affine_pairs(rewritten)):
+    for i, (mul, add, scale, offset) in enumerate(affine_pairs(rewritten)):
         if not _is_channel_affine(scale):
             continue
         channels = scale.shape[1]
@@ -71,17 +73,9 @@ def channel_affine_to_depthwise(model: onnx.ModelProto) -> tuple[onnx.ModelProto
     nodes = [replace.get(node.name, node) for node in rewritten.graph.node if node.name not in drop]
     del rewritten.graph.node[:]
     rewritten.graph.node.extend(nodes)
-    _drop_unused_initializers(rewritten)
-    return rewritten, len(replace)
+    return drop_dead_nodes(rewritten), len(replace)
 
 
 def float_affine_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the per-feature Mul+Add pairs on dense features ([K] constants): left in float by the quantizer."""
-    return [node.name for mul, add, scale, _ in _affine_pairs(model) if scale.ndim == 1 for node in (mul, add)]
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-    kept = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    return [node.name for mul, add, scale, _ in affine_pairs(model) if scale.ndim == 1 for node in (mul, add)]

@@ -5,12 +5,14 @@ The study's CNNs run ``Conv -> ReLU -> BatchNormalization``, which tf2onnx leave
 ReLU is in between), so it runs as two extra passes over every feature map, and on the CPU provider
 each one forces a reorder out of and back into the blocked NCHWc layout around it.
 
-The affine map can instead be folded *forward*, into the next linear layer, exactly:
+The affine map can instead be folded into the layers around it, exactly:
 
 - **into a Dense layer** (``MatMul`` + bias ``Add``): ``(x * s + t) @ W + b = x @ (s[:, None] * W) + (t @ W + b)``;
-  the affine may first pass through ``MaxPool`` (when every scale is positive: max commutes with a
-  positive scale and a shift), ``Transpose`` and ``Reshape`` (Flatten), whose permutation of features is
-  followed by pushing the per-channel constants through the same operators.
+  better, when the layer before the ReLU is a Conv or Dense with its own weights, the scale goes back into
+  it (``s * ReLU(z) = ReLU(s * z)`` for ``s > 0``, per output channel) and only the shift goes forward
+  into the bias. The affine may pass through ``MaxPool`` (when every scale is positive: max commutes with
+  a positive scale and a shift), ``Transpose`` and ``Reshape`` (Flatten), whose permutation of features
+  is followed by pushing the per-channel constants through the same operators.
 - **into a Conv** with weight ``W`` and bias ``b``: ``W' = W * s`` over input channels, and the shift
   ``t`` becomes ``b' = b + sum(W * t)``. That is exact wherever the kernel sees no padding; at the
   border, 'same' padding pads the *normalised* map with zeros, which the folded convolution must not
@@ -18,6 +20,7 @@ The affine map can instead be folded *forward*, into the next linear layer, exac
   added after the convolution keeps it exact.
 
 Only a Mul/Add pair whose output feeds exactly one such chain is folded; anything else is left as it is.
+:func:`affine_after_maxpool` moves what is left past a following MaxPool, where it touches a quarter of the values.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from exporter.affine import _affine_pairs, _drop_unused_initializers
+from exporter.affine import affine_pairs
+from exporter.simplify import drop_dead_nodes
 
 # Operators an affine map may pass through on its way to the next linear layer: they move or select
 # features but do not mix them (MaxPool only when every scale is positive).
@@ -41,10 +45,6 @@ class FoldReport:
     into_dense: int = 0
     corrections: int = 0  # convolutions that needed a border correction map
     scaled_back: int = 0  # of into_dense: the scale went into the layer before the ReLU, the shift forward
-
-    @property
-    def folded(self) -> int:
-        return self.into_conv + self.into_dense
 
 
 def fold_affine_forward(model: onnx.ModelProto, into_conv: bool = True,
@@ -60,9 +60,9 @@ def fold_affine_forward(model: onnx.ModelProto, into_conv: bool = True,
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     report = FoldReport()
-    for name in [mul.name for mul, *_ in _affine_pairs(folded)]:
+    for name in [mul.name for mul, *_ in affine_pairs(folded)]:
         # Looked up again after each fold: a fold rewires node inputs, so earlier lookups go stale.
-        found = [pair for pair in _affine_pairs(folded) if pair[0].name == name]
+        found = [pair for pair in affine_pairs(folded) if pair[0].name == name]
         if not found:
             continue
         mul, add, scale, offset = found[0]
@@ -95,8 +95,7 @@ def fold_affine_forward(model: onnx.ModelProto, into_conv: bool = True,
             _fold_into_dense(folded, graph, linear, *_through(graph, passes, forward_scale, offset))
             report.into_dense += 1
         _bypass(folded, mul, add)
-    _drop_unused_initializers(folded)
-    return folded, report
+    return drop_dead_nodes(folded), report
 
 
 def affine_after_maxpool(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -106,7 +105,7 @@ def affine_after_maxpool(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     moved_model = onnx.ModelProto()
     moved_model.CopyFrom(model)
     moved = 0
-    for mul, add, scale, _ in _affine_pairs(moved_model):
+    for mul, add, scale, _ in affine_pairs(moved_model):
         graph = _Graph(moved_model, shapes=False)
         pool = graph.only_consumer(add.output[0])
         if pool is None or pool.op_type != "MaxPool" or not (scale > 0).all() or len(pool.output) != 1:
