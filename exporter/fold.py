@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper, numpy_helper
 
 from exporter.affine import affine_pairs
-from exporter.simplify import drop_dead_nodes
+from exporter.simplify import drop_dead_nodes, known, value_shapes
 
 # Operators an affine map may pass through on its way to the next linear layer: they move or select
 # features but do not mix them (MaxPool only when every scale is positive).
@@ -79,8 +79,8 @@ def fold_affine_forward(model: onnx.ModelProto, into_conv: bool = True,
             report.corrections += _fold_into_conv(folded, graph, linear, scale.reshape(-1), offset.reshape(-1))
             report.into_conv += 1
         else:
-            if graph.dense_bias(linear) is None:
-                continue
+            if graph.dense_bias(linear) is None or _through(graph, passes, scale, offset) is None:
+                continue  # no bias to take the shift, or the features cannot be followed to the Dense rows
             producer = graph.layer_before_relu(mul.input[0]) if positive else None
             if producer is not None:
                 # s * ReLU(z) = ReLU(s * z) for s > 0: the scale goes back into the layer before the ReLU, per
@@ -150,11 +150,7 @@ class _Graph:
         for node in model.graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
-        if not shapes:
-            return
-        inferred = shape_inference.infer_shapes(model)
-        self.shapes = {value.name: [d.dim_value or None for d in value.type.tensor_type.shape.dim]
-                       for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+        self.shapes = value_shapes(model) if shapes else {}
 
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
         # A Shape node reads only the shape (tf2onnx's Flatten computes its target shape that way).
@@ -218,7 +214,7 @@ def _is_plain_conv(conv: onnx.NodeProto, graph: _Graph) -> bool:
 
 
 def _known_spatial(shape: list[int | None] | None) -> bool:
-    return shape is not None and len(shape) == 4 and None not in shape[2:]
+    return shape is not None and len(shape) == 4 and known(shape[2:])
 
 
 def _fold_into_conv(model: onnx.ModelProto, graph: _Graph, conv: onnx.NodeProto, s: np.ndarray, t: np.ndarray) -> int:
@@ -272,22 +268,30 @@ def _conv2d(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
     return out
 
 
-def _through(graph: _Graph, passes: list[onnx.NodeProto], scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The per-feature scale and offset after the pass-through nodes: the constants broadcast to the
-    feature map's shape and moved by the same Transpose/Reshape (MaxPool keeps each channel's value)."""
-    s, t = scale, offset
-    for node in passes:
-        shape = graph.shapes[node.input[0]]
-        if node.op_type == "MaxPool":
-            shape = graph.shapes[node.output[0]]
-        full = [1] + [d for d in shape[1:]]
-        s, t = np.broadcast_to(s, full), np.broadcast_to(t, full)
-        if node.op_type == "Transpose":
-            perm = helper.get_attribute_value(next(a for a in node.attribute if a.name == "perm"))
-            s, t = s.transpose(perm), t.transpose(perm)
-        elif node.op_type == "Reshape":
-            s, t = s.reshape(1, -1), t.reshape(1, -1)  # Flatten: the only Reshape between a feature map and a Dense
-    return np.asarray(s).reshape(-1), np.asarray(t).reshape(-1)
+def _through(graph: _Graph, passes: list[onnx.NodeProto], scale: np.ndarray,
+             offset: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scale and offset as one value per row of the Dense weight the chain ends in: the constants are
+    broadcast over the feature map and moved by the same MaxPool/Transpose/Reshape. None when a shape on the
+    way is unknown, or the result is not constant along every axis but the one the MatMul contracts."""
+    moved = []
+    for value in (scale, offset):
+        for node in passes:
+            shape = graph.shapes.get(node.output[0] if node.op_type == "MaxPool" else node.input[0])
+            if not shape or not known(shape[1:]):
+                return None
+            value = np.broadcast_to(value, [1, *shape[1:]])  # MaxPool keeps each channel's value
+            if node.op_type == "Transpose":
+                value = value.transpose(helper.get_attribute_value(next(a for a in node.attribute if a.name == "perm")))
+            elif node.op_type == "Reshape":
+                out = graph.shapes.get(node.output[0])
+                if not out or not known(out[1:]):
+                    return None
+                value = value.reshape(1, *out[1:])
+        rows = value.reshape(-1, value.shape[-1]) if value.ndim > 1 else value[None]
+        if not np.array_equal(rows, np.broadcast_to(rows[:1], rows.shape)):
+            return None
+        moved.append(rows[0])
+    return moved[0], moved[1]
 
 
 def _scale_outputs(model: onnx.ModelProto, graph: _Graph, layer: onnx.NodeProto, s: np.ndarray) -> None:
@@ -307,6 +311,7 @@ def _fold_into_dense(model: onnx.ModelProto, graph: _Graph, matmul: onnx.NodePro
     weight = graph.array(matmul.input[1])
     bias_add = graph.dense_bias(matmul)
     bias = graph.array(bias_add.input[1])
+    s, t = (np.broadcast_to(v, weight.shape[:1]) for v in (s, t))  # one value per weight row (or one for all)
     _set(model, matmul.input[1], (s[:, None] * weight).astype(weight.dtype))
     _set(model, bias_add.input[1], (bias + t.astype(np.float64) @ weight).astype(bias.dtype))
 

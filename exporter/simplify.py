@@ -19,13 +19,13 @@ def static_reshapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     simplified = onnx.ModelProto()
     simplified.CopyFrom(model)
     constants = {init.name for init in simplified.graph.initializer}
-    shapes = _shapes(simplified)
+    shapes = value_shapes(simplified)
     replaced = 0
     for node in simplified.graph.node:
         if node.op_type != "Reshape" or node.input[1] in constants:
             continue
         data, out = shapes.get(node.input[0]), shapes.get(node.output[0])
-        if not data or not out or out[0] != data[0] or not isinstance(out[0], str) or not all(isinstance(d, int) for d in out[1:]):
+        if not data or not out or out[0] != data[0] or not isinstance(out[0], str) or not known(out[1:]):
             continue
         name = f"{node.name}_static_shape"
         simplified.graph.initializer.append(numpy_helper.from_array(np.array([0, *out[1:]], dtype=np.int64), name))
@@ -49,8 +49,13 @@ def drop_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     """Every value's shape, with symbolic dimensions as their names (data propagation follows shape arithmetic)."""
     inferred = shape_inference.infer_shapes(model, data_prop=True)
     return {value.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
             for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+
+
+def known(dims: list[int | str | None] | None) -> bool:
+    """Whether every one of ``dims`` is a number (not symbolic, not unknown)."""
+    return dims is not None and all(isinstance(d, int) for d in dims)

@@ -157,3 +157,14 @@ def test_export_fp32_graphs_pass_the_parity_gate(tmp_path: Path, graph: str, mul
     proto = onnx.load(art.onnx_dir / "model2.onnx")
     assert [n.op_type for n in proto.graph.node].count("Mul") == muls
     assert {p.key: p.value for p in proto.metadata_props}["graph"].startswith("tf2onnx" if graph == "converted" else "BatchNorm")
+
+
+def test_a_channel_affine_into_a_matmul_over_width_is_not_folded(tmp_path: Path):
+    """MatMul contracts the last axis (width here), not channels: a per-channel affine cannot fold into it."""
+    parts = [_conv("c1", "x", "z1", 2, 4), _bn("bn1", "z1", (1, 4, 1, 1))]
+    nodes = [n for ns, _ in parts for n in ns] + [helper.make_node("MatMul", ["bn1_y", "w"], ["m"], name="mm"),
+                                                  helper.make_node("Add", ["m", "b"], ["y"], name="mm_bias")]
+    model = _model(nodes, [i for _, is_ in parts for i in is_] + [_const("w", (6, 3)), _const("b", (3,))], ["batch", 2, 6, 6], 4)
+    folded, report = fold_affine_forward(model)
+    assert report.into_dense == 0 and "bn1_mul" in {n.name for n in folded.graph.node}
+    np.testing.assert_allclose(_run(folded, X, tmp_path, "folded"), _run(model, X, tmp_path, "ref"), rtol=1e-5, atol=1e-5)
