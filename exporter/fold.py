@@ -79,20 +79,20 @@ def fold_affine_forward(model: onnx.ModelProto, into_conv: bool = True,
             report.corrections += _fold_into_conv(folded, graph, linear, scale.reshape(-1), offset.reshape(-1))
             report.into_conv += 1
         else:
-            if graph.dense_bias(linear) is None or _through(graph, passes, scale, offset) is None:
+            per_row = _through(graph, passes, scale, offset)
+            if graph.dense_bias(linear) is None or per_row is None:
                 continue  # no bias to take the shift, or the features cannot be followed to the Dense rows
+            row_scale, row_offset = per_row
             producer = graph.layer_before_relu(mul.input[0]) if positive else None
             if producer is not None:
                 # s * ReLU(z) = ReLU(s * z) for s > 0: the scale goes back into the layer before the ReLU, per
                 # output channel (which its int8 weights are scaled by anyway); only the shift goes forward.
                 _scale_outputs(folded, graph, producer, scale.reshape(-1))
-                forward_scale = np.ones_like(scale)
+                row_scale = np.ones_like(row_scale)
                 report.scaled_back += 1
-            elif scales_forward:
-                forward_scale = scale
-            else:
+            elif not scales_forward:
                 continue
-            _fold_into_dense(folded, graph, linear, *_through(graph, passes, forward_scale, offset))
+            _fold_into_dense(folded, graph, linear, row_scale, row_offset)
             report.into_dense += 1
         _bypass(folded, mul, add)
     return drop_dead_nodes(folded), report
@@ -183,33 +183,32 @@ class _Graph:
         layer = producers.get(relu.input[0])
         if layer is None or self.only_consumer(layer.output[0]) is None:
             return None
-        if layer.op_type == "Conv" and len(layer.input) == 3 and all(self._private_constant(n) for n in layer.input[1:]):
+        if layer.op_type == "Conv" and len(layer.input) == 3 and all(self.private_constant(n) for n in layer.input[1:]):
             return layer
-        if layer.op_type == "Add" and self._private_constant(layer.input[1]):
+        if layer.op_type == "Add" and self.private_constant(layer.input[1]):
             matmul = producers.get(layer.input[0])
-            if matmul is not None and matmul.op_type == "MatMul" and self._private_constant(matmul.input[1]):
+            if matmul is not None and matmul.op_type == "MatMul" and self.private_constant(matmul.input[1]):
                 return layer
         return None
 
-    def _private_constant(self, name: str) -> bool:
+    def private_constant(self, name: str) -> bool:
+        """A constant only one node reads: its value can be rewritten in place."""
         return name in self.constants and len(self.consumers.get(name, [])) == 1
 
     def dense_bias(self, matmul: onnx.NodeProto) -> onnx.NodeProto | None:
         """The ``Add(MatMul, const)`` that is the layer's bias, when the weight is a constant too."""
         add = self.only_consumer(matmul.output[0])
-        if (matmul.input[1] in self.constants and len(self.consumers[matmul.input[1]]) == 1 and add is not None and add.op_type == "Add"
-                and add.input[0] == matmul.output[0] and add.input[1] in self.constants
-                and len(self.consumers[add.input[1]]) == 1):
+        if (self.private_constant(matmul.input[1]) and add is not None and add.op_type == "Add"
+                and add.input[0] == matmul.output[0] and self.private_constant(add.input[1])):
             return add
         return None
 
 
 def _is_plain_conv(conv: onnx.NodeProto, graph: _Graph) -> bool:
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-    return (len(conv.input) == 3 and all(name in graph.constants for name in conv.input[1:])
+    return (len(conv.input) == 3 and all(graph.private_constant(name) for name in conv.input[1:])
             and attrs.get("group", 1) == 1 and set(attrs.get("dilations", [1, 1])) == {1}
             and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
-            and len(graph.consumers[conv.input[1]]) == 1 and len(graph.consumers[conv.input[2]]) == 1
             and _known_spatial(graph.shapes.get(conv.input[0])))
 
 

@@ -44,10 +44,13 @@ FP32_GRAPHS = {
 
 def cpu_fp32(converted: onnx.ModelProto, graph: str = "depthwise") -> onnx.ModelProto:
     """The fp32 graph that is published, from tf2onnx's (see FP32_GRAPHS)."""
-    if graph == "converted":
-        return converted
-    model = static_reshapes(converted)[0]
-    model = fold_affine_forward(model, into_conv=graph == "fold")[0]
+    return converted if graph == "converted" else _affines_laid_out(converted, into_conv=graph == "fold")
+
+
+def _affines_laid_out(converted: onnx.ModelProto, into_conv: bool, scales_forward: bool = True) -> onnx.ModelProto:
+    """tf2onnx's graph with a static Flatten, BatchNormalization-after-ReLU folded where it can be
+    (exporter/fold.py), the rest moved after MaxPools and made depthwise 1x1 Convs (exporter/affine.py)."""
+    model = fold_affine_forward(static_reshapes(converted)[0], into_conv=into_conv, scales_forward=scales_forward)[0]
     return channel_affine_to_depthwise(affine_after_maxpool(model)[0])[0]
 
 
@@ -105,10 +108,7 @@ def to_int8(fp32: onnx.ModelProto, calibration_images: np.ndarray, config: Int8C
     ``fp32``: tf2onnx's graph. With the affine rewrite, BatchNormalization after ReLU is folded exactly where
     its scale can go back into the layer before the ReLU (dense features), otherwise made a depthwise 1x1 Conv
     (feature maps), so every weight is quantized per output channel; what is left stays in float."""
-    source_model = fp32
-    if config.affine_rewrite:
-        source_model = fold_affine_forward(static_reshapes(fp32)[0], into_conv=False, scales_forward=False)[0]
-        source_model = channel_affine_to_depthwise(affine_after_maxpool(source_model)[0])[0]
+    source_model = _affines_laid_out(fp32, into_conv=False, scales_forward=False) if config.affine_rewrite else fp32
     with tempfile.TemporaryDirectory(prefix="fmnist-int8-") as work:
         source, prepared, quantized = (Path(work) / name for name in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         onnx.save(source_model, source)
