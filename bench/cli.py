@@ -16,21 +16,20 @@ import math
 import sys
 from pathlib import Path
 
-from trainer import quiet  # standard library only
+from trainer import quiet
 
-quiet.before_imports(quiet.verbose_requested())  # before onnxruntime and (for reference rows) TensorFlow load
-
-from bench import store  # noqa: E402
-from bench.cases import REFERENCES, RUNTIMES, Case, NothingToBench, discover  # noqa: E402
-from bench.pack import PackError, pack  # noqa: E402
-from bench.compare import CompareError, compare, format_table, parse_threshold  # noqa: E402
-from bench.report import SchemaError  # noqa: E402
-from bench.runner import run  # noqa: E402
-from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MEMORY, OPERATIONS, WHOLE_SPLIT, RunSettings, SessionSettings,  # noqa: E402
+from bench.results import store
+from bench.runtimes import REFERENCES, RUNTIMES, Case
+from bench.measure.cases import NothingToBench, discover
+from bench.pack import PackError, pack
+from bench.results.compare import CompareError, compare, format_table, parse_threshold
+from bench.results.record import SchemaError
+from bench.measure.run import run
+from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MEMORY, OPERATIONS, WHOLE_SPLIT, RunSettings, SessionSettings,
                             SettingsError, SingleStreamSettings)
-from exporter.contract import VARIANTS, ContractError  # noqa: E402
-from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
-from trainer.data import DataError  # noqa: E402
+from exporter.contract import VARIANTS, ContractError
+from trainer.artifacts import Artifacts, ArtifactsError
+from trainer.data import DataError
 
 DEFAULT = RunSettings()
 
@@ -79,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="measure accuracy and latency; write reports/bench-<timestamp>.json and .md")
     r.add_argument("--models", type=_list(), help="comma-separated model names (default: every exported one)")
     r.add_argument("--variants", type=_list(VARIANTS), help=f"default {','.join(VARIANTS)}")
-    r.add_argument("--providers", type=_list(RUNTIMES), help=f"default {','.join(RUNTIMES)} (cuda, cpu: onnxruntime; the others: the runtimes a user would pick instead)")
+    r.add_argument("--providers", type=_list(tuple(RUNTIMES)), help=f"default {','.join(RUNTIMES)} (cuda, cpu: onnxruntime; the others: the runtimes a user would pick instead)")
     r.add_argument("--operations", type=_list(OPERATIONS), default=list(DEFAULT.operations), help=f"default {','.join(OPERATIONS)}")
     r.add_argument("--batch-sizes", type=_batch_sizes, default=DEFAULT.batch_sizes,
                    help="default 128,all (all: the whole split as one batch)")
@@ -145,17 +144,25 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.data is not None and not Path(args.data).exists():
+        raise DataError(f"--data {args.data}: no such file or folder")
     artifacts, cases, settings = selection(args)
-    report = run(artifacts, cases, settings, args.data, log=None if args.quiet else sys.stdout)
     report_dir = Path(args.report_dir) if args.report_dir else artifacts.reports_dir
-    artifacts.ensure(report_dir)
-    path = store.save(report, report_dir)
+    artifacts.ensure(report_dir)  # before the run: a results folder that cannot be written fails now, not after it
+    results = run(artifacts, cases, settings, args.data, log=None if args.quiet else sys.stdout)
+    if all(record.skipped for record in results.records):
+        # A run that measured nothing is a failure, and writes nothing a script could take for a measurement.
+        reasons = dict.fromkeys(f"{r.model} {r.variant} {r.provider}: {r.skipped}" for r in results.records)
+        print("fmnist-bench run: error: every case was skipped, nothing was measured:\n  " + "\n  ".join(reasons),
+              file=sys.stderr)
+        return 1
+    path = store.save(results, report_dir)
     print(f"wrote {path} and {path.with_suffix('.md').name}")
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from bench.summary import markdown_summary  # noqa: PLC0415 - pandas only for this command, not on the edge device
+    from bench.results.summary import markdown_summary  # noqa: PLC0415 - pandas only for this command, not on the edge device
 
     print(markdown_summary([Path(p) for p in args.reports], args.batch_size), end="")
     return 0
@@ -173,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from bench.providers import doctor  # noqa: PLC0415 - loads the CUDA libraries: only for this command
+    from bench.runtimes.cuda import doctor  # noqa: PLC0415 - loads the CUDA libraries: only for this command
 
     text, code = doctor()
     print(text)
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     quiet.configure(quiet.verbose_requested(argv))
     if argv[:1] == ["report"]:
-        from bench.report_md import main as report_main  # noqa: PLC0415 - pandas and matplotlib only for this command
+        from bench.report.document import main as report_main  # noqa: PLC0415 - pandas and matplotlib only for this command
 
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from bench.cases import Case, NothingToBench, read_exports
+from bench.runtimes import Case
+
+from bench.measure.cases import NothingToBench, read_exports
 from bench.cli import build_parser, selection
-from bench.measure import plan
+from bench.measure.core import plan
 from bench.settings import RunSettings, SettingsError
 from exporter.contract import ContractError
 from trainer.artifacts import Artifacts

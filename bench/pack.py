@@ -18,13 +18,13 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cases import read_exports
+from bench.measure.cases import read_exports
 from exporter.contract import MANIFEST_NAME, verify_file
 from trainer.artifacts import Artifacts, atomic_path
 from trainer.data import IDX_TRAIN_IMAGES, IDX_TRAIN_LABELS, reload_dataset, source_location
 
 
-DATA = Artifacts(Path(".")).carried_data_dir().name  # where bench/cases.py looks for it on the device
+DATA = Artifacts(Path(".")).carried_data_dir().name  # where bench/measure/cases.py looks for it on the device
 
 
 class PackError(ValueError):

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field, fields
 
 import onnxruntime as ort
 
-from bench.providers import ALGO_SEARCH, cuda_provider_options
-
 WHOLE_SPLIT = 0  # batch size meaning "the whole test split as one batch"
 OPERATIONS = ("predict", "evaluate", "single-stream")
 GRAPH_OPTIMIZATION = {
@@ -21,7 +19,7 @@ GRAPH_OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-CUDNN_ALGO_SEARCH = ALGO_SEARCH
+CUDNN_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # cuDNN's convolution algorithm search (CUDA)
 
 
 class SettingsError(ValueError):
@@ -49,9 +47,6 @@ class SessionSettings:
         options.intra_op_num_threads = self.intra_op_threads
         options.graph_optimization_level = GRAPH_OPTIMIZATION[self.graph_optimization]
         return options
-
-    def cuda_options(self) -> dict[str, str]:
-        return cuda_provider_options(self.cudnn_conv_algo_search)
 
 
 @dataclass(frozen=True)
@@ -90,7 +85,7 @@ class RunSettings:
     operations: tuple[str, ...] = OPERATIONS
     single_stream: SingleStreamSettings = field(default_factory=SingleStreamSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
-    # Each case's peak resident memory, from a fresh process of its own (bench/memory.py); off saves a
+    # Each case's peak resident memory, from a fresh process of its own (bench/measure/memory.py); off saves a
     # process start per case.
     memory: str = "on"
 

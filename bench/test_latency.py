@@ -5,7 +5,7 @@
     fmnist-bench compare .benchmarks/.../0001_baseline.json .benchmarks/.../0002_new.json --fail-on-regression 10%
 
 The timing is pytest-benchmark's (``benchmark.pedantic``), the rules and the record are the toolkit's
-measurement core (bench/measure.py), the same as ``fmnist-bench run``'s: the whole record, every
+measurement core (bench/measure/core.py), the same as ``fmnist-bench run``'s: the whole record, every
 round included, goes in each benchmark's ``extra_info`` and so into pytest-benchmark's saves.
 """
 
@@ -15,11 +15,13 @@ import dataclasses
 
 import pytest
 
-from bench.cases import Case, HeldOutSplit, load_test_split
+from bench.runtimes import Case
+
+from bench.measure.cases import HeldOutSplit, load_test_split
 from bench.conftest import BenchParam, selected
-from bench.measure import case_memory_mb, measure
+from bench.measure.core import case_memory_mb, measure
 from bench.runtimes import make_sut
-from bench.sut import ProviderUnavailable
+from bench.runtimes.base import ProviderUnavailable
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +55,7 @@ def suts(chosen):
 
 @pytest.fixture(scope="session")
 def memories(chosen):
-    """Each case's own peak resident memory, measured once (bench/memory.py), as ``fmnist-bench run`` does."""
+    """Each case's own peak resident memory, measured once (bench/measure/memory.py), as ``fmnist-bench run`` does."""
     cache: dict[Case, float | None] = {}
     return lambda case, test_images: cache[case] if case in cache else cache.setdefault(
         case, case_memory_mb(case, chosen.artifacts, chosen.settings, test_images))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,16 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from bench.cli import main
-from bench.compare import compare
-from bench.measure import device_median_s
-from bench.metrics import multiply_adds_per_image
-from bench.report import BenchRecord, BenchReport, SchemaError
-from bench.store import load, load_any
-from bench.sut import InterfaceError, OrtSUT
+from bench.results.compare import compare
+from bench.measure.core import device_median_s
+from bench.measure.work import multiply_adds_per_image
+from bench.results.record import BenchRecord, BenchRun, SchemaError
+from bench.results.store import load, load_any
+from bench.runtimes.base import InterfaceError
+from bench.runtimes.ort import OrtSUT
 from tests.conftest import train_and_export_model1
 from trainer.artifacts import Artifacts
 
@@ -168,7 +171,7 @@ def test_a_tuning_run_writes_its_report_elsewhere(exported: Artifacts, tmp_path:
 
 def _report(median_s: float) -> dict:
     record = BenchRecord("model4", "int8", "cpu", "predict", 128, ["CPUExecutionProvider"], 6000, 3, median_s, median_s, median_s)
-    return json.loads(BenchReport({"cpu": "test"}, {}, "2026-11-24T00:00:00+00:00", [record]).to_json())
+    return json.loads(BenchRun({"cpu": "test"}, {}, "2026-11-24T00:00:00+00:00", [record]).to_json())
 
 
 @pytest.mark.parametrize(("slower", "exit_code"), [(1.20, 1), (1.05, 0)])
@@ -200,6 +203,44 @@ def test_report_schema_is_validated(tmp_path: Path, mutate, message: str, capsys
         load(path)
     assert main(["compare", str(path), str(path)]) == 2
     assert f"fmnist-bench: error: {path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(latency_ms="fast"), "record 0 latency_ms is a string, expected an object"),
+        (lambda r: r.update(latency_ms={"p50": "0.1"}), r"record 0 latency_ms\['p50'\] is a string, expected a number"),
+        (lambda r: r.update(median_s=float("inf")), "record 0 median_s is inf, expected a finite number"),
+        (lambda r: r.update(batch_size=1.5), "record 0 batch_size is a number, expected a whole number"),
+        (lambda r: r.update(quality={"accuracy": "0.9"}), r"record 0 \(model4\) quality.accuracy is a string, expected a number"),
+        (lambda r: r.update(times_s=[0.1, "x"]), r"record 0 times_s\[1\] is a string, expected a number"),
+    ],
+)
+def test_summary_report_and_compare_refuse_a_malformed_record_alike(tmp_path: Path, mutate, message: str, capsys):
+    """One validator for every reader: a record whose fields have the wrong types is one line naming the file,
+    the record and the field, from summary as from compare (summary once ended in a TypeError)."""
+    payload = _report(0.5)
+    mutate(payload["records"][0])
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(payload).replace("Infinity", "1e999"))
+    for command in (["summary", str(path)], ["compare", str(path), str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fmnist-bench: error: {path}: ") and re.search(message, err), err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_that_measured_nothing_fails_with_the_reasons(exported: Artifacts, tmp_path: Path, capsys):
+    """Every requested case skipped (CUDA on a machine without a GPU) is a failure, and writes no results file."""
+    if ort.get_device() == "GPU" and Path("/proc/driver/nvidia").exists():
+        pytest.skip("a GPU is here: the CUDA cases run")
+    report_dir = tmp_path / "reports"
+    assert main(["run", "--artifacts", str(exported.root), "--providers", "cuda", "--report-dir", str(report_dir),
+                 *FAST_RUN]) == 1
+    err = capsys.readouterr().err
+    assert "every case was skipped, nothing was measured" in err
+    assert "model1 fp32 cuda: CUDAExecutionProvider requested but the session runs on CPU only" in err
+    assert not list(report_dir.glob("bench-*"))
 
 
 def test_a_model_with_a_wrong_input_shape_gives_a_clear_error(tmp_path: Path):
@@ -260,7 +301,7 @@ def test_summary_has_one_row_per_runtime_with_the_newest_result(tmp_path: Path, 
 
     def write(name: str, created_at: str, records: list[BenchRecord]) -> Path:
         path = tmp_path / name
-        path.write_text(BenchReport({"cpu": "test", "cores": 2}, {}, created_at, records).to_json())
+        path.write_text(BenchRun({"cpu": "test", "cores": 2}, {}, created_at, records).to_json())
         return path
 
     old = write("bench-old.json", "2026-11-24T00:00:00+00:00",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.compare import parse_threshold, ratio_interval
-from bench.report import BenchRecord, BenchReport
+from bench.results.compare import parse_threshold, ratio_interval
+from bench.results.record import BenchRecord, BenchRun
 
 MACHINE = {"cpu": "test CPU", "cores": 2, "gpu": None, "versions": {"onnxruntime-gpu": "1.31.1", "numpy": "2.0"}}
 
@@ -26,7 +26,7 @@ def _record(times_s: list[float], case: str = "predict", skipped: str | None = N
 
 
 def _write(path: Path, records: list[BenchRecord], machine: dict = MACHINE) -> Path:
-    path.write_text(BenchReport(machine, {}, "2026-11-25T00:00:00+00:00", records).to_json())
+    path.write_text(BenchRun(machine, {}, "2026-11-25T00:00:00+00:00", records).to_json())
     return path
 
 
@@ -67,7 +67,7 @@ def test_the_interval_of_the_ratio_brackets_the_truth():
 
 def test_schema_1_results_are_judged_on_the_threshold_alone_and_say_so(tmp_path: Path, capsys):
     def v1(median: float) -> dict:
-        payload = json.loads(BenchReport({"cpu": "x", "git_commit": "abc1234"}, {}, "2026-11-24T00:00:00+00:00",
+        payload = json.loads(BenchRun({"cpu": "x", "git_commit": "abc1234"}, {}, "2026-11-24T00:00:00+00:00",
                                          [_record([median])]).to_json())
         payload["schema_version"] = 1
         for row in payload["records"]:

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from bench.providers import (
+from bench.runtimes.cuda import (
     CUDA_PREFIX,
     Placement,
     _placement_from_events,
@@ -232,7 +232,7 @@ def test_the_doctors_probe_model_is_a_valid_conv():
 def test_preload_maps_the_cuda13_toolkit_and_cudnn_from_the_extra():
     mapped, _ = _python(f"""
         import json
-        from bench.providers import mapped_libraries, preload_cuda
+        from bench.runtimes.cuda import mapped_libraries, preload_cuda
         before = mapped_libraries({TOOLKIT + CUDNN!r})
         preload_cuda()
         print(json.dumps({{"before": before, "after": mapped_libraries({TOOLKIT + CUDNN!r})}}))
@@ -249,7 +249,7 @@ def test_without_a_driver_cuda_raises_naming_the_driver_and_nothing_is_timed(tmp
     path = tiny_model(tmp_path / "tiny.onnx")
     result, done = _python(f"""
         import json, numpy as np, onnxruntime as ort
-        from bench.providers import ProviderUnavailable, node_placement, open_session
+        from bench.runtimes.cuda import ProviderUnavailable, node_placement, open_session
         out = {{}}
         for name, call in [("open_session", lambda: open_session({str(path)!r}, ort.SessionOptions(), "cuda")),
                            ("node_placement", lambda: node_placement({str(path)!r}, ort.SessionOptions(), "cuda", None, np.ones((1, 4), np.float32)))]:
@@ -275,7 +275,7 @@ def test_without_preload_the_missing_toolkit_library_is_named(tmp_path: Path, sy
     path = tiny_model(tmp_path / "tiny.onnx")
     result, _ = _python(f"""
         import json, onnxruntime as ort
-        import bench.providers as p
+        import bench.runtimes.cuda as p
         p._preload_log = []  # as if preload_cuda() had run and found nothing: the state without the extra
         try:
             p.open_session({str(path)!r}, ort.SessionOptions(), "cuda")
@@ -288,7 +288,7 @@ def test_without_preload_the_missing_toolkit_library_is_named(tmp_path: Path, sy
 
 @needs_extra
 def test_doctor_names_the_fix(system_loader: dict):
-    done = subprocess.run([sys.executable, "-m", "bench.providers"], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-m", "bench.runtimes.cuda"], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert "onnxruntime " + ort.__version__ in done.stdout
     for name in TOOLKIT + CUDNN:
         assert f"{name}" in done.stdout and "/nvidia/" in next(line for line in done.stdout.splitlines() if name in line)
@@ -349,7 +349,7 @@ def test_a_driver_without_a_device_is_named_and_the_stdout_fallback_is_captured(
     env = {"LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(stand_in_driver), os.environ.get("LD_LIBRARY_PATH")]))}
     result, done = _python(f"""
         import json, onnxruntime as ort
-        from bench.providers import ProviderUnavailable, doctor, mapped_libraries, open_session
+        from bench.runtimes.cuda import ProviderUnavailable, doctor, mapped_libraries, open_session
         try:
             open_session({str(path)!r}, ort.SessionOptions(), "cuda")
             out = {{"session": "returned"}}
@@ -381,7 +381,7 @@ def test_on_a_gpu_cuda_runs_every_node_and_the_device_timer_matches_run(tmp_path
     path = tiny_model(tmp_path / "tiny.onnx")
     result, _ = _python(f"""
         import json, numpy as np, onnxruntime as ort
-        from bench.providers import ProviderUnavailable, cuda_provider_options, device_timer, node_placement, open_session
+        from bench.runtimes.cuda import ProviderUnavailable, cuda_provider_options, device_timer, node_placement, open_session
         x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
         try:
             session = open_session({str(path)!r}, ort.SessionOptions(), "cuda", cuda_provider_options())

@@ -1,4 +1,4 @@
-"""The peer runtimes (bench/peers.py): OpenVINO and LiteRT rows through the real measurement core, the
+"""The peer runtimes (bench/runtimes/peers.py): OpenVINO and LiteRT rows through the real measurement core, the
 LiteRT conversion cache, skips that name the missing package, a bench that runs without them, and the
 summary's recommendation line."""
 
@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import peers
-from bench.cases import discover, load_test_split, read_exports
+from bench.runtimes import peers
+from bench.measure.cases import discover, load_test_split, read_exports
 from bench.cli import build_parser, main, selection
-from bench.report import BenchRecord, BenchReport
-from bench.store import load
-from bench.summary import latest_records, recommendations
+from bench.results.record import BenchRecord, BenchRun
+from bench.results.store import load
+from bench.results.summary import latest_records, recommendations
 from bench.runtimes import make_sut
-from bench.sut import OrtSUT
+from bench.runtimes.ort import OrtSUT
 from tests.conftest import train_and_export_model1
 from trainer import data
 from trainer.artifacts import Artifacts
@@ -99,8 +99,8 @@ def test_peer_rows_run_through_the_measurement_core(exported: Artifacts, tmp_pat
     assert "large int8 GEMM" in out and "% of peak" in out
     names = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| model1")]
     picked = by_id["model1-fp32-openvino-predict-b128"].provider_options["inference_precision"]
-    assert names == ["OpenVINO f32", f"OpenVINO default ({picked})", "OpenVINO int8", "OpenVINO int8 (f32 hint)",
-                     "LiteRT fp32", "LiteRT int8"]
+    assert names == [f"OpenVINO default ({picked})", "OpenVINO int8", "OpenVINO f32", "OpenVINO int8 (f32 hint)",
+                     "LiteRT fp32", "LiteRT int8"]  # the registry's order (bench/runtimes/__init__.py)
     assert "**model1**" in out  # no onnxruntime or Keras row: the bound is not known, and says so
     assert "large int8 GEMM (u8 x s8)" in next((tmp_path / "first").glob("bench-*.md")).read_text()
 
@@ -223,7 +223,7 @@ def test_the_recommendation_is_the_fastest_row_within_half_a_point(tmp_path: Pat
         *_rec("litert", "int8", 0.2, 0.8717, 0.05),  # -5.60 (the BatchNormalization-after-ReLU trap): the fastest, never recommended
     ]
     path = tmp_path / "bench-peers.json"
-    path.write_text(BenchReport({"cpu": "test", "cores": 2, "sgemm_gflops": 100.0, "int8_gemm_gops": 400.0}, {},
+    path.write_text(BenchRun({"cpu": "test", "cores": 2, "sgemm_gflops": 100.0, "int8_gemm_gops": 400.0}, {},
                                 "2026-11-24T00:00:00+00:00", records).to_json())
     (line,) = recommendations(latest_records([path]))
     assert line.startswith("**model4** (rows within 0.5 points of fp32 accuracy 0.9277): ")
@@ -242,11 +242,11 @@ def test_the_recommendation_is_the_fastest_row_within_half_a_point(tmp_path: Pat
 
 def test_no_recommendation_without_an_fp32_accuracy_or_an_eligible_row(tmp_path: Path):
     path = tmp_path / "bench-x.json"
-    path.write_text(BenchReport({}, {}, "2026-11-24T00:00:00+00:00",
+    path.write_text(BenchRun({}, {}, "2026-11-24T00:00:00+00:00",
                                 _rec("litert", "int8", 0.2, 0.8717, 0.05)).to_json())
     assert recommendations(latest_records([path])) == [
         "**model4**: no recommendation (no fp32 accuracy at batch 128 to bound the others by)"]
-    path.write_text(BenchReport({}, {}, "2026-11-24T00:00:00+00:00",
+    path.write_text(BenchRun({}, {}, "2026-11-24T00:00:00+00:00",
                                 [*_rec("cpu", "fp32", 1.0, 0.9277, 0.5)[1:], *_rec("keras", "fp32", 2.0, 0.9277, 5.0)[:1],
                                  *_rec("litert", "int8", 0.2, 0.8717, 0.05)]).to_json())
     (line,) = recommendations(latest_records([path]))
@@ -264,7 +264,7 @@ def test_reports_from_two_machines_stand_side_by_side(tmp_path: Path, capsys):
                                           ("edge-b", 3.0, 0.5, "2026-11-25T00:00:00+00:00")):
         path = tmp_path / f"bench-{host}.json"
         records = [*_rec("keras", "fp32", keras_s, 0.9277, 5.0), *_rec("cpu", "fp32", cpu_s, 0.9277, 0.5)]
-        path.write_text(BenchReport({"host": host, "cpu": "test CPU", "cores": 2, "sgemm_gflops": 100.0}, {}, created,
+        path.write_text(BenchRun({"host": host, "cpu": "test CPU", "cores": 2, "sgemm_gflops": 100.0}, {}, created,
                                     records).to_json())
         paths.append(path)
     assert len(latest_records(paths)) == 8

@@ -1,7 +1,7 @@
 """REPORT.md's "At a glance" figures on a tiny trained model and synthetic bench results, and a quiet terminal.
 
 The model is trained once, by the real ``fmnist-train`` in a subprocess (which is also the quiet-terminal
-check); the bench results are written with BenchReport, so no benchmark runs here.
+check); the bench results are written with BenchRun, so no benchmark runs here.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.figures import pareto_front, tradeoff_points
-from bench.report import BenchRecord, BenchReport
-from bench.report_md import build
+from bench.report.figures import pareto_front, tradeoff_points
+from bench.results.record import BenchRecord, BenchRun
+from bench.report.document import build
 from tests.conftest import write_idx_dir
 from trainer import quiet
 from trainer.artifacts import Artifacts
@@ -112,7 +112,7 @@ def _records(single: bool = True, with_times: bool = True) -> list[BenchRecord]:
 
 def _write_bench(art: Artifacts, records: list[BenchRecord], name: str = "bench-20260101T000000Z.json") -> None:
     art.ensure(art.reports_dir)
-    report = BenchReport({"cpu": "Test CPU", "cores": 2, "sgemm_gflops": 100.0}, {}, "2026-01-01T00:00:00+00:00", records)
+    report = BenchRun({"cpu": "Test CPU", "cores": 2, "sgemm_gflops": 100.0}, {}, "2026-01-01T00:00:00+00:00", records)
     (art.reports_dir / name).write_text(report.to_json())
 
 
@@ -180,7 +180,7 @@ def test_report_without_single_stream_records_names_the_run(art: Artifacts, tmp_
 
 
 def test_schema_1_reports_without_query_times_still_render(art: Artifacts, tmp_path: Path):
-    payload = json.loads(BenchReport({"cpu": "Old CPU", "cores": 2, "git_commit": "abc1234"}, {}, "2025-06-01T00:00:00+00:00",
+    payload = json.loads(BenchRun({"cpu": "Old CPU", "cores": 2, "git_commit": "abc1234"}, {}, "2025-06-01T00:00:00+00:00",
                                      _records(with_times=False)).to_json())
     payload["schema_version"] = 1
     for row in payload["records"]:  # schema 1 had neither the rounds nor their spread

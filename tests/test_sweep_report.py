@@ -10,8 +10,8 @@ import pytest
 
 from tests.crash import Crash
 from trainer import data
-from bench.report_md import build, experiment_section
-from bench.report_md import main as report_main
+from bench.report.document import build, experiment_section
+from bench.report.document import main as report_main
 from trainer.artifacts import Artifacts
 from trainer.cli import main
 from trainer.config import TrainConfig
@@ -120,7 +120,7 @@ def test_report_renders_every_table_and_notes_what_is_missing(idx_dir: Path, art
 
 
 def test_report_numbers_stand_only_beside_comparable_rows():
-    from bench.report_md import _comparable
+    from bench.report.document import _comparable
 
     row = pd.Series({"optimizer": "sgd", "batch_size": 128, "lr": 0.01, "epochs": 50})
     assert _comparable(row, "optimizer")  # Table 2: SGD with its own default lr
@@ -142,8 +142,8 @@ def test_fmnist_train_report_says_where_the_report_went(capsys):
 
 
 def test_latency_section_shows_the_newest_result_of_each_case(tmp_path: Path):
-    from bench.report import BenchRecord, BenchReport
-    from bench.report_md import latency_section
+    from bench.results.record import BenchRecord, BenchRun
+    from bench.report.document import latency_section
 
     art = Artifacts(tmp_path / "art")
     art.ensure(art.reports_dir)
@@ -153,7 +153,7 @@ def test_latency_section_shows_the_newest_result_of_each_case(tmp_path: Path):
 
     for name, created, records in (("bench-20260101T000000Z.json", "2026-01-01T00:00:00+00:00", [record("model1", 1.0), record("model4", 2.0)]),
                                    ("bench-20260102T000000Z.json", "2026-01-02T00:00:00+00:00", [record("model4", 3.0)])):
-        (art.reports_dir / name).write_text(BenchReport({"cpu": "Test CPU", "cores": 2}, {}, created, records).to_json())
+        (art.reports_dir / name).write_text(BenchRun({"cpu": "Test CPU", "cores": 2}, {}, created, records).to_json())
     section = latency_section(art, {})
     assert "bench-20260101T000000Z.json, bench-20260102T000000Z.json" in section
     predict_ms = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in section.splitlines() if re.match(r"\| model\d", line)}

@@ -24,7 +24,8 @@ from typing import NoReturn, TextIO
 from trainer import extras, quiet  # standard library only
 
 extras.require("train", "fmnist-train")  # a bench-only install: one line naming the extra, not a traceback
-quiet.before_imports(quiet.verbose_requested())  # before TensorFlow loads: its start-up chatter stays out
+quiet.configure(quiet.verbose_requested())
+quiet.import_tensorflow()  # here, before the modules below import it: its import-time lines are filtered
 
 from trainer import cluster  # noqa: E402
 from trainer.artifacts import Artifacts, ArtifactsError, clip, writing  # noqa: E402

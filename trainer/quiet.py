@@ -10,32 +10,37 @@ What the three commands printed before any of their own lines, on a machine with
   FATAL always shows), read when it first logs: :func:`before_imports` sets it to 3 unless the user set it.
   That hides the cuInit line, the oneDNN notice and the CPU-feature notice.
 - The cudart_stub lines and absl's banner are written while TensorFlow is imported, before absl's
-  logging is initialised, and ignore that variable. So the first ``import tensorflow`` (wherever it
-  happens: at a CLI's top, or inside a function) runs with file descriptor 2 sent to a temporary file;
-  afterwards every line is written back except the log lines below ``TF_CPP_MIN_LOG_LEVEL`` and the
-  banner. A FATAL line, a Python traceback, or anything not in TensorFlow's log format always passes.
+  logging is initialised, and ignore that variable. So TensorFlow is imported in one place,
+  :func:`import_tensorflow`, with file descriptor 2 sent to a temporary file; afterwards every line is
+  written back except the log lines below ``TF_CPP_MIN_LOG_LEVEL`` and the banner. A FATAL line, a Python
+  traceback, or anything not in TensorFlow's log format always passes. The commands call it before they
+  import the modules that need TensorFlow; the bench's reference rows call it where they build.
 - Python: the ``tensorflow`` logger (retracing notices) and absl's Python logging are set to ERROR;
   DeprecationWarning, FutureWarning and UserWarning raised inside keras, tensorflow, absl or onnxruntime
   (about their own internals) are ignored. Warnings raised from this project's code still show.
 - onnxruntime: its default logger shows errors only (``set_default_logger_severity(3)``), which drops its
   warnings ("Memcpy nodes are added", "Some nodes were not assigned to the preferred execution providers");
-  the errors bench/providers.py reads to say why CUDA is unavailable still come.
+  the errors bench/runtimes/cuda.py reads to say why CUDA is unavailable still come.
 
 ``--verbose`` (or ``TF_CPP_MIN_LOG_LEVEL`` set by the user: its level decides what TensorFlow shows)
 leaves the libraries as they are. Our own progress and ``error:`` lines are never touched.
 
 TF Lite and LiteRT print "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." themselves, ignoring
-``TF_CPP_MIN_LOG_LEVEL``: bench/sut.py and bench/peers.py build their interpreters inside
+``TF_CPP_MIN_LOG_LEVEL``: bench/runtimes/reference.py and bench/runtimes/peers.py build their interpreters inside
 :func:`native_stderr_filtered`, which knows that line.
 
-This module imports only the standard library: it runs before TensorFlow and onnxruntime are imported.
-The CLIs call :func:`before_imports` at the top of their module and :func:`configure` first in ``main``.
+One mechanism redirects native output: :func:`_redirected` sends file descriptors to a temporary file for
+a block. :func:`native_stderr_filtered` writes back what is not noise; :func:`captured_output` keeps what
+was written as lines, for the bench to read why onnxruntime refused CUDA.
+
+This module imports only the standard library (onnxruntime when installed, to set its logger): it runs
+before TensorFlow is imported. Each command calls :func:`configure` at the top of its module, before its
+other imports.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
 import logging
 import os
 import re
@@ -59,12 +64,13 @@ _BANNER = "WARNING: All log messages before absl::InitializeLog() is called are 
 # TF Lite's own log ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU."): its INFO lines only.
 _TFLITE_INFO = re.compile(r"^(VERBOSE|INFO): ")
 # The TF Lite converter's quantizer states its settings on a bare line of its own when it quantizes a model
-# (LiteRT's full-integer int8 in bench/peers.py): information, as its INFO lines are.
+# (LiteRT's full-integer int8 in bench/runtimes/peers.py): information, as its INFO lines are.
 _TFLITE_QUANTIZER = re.compile(r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
                                r"output_inference_type: \w+$")
 # The second line of cpu_feature_guard's INFO message (the only multi-line one seen at import).
 _CONTINUATION = re.compile(r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 _state = {"verbose": None}
 
@@ -105,112 +111,114 @@ def is_noise(line: str, level: int | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def native_stderr_filtered() -> Iterator[None]:
-    """Run the block with file descriptor 2 in a temporary file, then write back what is not noise.
+def _redirected(fds: tuple[int, ...]) -> Iterator[list[str]]:
+    """Run the block with ``fds`` (and ``sys.stdout``/``sys.stderr`` where they are among them) written to one
+    temporary file, then restore them; the list is filled with what was written, in order, on exit.
 
-    Native code (absl, TensorFlow) writes to fd 2 directly, so ``sys.stderr`` cannot catch it. Lines
-    come back in order when the block ends, an exception included; if fd 2 cannot be redirected
-    (closed), the block runs as is.
+    Native code (absl, TensorFlow, onnxruntime's logger) writes to the fds directly, so swapping
+    ``sys.stderr`` alone cannot catch it; the Python streams are swapped too because they need not be
+    fds 1/2 (pytest, notebooks). Redirection is process-wide: other threads' output lands here too. If a
+    descriptor cannot be redirected (closed), the block runs as is.
     """
+    lines: list[str] = []
     _flush()
     try:
-        saved = os.dup(2)
+        saved = {fd: os.dup(fd) for fd in fds}
     except OSError:
-        yield
+        yield lines
         return
-    sink = tempfile.TemporaryFile(mode="w+b")
-    try:
-        os.dup2(sink.fileno(), 2)
+    streams = {1: "stdout", 2: "stderr"}
+    python = {fd: getattr(sys, streams[fd]) for fd in fds if fd in streams}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
         try:
-            yield
+            for fd in fds:
+                os.dup2(sink.fileno(), fd)
+            for fd in python:
+                setattr(sys, streams[fd], open(fd, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False))  # noqa: SIM115
+            yield lines
         finally:
             _flush()
-            os.dup2(saved, 2)
+            for fd, stream in python.items():
+                setattr(sys, streams[fd], stream)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
             sink.seek(0)
-            text = sink.read().decode("utf-8", errors="replace")
-            level = min_level()
-            kept = "".join(line for line in text.splitlines(keepends=True) if not is_noise(line, level))
-            if kept:
-                with contextlib.suppress(OSError):
-                    os.write(2, kept.encode("utf-8", errors="replace"))
+            lines.extend(ANSI.sub("", line) for line in sink.read().decode("utf-8", errors="replace").splitlines(keepends=True))
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Capture everything written to stdout and stderr inside the block, native code and Python alike, as
+    lines without their newline or terminal colour codes (onnxruntime's logger writes to fd 2, but its
+    Python layer print()s its "EP Error ... Falling back" message to stdout: one file keeps the order)."""
+    found: list[str] = []
+    try:
+        with _redirected((1, 2)) as lines:
+            yield found
     finally:
-        os.close(saved)
-        sink.close()
+        found.extend(line.rstrip("\r\n") for line in lines)
+
+
+@contextlib.contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Run the block with file descriptor 2 in a temporary file, then write back what is not noise, in order
+    (an exception included)."""
+    lines: list[str] = []
+    try:
+        with _redirected((2,)) as lines:
+            yield
+    finally:
+        level = min_level()
+        kept = "".join(line for line in lines if not is_noise(line, level))
+        if kept:
+            with contextlib.suppress(OSError):
+                os.write(2, kept.encode("utf-8", errors="replace"))
 
 
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    with contextlib.suppress(Exception):  # C stdio buffers of native code, before fd 2 moves
+    with contextlib.suppress(Exception):  # C stdio buffers of native code, before the fds move
         import ctypes  # noqa: PLC0415 - only where a buffer may be pending
 
         ctypes.CDLL(None).fflush(None)
 
 
-class _QuietImport(importlib.abc.MetaPathFinder):
-    """Wraps the first import of ``tensorflow`` in :func:`native_stderr_filtered`, then leaves ``sys.meta_path``."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != "tensorflow":
-            return None
-        _remove_hook()
-        spec = None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            if find is not None and (spec := find(fullname, path, target)) is not None:
-                break
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            with native_stderr_filtered():
-                original(module)
-            _quiet_python_logging()  # absl's Python logging exists now
-
-        spec.loader.exec_module = exec_module  # this spec's loader only (a new one per lookup)
-        return spec
+def import_tensorflow():
+    """TensorFlow, imported here the first time so its import-time native lines are filtered (unless verbose)."""
+    if sys.modules.get("tensorflow") is not None:  # None there: made unimportable (a test), import raises
+        return sys.modules["tensorflow"]
+    if _state["verbose"]:
+        import tensorflow  # noqa: PLC0415
+    else:
+        with native_stderr_filtered():
+            import tensorflow  # noqa: PLC0415
+    _quiet_python_logging()  # absl's Python logging exists now
+    return tensorflow
 
 
-_HOOK = _QuietImport()
+def configure(verbose: bool = False) -> None:
+    """A command's quiet setup, before it imports TensorFlow: the environment TensorFlow reads when it first
+    logs, the Python loggers and warnings, and onnxruntime's logger.
 
-
-def _remove_hook() -> None:
-    with contextlib.suppress(ValueError):
-        sys.meta_path.remove(_HOOK)
-
-
-def before_imports(verbose: bool = False) -> None:
-    """What must happen before TensorFlow is imported: its environment, and the import filter.
-
-    Quiet: ``TF_CPP_MIN_LOG_LEVEL=3`` and ``GRPC_VERBOSITY=ERROR`` unless the user set them, and the
-    first ``import tensorflow`` filtered. Verbose: ``TF_CPP_MIN_LOG_LEVEL=0`` unless set (so library
-    modules that default it to 2 do not hide what was asked for), nothing filtered.
+    Quiet: ``TF_CPP_MIN_LOG_LEVEL=3`` and ``GRPC_VERBOSITY=ERROR`` unless the user set them. Verbose:
+    ``TF_CPP_MIN_LOG_LEVEL=0`` unless set, nothing filtered.
     """
     _state["verbose"] = verbose
     if verbose:
-        _remove_hook()
         os.environ.setdefault(TF_LEVEL, "0")
         return
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    if "tensorflow" not in sys.modules and _HOOK not in sys.meta_path:
-        sys.meta_path.insert(0, _HOOK)
-
-
-def configure(verbose: bool = False) -> None:
-    """The whole quiet setup for a command (``main``'s first step): :func:`before_imports`, then the
-    Python loggers and warnings and onnxruntime's logger, for what is already imported and what comes."""
-    before_imports(verbose)
-    if verbose:
-        return
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=QUIET_LIBRARIES)
     _quiet_python_logging()
-    ort = sys.modules.get("onnxruntime")
-    if ort is not None and hasattr(ort, "set_default_logger_severity"):
-        ort.set_default_logger_severity(ORT_ERROR)
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: PLC0415 - installed with every extra; its logger is process-wide
+
+        onnxruntime.set_default_logger_severity(ORT_ERROR)
 
 
 def _quiet_python_logging() -> None:

@@ -1,5 +1,5 @@
-"""Peer runtimes (issue #11): OpenVINO on the exported ONNX files, LiteRT on a conversion of the trained
-``.keras`` file, measured by the same core (bench/measure.py) as the onnxruntime rows.
+"""The runtimes a user would pick instead of onnxruntime: OpenVINO on the exported ONNX files, LiteRT on a
+conversion of the trained ``.keras`` file, measured by the same core (``bench/measure``) as the onnxruntime rows.
 
 - ``openvino``: the ``.onnx`` file compiled for OpenVINO's CPU plugin at OpenVINO's own default inference
   precision (bf16 on CPUs with AVX-512 BF16 or AMX, f32 elsewhere); the precision it picked is recorded.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -27,18 +26,15 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 import onnx
 
-from bench.cases import Case, read_exports
-from bench.providers import ProviderUnavailable
+from bench.runtimes.base import SUT, Case, InterfaceError, InterpreterSUT, ProviderUnavailable
+from bench.runtimes.reference import tflite_content
 from bench.settings import SessionSettings
-from bench.sut import SUT, InterfaceError, InterpreterSUT
-from exporter.contract import INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, sha256_of
+from exporter.contract import INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, read_manifest, sha256_of
+from exporter.publish import current
 from trainer import quiet
 from trainer.artifacts import Artifacts, atomic_path, writing
 from trainer.data import DataError, reload_dataset, split_dataset
 
-# provider -> the INFERENCE_PRECISION_HINT asked for ("default": left to OpenVINO, which picks by CPU).
-OPENVINO_PRECISION = {"openvino": "default", "openvino-f32": "f32"}
-LITERT = "litert"
 # Our scenarios make one synchronous call at a time (a batch, or one single-stream query), so LATENCY,
 # OpenVINO's CPU default, is the hint that uses every core for that one call; THROUGHPUT splits the cores
 # into streams that only parallel asynchronous requests would fill.
@@ -58,11 +54,11 @@ class PeerUnavailable(ProviderUnavailable):
         super().__init__(message, "not-installed")
 
 
-def _require(module: str, package: str, needed_for: str = "", install: str | None = None) -> ModuleType:
+def require(module: str, package: str, needed_for: str = "", install: str | None = None) -> ModuleType:
     """Import ``module`` or raise PeerUnavailable naming the package and what to install (imported here only:
     lazily)."""
     try:
-        return importlib.import_module(module)
+        return quiet.import_tensorflow() if module == "tensorflow" else importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name and module.split(".")[0] == exc.name.split(".")[0]:
             raise PeerUnavailable(f"{needed_for}{package} is not installed (pip install {install or package})") from None
@@ -81,7 +77,7 @@ class OpenVinoSUT(SUT):
                  threads: int = 0):
         if precision not in ("f32", "default"):
             raise ValueError(f"precision {precision!r}: expected 'f32' or 'default'")
-        ov = _require("openvino", "openvino")
+        ov = require("openvino", "openvino")
         self.path, self.variant = Path(path), variant
         config: dict[str, str] = {"PERFORMANCE_HINT": hint}
         if precision == "f32":
@@ -144,7 +140,7 @@ class LiteRTSUT(InterpreterSUT):
     resized whenever the batch size changes, as TFLiteSUT does."""
 
     def __init__(self, path_tflite: Path, threads: int | None = None):
-        litert = _require("ai_edge_litert.interpreter", "ai-edge-litert")
+        litert = require("ai_edge_litert.interpreter", "ai-edge-litert")
         self.path = Path(path_tflite)
         content = self.path.read_bytes()
         start = time.perf_counter()
@@ -165,7 +161,7 @@ class LiteRTSUT(InterpreterSUT):
         self.providers_used = ["litert (default delegate: XNNPACK)"]
         self.provider_options = {"delegate": "XNNPACK (default)", "num_threads": threads or os.cpu_count(),
                                  "file": self.path.name}
-        self.name = LITERT
+        self.name = "litert"
         self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
 
 
@@ -178,24 +174,18 @@ def convert_litert(keras_file: Path, variant: str, calibration_images: np.ndarra
         raise ValueError(f"variant {variant!r}: LiteRT rows are fp32 or int8")
     if variant == "int8" and (calibration_images is None or not len(calibration_images)):
         raise ValueError("int8 needs calibration images")
-    tf = _require("tensorflow", "tensorflow", f"converting {Path(keras_file).name} for LiteRT needs TensorFlow: ", TRAIN_EXTRA)
-    from trainer.models import load_trained  # noqa: PLC0415 - TensorFlow only when converting
+    tf = require("tensorflow", "tensorflow", f"converting {Path(keras_file).name} for LiteRT needs TensorFlow: ", TRAIN_EXTRA)
 
-    model = load_trained(Path(keras_file))
-    # Through a SavedModel, as TFLiteSUT: converting a concrete function directly leaves the weights as
-    # unresolved resource variables.
-    with tempfile.TemporaryDirectory(prefix="fmnist-litert-") as saved, quiet.native_stderr_filtered():
-        model.export(saved, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        if variant == "int8":
-            images = np.asarray(calibration_images, dtype=np.float32)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([image[np.newaxis]] for image in images)
-            # Full integer: a layer without an int8 kernel fails the conversion instead of staying float.
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.float32
-            converter.inference_output_type = tf.float32
-        return converter.convert()
+    def full_integer(converter) -> None:
+        images = np.asarray(calibration_images, dtype=np.float32)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[np.newaxis]] for image in images)
+        # Full integer: a layer without an int8 kernel fails the conversion instead of staying float.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+
+    return tflite_content(Path(keras_file), full_integer if variant == "int8" else None)
 
 
 def litert_cache_file(artifacts: Artifacts, model: str, variant: str, keras_sha256: str) -> Path:
@@ -223,7 +213,7 @@ def litert_file(artifacts: Artifacts, case: Case) -> Path:
     if sha256_of(keras_file) != source_sha:
         raise PeerUnavailable(f"{keras_file}: not the model {case.path.name} was exported from (sha256 differs: "
                               f"retrained since?); export again: fmnist-export {case.model}")
-    _require("tensorflow", "tensorflow", f"converting {keras_file.name} for LiteRT needs TensorFlow: ", TRAIN_EXTRA)
+    require("tensorflow", "tensorflow", f"converting {keras_file.name} for LiteRT needs TensorFlow: ", TRAIN_EXTRA)
     content = convert_litert(keras_file, case.variant,
                              calibration_images(artifacts, case.model) if case.variant == "int8" else None)
     with writing(cached), atomic_path(cached) as tmp:
@@ -237,23 +227,10 @@ def litert_file(artifacts: Artifacts, case: Case) -> Path:
 def calibration_images(artifacts: Artifacts, model: str, count: int = CALIBRATION_IMAGES) -> np.ndarray:
     """The int8 calibration set: ``count`` images of the model's TRAINING split (never test images), drawn
     as exporter/export.py draws the ONNX int8 file's, from the data the manifest records (hash-checked)."""
-    _, manifest = read_exports(artifacts)
-    record = manifest.models[model]
+    record = read_manifest(current(artifacts.onnx_dir)).models[model]
     try:
         train_x = split_dataset(reload_dataset(record["data"], record["limit"])).train.x
     except DataError as exc:  # the runner cannot pass --data to a SUT: a skipped row that says why
         raise PeerUnavailable(f"LiteRT int8 calibration needs {model}'s training data: {exc}") from None
     rng = np.random.default_rng(CALIBRATION_SEED)
     return train_x[rng.choice(len(train_x), size=min(count, len(train_x)), replace=False)][..., np.newaxis]
-
-
-# --------------------------------------------------------------------------- make_sut's entry
-
-def make_peer(case: Case, artifacts: Artifacts, settings: SessionSettings = SessionSettings()) -> SUT:
-    """The peer SUT for a case; ``--threads`` (when not 0) sets the peer's thread count as onnxruntime's."""
-    if case.provider in OPENVINO_PRECISION:
-        return OpenVinoSUT(case.path, case.variant, OPENVINO_PRECISION[case.provider], threads=settings.intra_op_threads)
-    if case.provider == LITERT:
-        _require("ai_edge_litert.interpreter", "ai-edge-litert")  # before converting anything it could not run
-        return LiteRTSUT(litert_file(artifacts, case), threads=settings.intra_op_threads or None)
-    raise ValueError(f"{case.provider!r} is not a peer runtime")

@@ -1,8 +1,7 @@
-"""Quality metrics of a run (scikit-learn) and the work a model does (multiply-adds from its ONNX graph)."""
+"""The work a model does (multiply-adds from its ONNX graph) and what this machine can do (the yardsticks)."""
 
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 
@@ -10,31 +9,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper, shape_inference
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
-
-
-def cross_entropy(y: np.ndarray, probabilities: np.ndarray) -> float:
-    """Categorical cross-entropy of integer labels; rows renormalised, since fp16 and int8 outputs
-    sum to 1 only within their precision."""
-    p = probabilities.astype(np.float64)
-    p /= p.sum(axis=1, keepdims=True)
-    return float(log_loss(y, p, labels=list(range(p.shape[1]))))
-
-
-def quality(y: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]) -> dict:
-    """Accuracy, loss, per-class precision/recall/F1/support and the confusion matrix."""
-    labels = list(range(len(class_names)))
-    y_pred = probabilities.argmax(-1)
-    precision, recall, f1, support = precision_recall_fscore_support(y, y_pred, labels=labels, zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(y, y_pred)),
-        "loss": cross_entropy(y, probabilities),
-        "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
-        },
-        "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).tolist(),
-    }
 
 
 def multiply_adds_per_image(path: Path) -> int:
@@ -112,14 +86,3 @@ def _time(call) -> float:
     t0 = time.perf_counter()
     call()
     return time.perf_counter() - t0
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM), in MiB: bench/memory.py reads it in a process of its own."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

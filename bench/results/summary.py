@@ -17,29 +17,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report import BenchRecord
-from bench.store import differences, load
+from bench.results.record import BenchRecord
+from bench.results.store import differences, load
+from bench.runtimes import ROWS, row_name
 
-RUNTIMES = (("cpu", "fp32"), ("cpu", "fp16"), ("cpu", "int8"), ("cuda", "fp32"), ("cuda", "fp16"), ("cuda", "int8"),
-            ("keras", "fp32"), ("tflite", "fp32"), ("openvino-f32", "fp32"), ("openvino", "fp32"), ("openvino", "int8"),
-            ("openvino-f32", "int8"), ("litert", "fp32"), ("litert", "int8"))
-RUNTIME_NAMES = {"cpu": "onnxruntime CPU", "cuda": "onnxruntime CUDA", "keras": "Keras", "tflite": "TF Lite (XNNPACK)"}
-PEER_NAMES = {("openvino-f32", "fp32"): "OpenVINO f32", ("openvino", "int8"): "OpenVINO int8",
-              ("openvino-f32", "int8"): "OpenVINO int8 (f32 hint)", ("litert", "fp32"): "LiteRT fp32",
-              ("litert", "int8"): "LiteRT int8"}
 # A row is recommended only if it loses at most this many accuracy points against fp32; the others stay in
 # the table with their loss (LiteRT's full-integer Model 4 loses ~5.6) but are never recommended.
 MAX_ACCURACY_LOSS_POINTS = 0.5
 
 
 def runtime_name(provider: str, variant: str, record: BenchRecord | None = None) -> str:
-    """The row's readable name; OpenVINO's default-precision row names the precision it reported."""
-    if provider in ("cpu", "cuda"):
-        return f"{RUNTIME_NAMES[provider]} {variant}"
-    if (provider, variant) == ("openvino", "fp32"):
-        picked = ((record.provider_options or {}).get("inference_precision") if record else None) or "?"
-        return f"OpenVINO default ({picked})"
-    return PEER_NAMES.get((provider, variant)) or RUNTIME_NAMES.get(provider, provider)
+    """The row's readable name from the registry; OpenVINO's default-precision row names the precision it reported."""
+    return row_name(provider, variant, record.provider_options if record else None)
 
 
 def _peak(provider: str, variant: str, machine: dict) -> float | None:
@@ -97,7 +86,7 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
         get = _getter(by_id, model)
         keras = get("keras", "fp32", "predict", batch_size)
         fp32_accuracy = _fp32_accuracy(get, batch_size)
-        for provider, variant in RUNTIMES:
+        for provider, variant in ROWS:
             predict = get(provider, variant, "predict", batch_size)
             single = get(provider, variant, "single-stream", 1)
             if predict is None and single is None:
@@ -164,7 +153,7 @@ def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch
             lines.append(f"**{model}**: no recommendation (no fp32 accuracy at batch {batch_size} to bound the others by)")
             continue
         eligible, excluded = [], []
-        for provider, variant in RUNTIMES:
+        for provider, variant in ROWS:
             predict, single = get(provider, variant, "predict", batch_size), get(provider, variant, "single-stream", 1)
             accuracy = (predict.quality or {}).get("accuracy") if predict else None
             if predict is None and single is None:

@@ -8,12 +8,13 @@ the spread (``iqr_s``) and the CUDA provider's placement and device-only figures
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
+
+from trainer.artifacts import clip
+from trainer.schema import check_fields, mismatch
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-RECORD_FIELDS = {"model", "variant", "provider", "operation", "batch_size", "median_s"}
 
 
 @dataclass
@@ -34,11 +35,11 @@ class BenchRecord:
     iqr_s: float | None = None  # interquartile range of the rounds: the run's own noise
     times_s: list[float] | None = None  # every timed round, in order
     throughput_ips: float | None = None
-    latency_ms: dict | None = None  # single-stream: p50, p90, p99, mean, queries
+    latency_ms: dict[str, float] | None = None  # single-stream: p50, p90, p99, mean, queries
     gflops: float | None = None
     session_create_s: float | None = None
     model_bytes: int | None = None  # the file the runtime loaded: .onnx, .keras or the .tflite buffer
-    # The case's own peak resident memory: a fresh process that builds it and runs its largest batch (bench/memory.py).
+    # The case's own peak resident memory: a fresh process that builds it and runs its largest batch (bench/measure/memory.py).
     peak_rss_mb: float | None = None
     quality: dict | None = None  # accuracy, loss, per_class, confusion_matrix
     placement: dict | None = None  # CUDA: nodes per provider and the op types left on CPU
@@ -56,19 +57,19 @@ class BenchRecord:
 
 
 @dataclass
-class BenchReport:
+class BenchRun:
     machine: dict
     settings: dict
     created_at: str
     records: list[BenchRecord] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
-    commit: dict | None = None  # id, dirty, branch: the code that measured (bench/store.py)
+    commit: dict | None = None  # id, dirty, branch: the code that measured (bench/measure/machine.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, allow_nan=False) + "\n"
 
     @classmethod
-    def from_dict(cls, payload: object, source: str = "report") -> "BenchReport":
+    def from_dict(cls, payload: object, source: str = "report") -> "BenchRun":
         validate(payload, source)
         records = [BenchRecord(**row) for row in payload["records"]]
         commit = payload.get("commit")
@@ -82,35 +83,31 @@ class SchemaError(ValueError):
 
 
 def validate(payload: object, source: str) -> None:
-    """Refuse a report this toolkit cannot read, naming the file and what is wrong."""
+    """Refuse a results file this toolkit cannot read, naming the file, the record and what is wrong: the same
+    check for ``summary``, ``compare`` and ``report``, so no malformed record reaches a table or a figure."""
     if not isinstance(payload, dict):
         raise SchemaError(f"{source}: not a JSON object")
     if payload.get("schema_version") not in READABLE_VERSIONS:
-        raise SchemaError(f"{source}: schema_version {str(payload.get('schema_version'))[:40]!r}, "
+        raise SchemaError(f"{source}: schema_version {clip(str(payload.get('schema_version')), 40)!r}, "
                           f"expected {SCHEMA_VERSION} (or {', '.join(map(str, READABLE_VERSIONS[:-1]))})")
     for key, kind in (("machine", dict), ("settings", dict), ("created_at", str), ("records", list)):
         if not isinstance(payload.get(key), kind):
             raise SchemaError(f"{source}: missing {key!r}" if key not in payload else f"{source}: {key!r} is not a {kind.__name__}")
-    known = set(BenchRecord.__dataclass_fields__)
     for i, row in enumerate(payload["records"]):
-        if not isinstance(row, dict):
-            raise SchemaError(f"{source}: record {i} is not an object")
-        missing, unknown = RECORD_FIELDS - set(row), set(row) - known
-        if missing or unknown:
-            raise SchemaError(f"{source}: record {i} " + (f"lacks {sorted(missing)}" if missing else f"has unknown {sorted(unknown)[:5]}"))
-        if not row.get("skipped"):
-            median, times = row["median_s"], row.get("times_s")
-            if not _positive(median):
-                raise SchemaError(f"{source}: record {i} ({str(row['model'])[:40]}) has no positive median_s and is not skipped")
-            if times is not None and not (isinstance(times, list) and times and all(_positive(t) for t in times)):
-                raise SchemaError(f"{source}: record {i} ({str(row['model'])[:40]}) has times_s that are not positive numbers")
+        check_fields(row, BenchRecord, source, SchemaError, f"record {i}", required=("median_s",))
+        if row.get("skipped"):
+            continue
+        what = f"{source}: record {i} ({clip(row['model'], 40)})"
+        if not row.get("median_s") or row["median_s"] <= 0:
+            raise SchemaError(f"{what} has no positive median_s and is not skipped")
+        if row.get("times_s") is not None and not (row["times_s"] and all(t > 0 for t in row["times_s"])):
+            raise SchemaError(f"{what} has times_s that are not positive numbers")
+        for key in ("accuracy", "loss"):  # what the summary, the figures and the recommendation compute with
+            if (problem := mismatch((row.get("quality") or {}).get(key), float | None)) is not None:
+                raise SchemaError(f"{what} quality.{key} {problem}")
 
 
-def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def markdown(report: BenchReport) -> str:
+def markdown(report: BenchRun) -> str:
     machine, commit = report.machine, report.commit or {}
     lines = [
         f"# Bench {report.created_at}",

@@ -1,9 +1,8 @@
-"""onnxruntime execution providers, honestly: open a session on exactly the provider asked for, say
+"""onnxruntime's execution providers, honestly: open a session on exactly the provider asked for, say
 precisely why CUDA is not there when it is not, show where each node runs, and time device work only.
 
-``python -m bench.providers`` is the doctor: which CUDA pieces this machine has and the one step that
-fixes what is missing. Imports only onnxruntime, numpy and the standard library (edge machines have no
-TensorFlow or onnx package).
+``fmnist-bench doctor`` (or ``python -m bench.runtimes.cuda``) says which CUDA pieces this machine has and
+the one step that fixes what is missing. Imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,30 +19,22 @@ import sys
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from bench.runtimes.base import ProviderUnavailable
+from bench.settings import CUDNN_ALGO_SEARCH
+from trainer.quiet import ANSI, captured_output
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CUDA_PREFIX = "CUDAExecutionProvider requested but the session runs on CPU only: "
-ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 MIN_DRIVER = "580"  # CUDA 13.0's minimum Linux driver (R580)
 SETUP_HINT = "`make setup-cuda` installs it"
-
-
-class ProviderUnavailable(RuntimeError):
-    """The session did not get the provider it asked for; the message says which piece is missing.
-
-    ``kind`` is one of: not-built, toolkit, cudnn, driver, driver-too-old, no-device, device-error, unknown.
-    """
-
-    def __init__(self, message: str, kind: str = "unknown", log: Iterable[str] = ()):
-        super().__init__(message)
-        self.kind = kind
-        self.log = list(log)
 
 
 def _cuda_major() -> str:
@@ -105,46 +96,6 @@ def preload_log() -> list[str]:
     return list(_preload_log or [])
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@contextlib.contextmanager
-def captured_output() -> Iterator[list[str]]:
-    """Capture everything written to stdout and stderr inside the block, native code and Python alike.
-
-    onnxruntime's native logger writes to fd 2 but its Python layer print()s its "EP Error ... Falling
-    back" message to stdout; both fds go to one file so the order is kept. sys.stdout/sys.stderr are
-    swapped too because they need not be fds 1/2 (pytest, notebooks). The list is filled on exit,
-    with terminal colour codes removed. Redirection is process-wide: other threads' output lands here too.
-    """
-    lines: list[str] = []
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = {fd: os.dup(fd) for fd in (1, 2)}
-        py_out, py_err = sys.stdout, sys.stderr
-        try:
-            for fd in (1, 2):
-                os.dup2(sink.fileno(), fd)
-            sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
-            sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
-            yield lines
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            with contextlib.suppress(Exception):  # C stdio buffers (printf from native code) before fds move back
-                ctypes.CDLL(None).fflush(None)
-            sys.stdout, sys.stderr = py_out, py_err
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", errors="replace")
-            lines.extend(_ANSI.sub("", line) for line in text.splitlines())
-
-
 def mapped_libraries(patterns: Iterable[str]) -> dict[str, str | None]:
     """Which shared libraries are mapped into this process: pattern -> path of the first match, or None.
 
@@ -204,7 +155,7 @@ def classify_cuda_failure(lines: Iterable[str]) -> Failure:
     Checked in the order the provider needs them: its shared libraries (toolkit, cuDNN, driver), then
     the device (error 100: none; 35: driver too old; anything else verbatim).
     """
-    text = _ANSI.sub("", "\n".join(lines))
+    text = ANSI.sub("", "\n".join(lines))
     if "not in available provider names" in text:
         return NOT_BUILT
     if (cannot := _CANNOT_OPEN.search(text)) is not None:
@@ -250,8 +201,8 @@ def cuda_provider_options(algo_search: str = "HEURISTIC") -> dict[str, str]:
     which a latency measurement must either warm up past or avoid; HEURISTIC picks one without running them.
     """
     choice = algo_search.upper()
-    if choice not in ALGO_SEARCH:
-        raise ValueError(f"cudnn_conv_algo_search must be one of {', '.join(ALGO_SEARCH)}, not {algo_search!r}")
+    if choice not in CUDNN_ALGO_SEARCH:
+        raise ValueError(f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_ALGO_SEARCH)}, not {algo_search!r}")
     return {"device_id": "0", "cudnn_conv_algo_search": choice}
 
 
@@ -420,38 +371,14 @@ def device_timer(session: ort.InferenceSession, input_name: str, output_name: st
 # Doctor
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes | int | str) -> bytes:
-    if isinstance(payload, int):
-        return _varint(number << 3) + _varint(payload)
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def _tensor_type(dims: list[int]) -> bytes:
-    shape = b"".join(_field(1, _field(1, d)) for d in dims)  # TensorShapeProto.dim.dim_value
-    return _field(1, _field(1, 1) + _field(2, shape))  # TypeProto.tensor_type{elem_type FLOAT, shape}
-
-
 def probe_model() -> bytes:
-    """A 1x1 Conv (float32, x[1,1,4,4] * 2 -> y) serialised by hand: the doctor needs a model that
-    touches cuDNN, without the onnx package."""
-    weight = _field(1, 1) * 4 + _field(2, 1) + _field(8, "w") + _field(9, np.float32([2.0]).tobytes())  # dims, FLOAT, name, raw_data
-    node = _field(1, "x") + _field(1, "w") + _field(2, "y") + _field(3, "conv") + _field(4, "Conv")
-    graph = (
-        _field(1, node) + _field(2, "probe") + _field(5, weight)
-        + _field(11, _field(1, "x") + _field(2, _tensor_type([1, 1, 4, 4])))
-        + _field(12, _field(1, "y") + _field(2, _tensor_type([1, 1, 4, 4])))
-    )
-    return _field(1, 8) + _field(8, _field(2, 13)) + _field(7, graph)  # ir_version 8, opset 13
+    """A 1x1 Conv (float32, x[1,1,4,4] * 2 -> y): the doctor needs a model that touches cuDNN."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        initializer=[numpy_helper.from_array(np.full((1, 1, 1, 1), 2.0, np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
 
 def _nvidia_smi() -> str:

@@ -13,14 +13,14 @@ measured once per case (not per operation) and costs a process start each, which
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from bench.cases import Case
-from bench.metrics import peak_rss_mb
+from bench.runtimes import Case
 from bench.settings import SessionSettings
 from exporter.contract import INPUT_SHAPE
 from trainer.artifacts import Artifacts
@@ -36,12 +36,23 @@ def case_peak_rss_mb(case: Case, artifacts: Artifacts, session: SessionSettings,
     """The peak resident memory, in MiB, of a fresh process that builds ``case`` and predicts one ``batch``."""
     request = {"model": case.model, "variant": case.variant, "provider": case.provider, "path": str(case.path.resolve()),
                "artifacts": str(artifacts.root.resolve()), "session": session.__dict__, "batch": batch}
-    result = subprocess.run([sys.executable, "-m", "bench.memory", json.dumps(request)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "bench.measure.memory", json.dumps(request)], capture_output=True, text=True,
                             timeout=PROBE_TIMEOUT_S)
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
         raise MemoryProbeError(f"{case.id}: memory probe failed: {lines[-1][:300]}")
     return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM), in MiB: read in the probe process of its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _probe(request: dict) -> float:

@@ -5,7 +5,7 @@ Scenarios, as in MLPerf LoadGen (their parameters are in ``bench/settings.py``):
 - ``evaluate``: the same pass plus loss and accuracy (the report's evaluate);
 - ``single-stream``: one image per query, one query at a time, after warm-up; per-query latencies.
 
-A scenario never times itself: it returns the call to time, and ``bench/measure.py`` times it.
+A scenario never times itself: it returns the call to time, and ``bench/measure/core.py`` times it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import accuracy_score
 
-from bench.metrics import cross_entropy
-from bench.sut import SUT
+from bench.measure.quality import cross_entropy
+from bench.runtimes.base import SUT
 
 
 def predict(model: SUT, x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -1,10 +1,9 @@
-"""Where bench results live, what they are called, and where they came from: one module, as
+"""Where bench results live, what they are called and how they are read back: one module, as
 pytest-benchmark's ``storage/file.py``.
 
-- naming: ``bench-<UTC timestamp>.json`` (and ``.md``) in a report folder, never overwriting one;
-- lookup: :func:`find_reports`, :func:`load` (our reports), :func:`load_any` (ours or a pytest-benchmark save);
-- identity: :func:`machine` (processor, cores, GPU, software versions, the SGEMM and int8 GEMM yardsticks) and
-  :func:`commit_info` (hash, dirty flag, branch) kept apart, and :func:`differences` between two.
+- naming: ``bench-<UTC timestamp>.json`` (and ``.md``) in a results folder, never overwriting one;
+- lookup: :func:`find_results`, :func:`load` (ours), :func:`load_any` (ours or a pytest-benchmark save);
+- :func:`differences` between the machines two results came from (``bench/measure/machine.py`` records them).
 """
 
 from __future__ import annotations
@@ -12,89 +11,48 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
-import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import onnxruntime as ort
-
-from bench.metrics import int8_gemm_gops, sgemm_gflops
-from bench.report import SCHEMA_VERSION, BenchRecord, BenchReport, SchemaError, markdown
+from bench.results.record import SCHEMA_VERSION, BenchRecord, BenchRun, SchemaError, markdown
 from trainer.artifacts import write_text_atomic
-from trainer.environment import machine_info
 
-REPORT_PREFIX = "bench-"
-REPORT_GLOB = f"{REPORT_PREFIX}*.json"
-REPO = Path(__file__).resolve().parents[1]
-# The machine facts that make two reports comparable; anything else (platform string, ...) is informative.
+RESULTS_PREFIX = "bench-"
+RESULTS_GLOB = f"{RESULTS_PREFIX}*.json"
+# The machine facts that make two results comparable; anything else (platform string, ...) is informative.
 IDENTITY = ("host", "cpu", "cores", "gpu")
 VERSIONS = ("python", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorflow")
 
 
-def gpu_name() -> str | None:
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-
-
-def machine() -> dict:
-    info = machine_info()
-    info.update(host=socket.gethostname(), gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(), sgemm_gflops=sgemm_gflops(),
-                int8_gemm_gops=int8_gemm_gops())
-    return info
-
-
-def commit_info(repo: Path = REPO) -> dict:
-    """The code that measured: full hash, whether the work tree had uncommitted changes, and the branch."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"id": None, "dirty": None, "branch": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"id": commit, "dirty": bool(status), "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
-
-
-def save(report: BenchReport, report_dir: Path) -> Path:
-    """Write ``report`` as JSON and Markdown under a new name (two runs in the same second both keep theirs)."""
+def save(run: BenchRun, report_dir: Path) -> Path:
+    """Write ``run`` as JSON and Markdown under a new name (two runs in the same second both keep theirs)."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.fromisoformat(report.created_at).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.fromisoformat(run.created_at).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
-        path = report_dir / f"{REPORT_PREFIX}{stamp}{f'-{n}' if n else ''}.json"
+        path = report_dir / f"{RESULTS_PREFIX}{stamp}{f'-{n}' if n else ''}.json"
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # claims the name
         except FileExistsError:
             continue
         os.close(fd)
         try:
-            write_text_atomic(path, report.to_json())
-            write_text_atomic(path.with_suffix(".md"), markdown(report))
+            write_text_atomic(path, run.to_json())
+            write_text_atomic(path.with_suffix(".md"), markdown(run))
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         return path
-    raise SchemaError(f"{report_dir}: no free report name for {stamp}")
+    raise SchemaError(f"{report_dir}: no free results name for {stamp}")
 
 
-def find_reports(report_dir: Path) -> list[Path]:
-    """Our reports in a folder, oldest name first."""
-    return sorted(report_dir.glob(REPORT_GLOB))
+def find_results(report_dir: Path) -> list[Path]:
+    """Our results files in a folder, oldest name first."""
+    return sorted(report_dir.glob(RESULTS_GLOB))
 
 
-def load(path: Path) -> BenchReport:
-    return BenchReport.from_dict(_read_json(path), str(path))
+def load(path: Path) -> BenchRun:
+    return BenchRun.from_dict(_read_json(path), str(path))
 
 
 # pytest-benchmark's test names: test_latency[model4-int8-cpu-predict-b128]
@@ -119,7 +77,7 @@ def load_any(path: Path) -> Results:
     if isinstance(payload, dict) and "benchmarks" in payload and "machine_info" in payload:
         return Results(Path(path), _pytest_records(payload, path), _pytest_machine(payload["machine_info"]),
                        payload.get("commit_info"), str(payload.get("datetime", "")), "pytest-benchmark")
-    report = BenchReport.from_dict(payload, str(path))
+    report = BenchRun.from_dict(payload, str(path))
     return Results(Path(path), report.records, report.machine, report.commit, report.created_at, "fmnist-bench")
 
 
@@ -133,7 +91,7 @@ def _pytest_records(payload: dict, path: Path) -> list[BenchRecord]:
             raise SchemaError(f"{path}: benchmark {i} was not saved by this toolkit's pytest suite (no record in extra_info)")
         rows.append(info)
     # The same validation as our own reports: the records are ours, saved through pytest-benchmark.
-    records = BenchReport.from_dict({"schema_version": SCHEMA_VERSION, "machine": {}, "settings": {}, "created_at": "",
+    records = BenchRun.from_dict({"schema_version": SCHEMA_VERSION, "machine": {}, "settings": {}, "created_at": "",
                                      "records": rows}, str(path)).records
     for i, (bench, record) in enumerate(zip(payload["benchmarks"], records)):
         found = _PYTEST_ID.search(str(bench.get("name", "")))

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import BenchRecord
-from bench.store import Results, differences, load_any
+from bench.results.record import BenchRecord
+from bench.results.store import Results, differences, load_any
 
 CONFIDENCE = 0.95
 RESAMPLES = 4000

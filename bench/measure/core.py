@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import scenarios
-from bench.cases import Case, HeldOutSplit
-from bench.memory import case_peak_rss_mb
-from bench.metrics import achieved_gflops, multiply_adds_per_image, quality
-from bench.report import BenchRecord
+from bench.measure import scenarios
+from bench.runtimes import Case
+from bench.measure.cases import HeldOutSplit
+from bench.measure.memory import case_peak_rss_mb
+from bench.measure.work import achieved_gflops, multiply_adds_per_image
+from bench.measure.quality import quality
+from bench.results.record import BenchRecord
 from bench.settings import RunSettings
-from bench.sut import SUT
+from bench.runtimes.base import SUT
 from exporter.contract import check_output
 from trainer.artifacts import Artifacts
 
@@ -44,7 +46,7 @@ def perf_timer(call: Callable[[], object], rounds: int, warmup: int) -> list[flo
 
 
 def case_memory_mb(case: Case, artifacts: Artifacts, settings: RunSettings, test_images: int) -> float | None:
-    """The case's own peak resident memory (bench/memory.py) at the largest batch it is measured at, for every
+    """The case's own peak resident memory (bench/measure/memory.py) at the largest batch it is measured at, for every
     record of the case; None with ``--memory off``. Raises MemoryProbeError."""
     if settings.memory == "off":
         return None

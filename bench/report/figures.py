@@ -26,8 +26,9 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter  # noqa: E402
 
-from bench.report import BenchRecord  # noqa: E402
-from bench.summary import RUNTIMES, runtime_name  # noqa: E402
+from bench.results.record import BenchRecord  # noqa: E402
+from bench.results.summary import runtime_name  # noqa: E402
+from bench.runtimes import ROWS  # noqa: E402
 from trainer.artifacts import atomic_path  # noqa: E402
 
 DPI = 100
@@ -139,15 +140,15 @@ def latency_series(records: Mapping[str, tuple[BenchRecord, dict]], model: str) 
 
 def _runtime_order(provider: str, variant: str) -> int:
     try:
-        return RUNTIMES.index((provider, variant))
+        return ROWS.index((provider, variant))
     except ValueError:
-        return len(RUNTIMES)
+        return len(ROWS)
 
 
 def _colours(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
     """A colour per (provider, variant), the same one in every figure: by the summary table's order."""
     palette = plt.get_cmap("tab20").colors
-    known = list(RUNTIMES)
+    known = list(ROWS)
     extra = sorted(k for k in set(keys) if k not in known)
     order = known + extra
     # tab20 pairs a dark and a light tone: even indices first keeps neighbouring runtimes apart.

@@ -1,5 +1,6 @@
-"""What to benchmark: the exported files (from ``onnx/manifest.json``), checked to be the very files the
-manifest describes, and the test split they are judged on.
+"""What to benchmark (the query sample library, in LoadGen's terms): the exported files from
+``onnx/manifest.json``, checked to be the very files the manifest describes, each on every runtime of the
+registry that runs its variant; and the test split they are judged on.
 
 Imports no TensorFlow: an edge machine needs only the ``onnx/`` folder and the data.
 """
@@ -12,42 +13,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from bench.runtimes import RUNTIMES, Case
 from exporter.contract import (VARIANTS, ContractError, Manifest, check_file_identity, read_manifest, sha256_of,
                                verify_file)
 from exporter.publish import current
 from trainer.artifacts import Artifacts
 from trainer.data import reload_dataset, source_location, split_dataset
 
-PROVIDERS = ("cuda", "cpu")  # onnxruntime's execution providers
-TENSORFLOW = ("keras", "tflite")  # the same model on TensorFlow's runtimes (fp32 only)
-# Other runtimes (bench/peers.py) on the fp32 and int8 files: OpenVINO at its default precision and at f32, LiteRT.
-PEERS = ("openvino", "openvino-f32", "litert")
-PEER_VARIANTS = ("fp32", "int8")
-REFERENCES = (*TENSORFLOW, *PEERS)  # every runtime but onnxruntime: what --no-reference leaves out
-RUNTIMES = (*PROVIDERS, *REFERENCES)
-
 
 class NothingToBench(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Case:
-    """One system to measure: ``path`` is the ONNX file that runs (for Keras, TF Lite and LiteRT, the graph
-    of that variant that counts its work; they load the trained ``.keras`` file or its conversion)."""
-
-    model: str
-    variant: str
-    provider: str
-    path: Path
-
-    @property
-    def id(self) -> str:
-        return f"{self.model}-{self.variant}-{self.provider}"
-
-    @property
-    def is_reference(self) -> bool:
-        return self.provider in REFERENCES
 
 
 @dataclass(frozen=True)
@@ -81,7 +56,7 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
     unknown = [v for v in variants or () if v not in VARIANTS]
     if unknown:
         raise NothingToBench(f"--variants {','.join(unknown)[:200]}: choose from {','.join(VARIANTS)}")
-    providers = providers or list(RUNTIMES)
+    runtimes = [runtime for key, runtime in RUNTIMES.items() if not providers or key in providers]
     cases = []
     for entry in manifest.files.values():
         if models and entry.model not in models or variants and entry.variant not in variants:
@@ -89,13 +64,10 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
         path = verify_file(onnx_dir, entry)
         props = _metadata_props(path)
         check_file_identity(props, entry, path)
-        cases += [Case(entry.model, entry.variant, p, path) for p in PROVIDERS if p in providers]
-        if entry.variant == "fp32" and any(p in TENSORFLOW for p in providers):
+        chosen = [runtime for runtime in runtimes if entry.variant in runtime.variants]
+        if any(runtime.from_keras for runtime in chosen):
             _check_keras_source(artifacts, entry.model, props, path)
-            cases += [Case(entry.model, "fp32", p, path) for p in TENSORFLOW if p in providers]
-        if entry.variant in PEER_VARIANTS:
-            # LiteRT checks its .keras source itself: a cached conversion runs without it (bench/peers.py).
-            cases += [Case(entry.model, entry.variant, p, path) for p in PEERS if p in providers]
+        cases += [Case(entry.model, entry.variant, runtime.key, path) for runtime in chosen]
     if not cases:
         raise NothingToBench(f"{artifacts.onnx_dir}: no exported file matches models={models} variants={variants} "
                              f"providers={providers} (keras and tflite need the fp32 file; peers the fp32 or int8 one)")
@@ -114,7 +86,7 @@ def _check_keras_source(artifacts: Artifacts, model: str, props: dict[str, str],
     """The reference rows must run the very ``.keras`` file the ONNX files were exported from."""
     keras_file = artifacts.model_file(model)
     if not keras_file.is_file():
-        return  # a device given only the ONNX files: those rows are skipped with the reason (bench/runtimes.py)
+        return  # a device given only the ONNX files: those rows are skipped with the reason (bench/runtimes/__init__.py)
     if sha256_of(keras_file) != props.get("source_keras_sha256"):
         raise ContractError(f"{keras_file}: not the model {onnx_path.name} was exported from (sha256 differs: "
                             f"retrained since?); export again: fmnist-export {model}")

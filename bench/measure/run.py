@@ -1,4 +1,4 @@
-"""``fmnist-bench run``'s loop: every case through the measurement core, into one BenchReport."""
+"""``fmnist-bench run``'s loop: every case through the measurement core, into one BenchRun."""
 
 from __future__ import annotations
 
@@ -6,22 +6,24 @@ import dataclasses
 from datetime import datetime, timezone
 from typing import TextIO
 
-from bench.cases import Case, HeldOutSplit, load_test_split
-from bench.measure import case_memory_mb, measure, plan
-from bench.memory import MemoryProbeError
-from bench.report import BenchRecord, BenchReport
+from bench.runtimes import Case
+
+from bench.measure.cases import HeldOutSplit, load_test_split
+from bench.measure.core import case_memory_mb, measure, plan
+from bench.measure.memory import MemoryProbeError
+from bench.results.record import BenchRecord, BenchRun
 from bench.settings import RunSettings
-from bench.store import commit_info, machine
+from bench.measure.machine import commit_info, machine
 from bench.runtimes import make_sut
-from bench.sut import ProviderUnavailable
+from bench.runtimes.base import ProviderUnavailable
 from trainer.artifacts import Artifacts
 
 
 def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: str | None = None,
-        log: TextIO | None = None) -> BenchReport:
+        log: TextIO | None = None) -> BenchRun:
     """Measure ``cases``; progress goes to ``log`` when one is given."""
-    report = BenchReport(machine=machine(), settings=settings.to_dict(), commit=commit_info(),
-                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    results = BenchRun(machine=machine(), settings=settings.to_dict(), commit=commit_info(),
+                       created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     splits: dict[str, HeldOutSplit] = {}
     for i, case in enumerate(cases, 1):
         split = splits.get(case.model) or splits.setdefault(case.model, load_test_split(artifacts, case.model, data))
@@ -29,7 +31,7 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
         try:
             sut = make_sut(case, artifacts, settings.session)
         except ProviderUnavailable as exc:
-            report.records.append(_skipped(case, str(exc)))
+            results.records.append(_skipped(case, str(exc)))
             _say(log, f"  skipped: {exc}")
             continue
         records = []
@@ -47,8 +49,8 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
             _say(log, f"  {exc}")
         if records and records[0].peak_rss_mb is not None:
             _say(log, f"  peak resident memory of the case in its own process: {records[0].peak_rss_mb:.0f} MB")
-        report.records.extend(records)
-    return report
+        results.records.extend(records)
+    return results
 
 
 def _skipped(case: Case, reason: str) -> BenchRecord:

@@ -3,7 +3,7 @@
     fmnist-bench report                         # artifacts/reports/REPORT.md
     fmnist-bench report --out docs/results      # a copy to commit: Markdown and small PNGs, no models
 
-It opens with "At a glance": a headline and three figures (bench/figures.py) in ``<out>/plots/``: accuracy
+It opens with "At a glance": a headline and three figures (bench/report/figures.py) in ``<out>/plots/``: accuracy
 against speed and size with the Pareto front, one model's single-stream latency per runtime, and the best
 model's confusion matrix and per-class scores. Sections and figures whose inputs do not exist yet (no
 sweep, no bench run, no single-stream records) are replaced by a note that says which command makes them.
@@ -19,21 +19,18 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trainer import quiet  # standard library only
+import pandas as pd
 
-quiet.before_imports(quiet.verbose_requested())  # the model registry loads TensorFlow: keep its start-up chatter out
-
-import pandas as pd  # noqa: E402
-
-from bench import figures  # noqa: E402
-from bench.report import BenchRecord  # noqa: E402
-from bench.store import find_reports  # noqa: E402
-from bench.summary import MAX_ACCURACY_LOSS_POINTS, latest_records, markdown_summary  # noqa: E402
-from trainer.artifacts import Artifacts, write_text_atomic  # noqa: E402
-from trainer.config import DEFAULTS  # noqa: E402
-from trainer.experiments import read_experiments  # noqa: E402
-from trainer.catalog import UnknownModelError, list_models, model_info  # noqa: E402
-from trainer.reports import REPORT_EXPERIMENTS, REPORT_MODEL4_EVALUATE_MS, REPORT_MODEL4_PREDICT_MS, RunMetadata, table1  # noqa: E402
+from bench.report import figures
+from bench.results.record import BenchRecord
+from bench.results.store import find_results
+from bench.results.summary import MAX_ACCURACY_LOSS_POINTS, latest_records, markdown_summary
+from trainer import quiet
+from trainer.artifacts import Artifacts, write_text_atomic
+from trainer.config import DEFAULTS
+from trainer.experiments import read_experiments
+from trainer.catalog import UnknownModelError, list_models, model_info
+from trainer.reports import REPORT_EXPERIMENTS, REPORT_MODEL4_EVALUATE_MS, REPORT_MODEL4_PREDICT_MS, RunMetadata, table1
 
 PROG = "fmnist-bench report"
 
@@ -171,7 +168,7 @@ def latency_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
         machine = metas["model4"].machine
         parts.append(f"The report's %%time wall times (its machine unnamed) beside ours on {machine['cpu']} "
                      f"({machine['cores']} cores), Keras batch 32 as the report:\n\n{frame.to_markdown(index=False, floatfmt='.0f')}\n")
-    reports = find_reports(artifacts.reports_dir)
+    reports = find_results(artifacts.reports_dir)
     if not reports:
         parts.append("_No bench results yet._ Make them with `fmnist-export all && fmnist-bench run`.\n")
         return "\n".join(parts)
@@ -181,7 +178,7 @@ def latency_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# At a glance: a headline and the figures (bench/figures.py)
+# At a glance: a headline and the figures (bench/report/figures.py)
 
 BENCH_COMMAND = "fmnist-export all && fmnist-bench run"
 # Our figures in <out>/plots/: one not drawn this time is removed, so a copied report never shows an old one.
@@ -255,7 +252,7 @@ def glance_section(artifacts: Artifacts, out: Path, metas: dict[str, RunMetadata
     """A headline paragraph and the figures; a note naming the command for each figure that cannot be drawn."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    reports = find_reports(artifacts.reports_dir)
+    reports = find_results(artifacts.reports_dir)
     records = latest_records(reports) if reports else {}
     best = max(metas.values(), key=lambda m: m.test["accuracy"])
     batch = figures.report_batch(records)

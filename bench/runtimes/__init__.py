@@ -1,0 +1,106 @@
+"""Every runtime the bench measures, in one table that everything else reads: which cases exist
+(``bench/measure/cases.py``), what ``--providers`` accepts and ``--no-reference`` leaves out, each row's
+name and order in the summary, the figures and the recommendation.
+
+As LoadGen's reference harness maps backends (``get_backend``), each entry builds its system under test
+only when a case asks for it, and imports its runtime then: a runtime that is not installed is a skipped
+row whose reason names the package, and the bench runs with onnxruntime, numpy and scikit-learn alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.runtimes.base import SUT, Case, ProviderUnavailable
+from bench.runtimes.ort import OrtSUT
+from bench.runtimes.peers import TRAIN_EXTRA, LiteRTSUT, OpenVinoSUT, PeerUnavailable, litert_file, require
+from bench.runtimes.reference import KerasSUT, TFLiteSUT
+from bench.settings import SessionSettings
+from exporter.contract import VARIANTS
+from trainer.artifacts import Artifacts
+
+Build = Callable[[Case, Artifacts, SessionSettings], SUT]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime: ``key`` is its name in case ids and ``--providers``; ``names`` its row name per
+    variant it runs (``{precision}``: the precision the runtime reported it picked)."""
+
+    key: str
+    names: dict[str, str]
+    build: Build
+    reference: bool = True  # not onnxruntime: what --no-reference leaves out
+    from_keras: bool = False  # runs the trained .keras file, which must be the one the ONNX file came from
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(self.names)
+
+    def row_name(self, variant: str, provider_options: dict | None = None) -> str:
+        picked = (provider_options or {}).get("inference_precision") or "?"
+        return self.names[variant].format(precision=picked)
+
+
+def _onnxruntime(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
+    return OrtSUT(case.path, case.provider, settings)
+
+
+def _tensorflow(sut: type[SUT]) -> Build:
+    def build(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
+        keras_file = artifacts.model_file(case.model)
+        if not keras_file.is_file():  # discover() checked its identity where it exists
+            raise PeerUnavailable(f"{keras_file} is not here: the {case.provider} row runs the trained model "
+                                  "(copy it beside the ONNX files, or pass --no-reference)")
+        try:
+            return sut(keras_file)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in ("tensorflow", "keras"):
+                raise
+            raise PeerUnavailable(f"{case.provider} needs TensorFlow, which is not installed here "
+                                  f"(pip install {TRAIN_EXTRA})") from None
+    return build
+
+
+def _openvino(precision: str) -> Build:
+    """``precision``: the INFERENCE_PRECISION_HINT asked for ("default": left to OpenVINO, which picks by CPU);
+    ``--threads`` (when not 0) sets OpenVINO's thread count as it sets onnxruntime's."""
+    def build(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
+        return OpenVinoSUT(case.path, case.variant, precision, threads=settings.intra_op_threads)
+    return build
+
+
+def _litert(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
+    require("ai_edge_litert.interpreter", "ai-edge-litert")  # before converting anything it could not run
+    return LiteRTSUT(litert_file(artifacts, case), threads=settings.intra_op_threads or None)
+
+
+RUNTIMES: dict[str, Runtime] = {runtime.key: runtime for runtime in (
+    Runtime("cpu", {v: f"onnxruntime CPU {v}" for v in VARIANTS}, _onnxruntime, reference=False),
+    Runtime("cuda", {v: f"onnxruntime CUDA {v}" for v in VARIANTS}, _onnxruntime, reference=False),
+    Runtime("keras", {"fp32": "Keras"}, _tensorflow(KerasSUT), from_keras=True),
+    Runtime("tflite", {"fp32": "TF Lite (XNNPACK)"}, _tensorflow(TFLiteSUT), from_keras=True),
+    Runtime("openvino", {"fp32": "OpenVINO default ({precision})", "int8": "OpenVINO int8"}, _openvino("default")),
+    Runtime("openvino-f32", {"fp32": "OpenVINO f32", "int8": "OpenVINO int8 (f32 hint)"}, _openvino("f32")),
+    Runtime("litert", {"fp32": "LiteRT fp32", "int8": "LiteRT int8"}, _litert),
+)}
+REFERENCES = tuple(key for key, runtime in RUNTIMES.items() if runtime.reference)
+# Every (runtime, variant) row, in the order tables and figures show them.
+ROWS = tuple((key, variant) for key, runtime in RUNTIMES.items() for variant in runtime.variants)
+
+
+def make_sut(case: Case, artifacts: Artifacts, settings: SessionSettings = SessionSettings()) -> SUT:
+    """The system under test for a case. Raises ProviderUnavailable, whose message is the skipped row's reason:
+    a provider that did not load, a runtime that is not installed, or (on a device that got only the ONNX
+    files) a reference row without its ``.keras`` file."""
+    return RUNTIMES[case.provider].build(case, artifacts, settings)
+
+
+def row_name(provider: str, variant: str, provider_options: dict | None = None) -> str:
+    """A row's readable name: ``onnxruntime CPU int8``, ``OpenVINO default (bf16)``; the key itself when unknown."""
+    runtime = RUNTIMES.get(provider)
+    return runtime.row_name(variant, provider_options) if runtime and variant in runtime.names else f"{provider} {variant}"
+
+
+__all__ = ["RUNTIMES", "REFERENCES", "ROWS", "Runtime", "Case", "SUT", "ProviderUnavailable", "make_sut", "row_name"]

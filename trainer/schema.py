@@ -1,0 +1,92 @@
+"""One validator for every JSON file this toolkit writes: the dataclass that writes a record is its schema.
+
+The run metadata (``models/<name>.json``), the export manifest and the bench results are each written from
+a dataclass with a schema version; reading one back checks the JSON object against the same dataclass,
+field by field, from its type annotations: every field without a default is there, no field is unknown,
+and each value has the type the annotation says (numbers finite; ``X | None``, ``list[...]`` and
+``dict[str, ...]`` looked into). So a damaged or foreign file is one line naming the file, the record and
+the field, never a ``KeyError`` or ``TypeError`` later in a table or a figure.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import MISSING, fields
+from functools import cache
+
+from trainer.artifacts import clip
+
+
+def check_fields(row: object, cls: type, source: str, error: type[Exception] = ValueError, what: str = "",
+                 required: tuple[str, ...] = ()) -> None:
+    """Refuse ``row`` unless it is a JSON object that the dataclass ``cls`` can be built from (with ``required``
+    there too, though they have defaults); raises ``error`` with one line that starts with ``source`` (a file)
+    and names ``what`` (a record: ``record 3``)."""
+    where = f"{source}: {what + ' ' if what else ''}"
+    if not isinstance(row, dict):
+        raise error(f"{where}is {_kind(row)}, not a JSON object")
+    hints = _hints(cls)
+    known = {f.name for f in fields(cls)}
+    missing = [f.name for f in fields(cls) if f.name not in row and
+               (f.name in required or f.default is MISSING and f.default_factory is MISSING)]
+    if missing:
+        raise error(f"{where}lacks {missing}")
+    unknown = sorted(clip(str(key), 40) for key in row if key not in known)
+    if unknown:
+        raise error(f"{where}has unknown {unknown[:5]}")
+    for name, value in row.items():
+        problem = mismatch(value, hints[name])
+        if problem:
+            raise error(f"{where}{name}{_joined(problem)}")
+
+
+def mismatch(value: object, hint: object) -> str | None:
+    """Why ``value`` (read from JSON) is not of the annotated type ``hint``, or None when it is."""
+    if hint is typing.Any or hint is object:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [mismatch(value, arg) for arg in args if arg is not type(None)]
+        return None if None in problems else problems[0]
+    if hint is float or hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            return f"is {_kind(value)}, expected {'a whole number' if hint is int else 'a number'}"
+        return None if math.isfinite(value) else f"is {value}, expected a finite number"
+    if hint in (str, bool):
+        return None if isinstance(value, hint) else f"is {_kind(value)}, expected {hint.__name__}"
+    if (origin or hint) is list:
+        if not isinstance(value, list):
+            return f"is {_kind(value)}, expected a list"
+        for i, item in enumerate(value if args else ()):
+            if (problem := mismatch(item, args[0])) is not None:
+                return f"[{i}]{_joined(problem)}"
+        return None
+    if (origin or hint) is dict:
+        if not isinstance(value, dict):
+            return f"is {_kind(value)}, expected an object"
+        for key, item in (value.items() if args else ()):
+            if (problem := mismatch(item, args[1])) is not None:
+                return f"[{clip(repr(key), 40)}]{_joined(problem)}"
+        return None
+    raise TypeError(f"check_fields cannot check the annotation {hint!r}")  # a programming error, not bad input
+
+
+def _joined(problem: str) -> str:
+    """``times_s[1] is ...`` but ``median_s is ...``: an index follows its field without a space."""
+    return problem if problem.startswith("[") else f" {problem}"
+
+
+@cache
+def _hints(cls: type) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
