@@ -16,7 +16,8 @@ from pathlib import Path
 from trainer import extras, quiet  # standard library only
 
 extras.require("train", "fmnist-export")  # a bench-only install: one line naming the extra, not a traceback
-quiet.before_imports(quiet.verbose_requested())  # before TensorFlow loads: its start-up chatter stays out
+quiet.configure(quiet.verbose_requested())
+quiet.import_tensorflow()  # here, before the modules below import it: its import-time lines are filtered
 
 from exporter.contract import ContractError  # noqa: E402
 from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: E402

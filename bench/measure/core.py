@@ -32,17 +32,37 @@ from trainer.artifacts import Artifacts
 
 # timer(call, rounds, warmup) -> seconds of each of ``rounds`` timed calls, after ``warmup`` untimed ones.
 Timer = Callable[[Callable[[], object], int, int], list[float]]
+Clock = Callable[[], float]  # seconds on a monotonic clock: time.perf_counter, or a test's own
 
 
-def perf_timer(call: Callable[[], object], rounds: int, warmup: int) -> list[float]:
+def perf_timer(call: Callable[[], object], rounds: int, warmup: int, clock: Clock = time.perf_counter) -> list[float]:
+    """Seconds of each of ``rounds`` calls of ``call`` read on ``clock``, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         call()
     times = []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = clock()
         call()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
+
+
+def round_figures(times_s: list[float], images_per_call: int, macs_per_image: int | None) -> dict:
+    """What a batch record derives from its timed rounds: the median round (and its spread), throughput from
+    the MEDIAN round (never the fastest: one lucky round is not the rate), and GFLOP/s at that rate."""
+    median = statistics.median(times_s)
+    q1, q3 = np.percentile(times_s, [25, 75])
+    return {"rounds": len(times_s), "median_s": median, "min_s": min(times_s), "max_s": max(times_s),
+            "iqr_s": float(q3 - q1), "times_s": [float(t) for t in times_s], "throughput_ips": images_per_call / median,
+            "gflops": achieved_gflops(macs_per_image, images_per_call, median) if macs_per_image else None}
+
+
+def latency_figures(times_s: list[float]) -> dict[str, float]:
+    """A single-stream record's latency in ms: p50, p90, p99 (numpy's linear interpolation between the
+    ranked queries, as MLPerf's percentiles), the mean, and the number of queries."""
+    latencies_ms = np.asarray(times_s) * 1000
+    p50, p90, p99 = (float(v) for v in np.percentile(latencies_ms, [50, 90, 99]))
+    return {"p50": p50, "p90": p90, "p99": p99, "mean": float(latencies_ms.mean()), "queries": len(times_s)}
 
 
 def case_memory_mb(case: Case, artifacts: Artifacts, settings: RunSettings, test_images: int) -> float | None:
@@ -69,26 +89,25 @@ def _macs(path: Path, mtime_ns: int) -> int:
 
 
 def measure(sut: SUT, case: Case, split: HeldOutSplit, operation: str, batch: int, settings: RunSettings,
-            timer: Timer = perf_timer) -> BenchRecord:
-    """Measure one scenario of one case; ``batch`` is resolved (never ``WHOLE_SPLIT``)."""
+            timer: Timer | None = None, clock: Clock = time.perf_counter) -> BenchRecord:
+    """Measure one scenario of one case; ``batch`` is resolved (never ``WHOLE_SPLIT``). ``timer`` times the
+    rounds (pytest-benchmark's, for that front door), ``clock`` everything else (and the rounds by default)."""
+    own = functools.partial(perf_timer, clock=clock)
+    timer = timer or own
     x, y = split.x, split.y
     if operation == "single-stream":
         query = scenarios.one_query_at_a_time(sut, x)
         # The warm-up queries also plan the run: enough queries for both the minimum count and duration.
-        warm = perf_timer(query, settings.single_stream.warmup_queries, 0)
+        warm = own(query, settings.single_stream.warmup_queries, 0)
         queries = settings.single_stream.planned_queries(statistics.median(warm))
         times = timer(query, queries, 0)
-        latencies_ms = np.asarray(times) * 1000
-        extra = {"latency_ms": {"p50": float(np.percentile(latencies_ms, 50)), "p90": float(np.percentile(latencies_ms, 90)),
-                                "p99": float(np.percentile(latencies_ms, 99)), "mean": float(latencies_ms.mean()),
-                                "queries": len(times)},
-                 "first_run_s": warm[0]}
+        extra = {"latency_ms": latency_figures(times), "first_run_s": warm[0]}
         if sut.measures_device:
             extra["device_median_s"] = device_median_s(sut, x, 1, len(times))
         return _record(sut, case, operation, 1, 1, times, extra)
 
     call = scenarios.batch_call(operation, sut, x, y, batch)
-    first = perf_timer(call, 1, 0)[0] if settings.warmup_rounds else None  # the first call of this shape, on its own
+    first = own(call, 1, 0)[0] if settings.warmup_rounds else None  # the first call of this shape, on its own
     times = timer(call, settings.rounds, max(0, settings.warmup_rounds - 1))
     if operation == "predict":
         probabilities = scenarios.predict(sut, x, batch)
@@ -112,14 +131,10 @@ def device_median_s(sut: SUT, x: np.ndarray, batch: int, rounds: int) -> float:
 
 
 def _record(sut: SUT, case: Case, operation: str, batch: int, images_per_call: int, times: list[float], extra: dict) -> BenchRecord:
-    median = statistics.median(times)
-    q1, q3 = np.percentile(times, [25, 75])
-    macs = _macs(case.path, case.path.stat().st_mtime_ns)
     return BenchRecord(
         model=case.model, variant=case.variant, provider=case.provider, operation=operation, batch_size=batch,
-        providers_used=list(sut.providers_used), images=images_per_call, rounds=len(times),
-        median_s=median, min_s=min(times), max_s=max(times), iqr_s=float(q3 - q1), times_s=[float(t) for t in times],
-        throughput_ips=images_per_call / median, gflops=achieved_gflops(macs, images_per_call, median) if macs else None,
+        providers_used=list(sut.providers_used), images=images_per_call,
+        **round_figures(times, images_per_call, _macs(case.path, case.path.stat().st_mtime_ns)),
         session_create_s=sut.session_create_s, model_bytes=sut.model_bytes,
         provider_options=sut.provider_options, **extra,
     )

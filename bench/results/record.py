@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from trainer.artifacts import clip
+from trainer.environment import describe_machine
 from trainer.schema import check_fields, mismatch
 
 SCHEMA_VERSION = 2
@@ -112,7 +113,7 @@ def markdown(report: BenchRun) -> str:
     lines = [
         f"# Bench {report.created_at}",
         "",
-        f"{machine.get('cpu')} ({machine.get('cores')} cores); GPU: {machine.get('gpu') or 'none'}; "
+        f"{describe_machine(machine)}; GPU: {machine.get('gpu') or 'none'}; "
         f"onnxruntime {machine.get('versions', {}).get('onnxruntime-gpu') or machine.get('versions', {}).get('onnxruntime')}; "
         f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.1f} GFLOP/s; "
         + (f"large int8 GEMM (u8 x s8) {machine['int8_gemm_gops']:.1f} GOP/s; " if machine.get("int8_gemm_gops") else "")

@@ -20,6 +20,7 @@ import pandas as pd
 from bench.results.record import BenchRecord
 from bench.results.store import differences, load
 from bench.runtimes import ROWS, row_name
+from trainer.environment import describe_machine
 
 # A row is recommended only if it loses at most this many accuracy points against fp32; the others stay in
 # the table with their loss (LiteRT's full-integer Model 4 loses ~5.6) but are never recommended.
@@ -45,8 +46,7 @@ Records = dict[tuple[str, str], tuple[BenchRecord, dict]]  # (machine label, cas
 def machine_label(machine: dict) -> str:
     """Which machine measured: its host name where the report has one, its CPU, cores and GPU."""
     host = f"{machine['host']}: " if machine.get("host") else ""
-    gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
-    return f"{host}{machine.get('cpu')} ({machine.get('cores')} cores{gpu})"
+    return host + describe_machine(machine)
 
 
 def latest_records(paths: list[Path]) -> Records:

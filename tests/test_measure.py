@@ -1,0 +1,151 @@
+"""The measurement math, pinned: the core is handed a clock that reads known times, and every figure it and
+the summary derive from them is checked exactly (median, IQR, percentiles, throughput, GFLOP/s, share of
+peak, the ratios to Keras). A p99 computed as a p90, or throughput from the fastest round, fails here."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bench.measure.cases import HeldOutSplit
+from bench.measure.core import latency_figures, measure, round_figures
+from bench.measure.work import multiply_adds_per_image
+from bench.results.record import BenchRecord, BenchRun
+from bench.results.summary import latest_records, summary
+from bench.runtimes.base import SUT, Case
+from bench.settings import RunSettings, SingleStreamSettings
+
+CLASSES = tuple(f"Class {i}" for i in range(1, 6))
+
+
+class StepClock:
+    """A clock whose successive timed calls last the given durations: each call reads it twice (start, end)."""
+
+    def __init__(self, durations_s: list[float]):
+        self.readings = []
+        now = 100.0
+        for duration in durations_s:
+            self.readings += [now, now + duration]
+            now += duration + 1.0
+        self.readings.reverse()
+
+    def __call__(self) -> float:
+        return self.readings.pop()
+
+    @property
+    def unread(self) -> int:
+        return len(self.readings)
+
+
+class Constant(SUT):
+    """Answers every image with the same probabilities, instantly: the clock alone decides every time."""
+
+    name, providers_used, session_create_s, model_bytes = "constant", ["test"], 0.5, 1234
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.tile(np.float32([0.1, 0.6, 0.1, 0.1, 0.1]), (len(batch), 1))
+
+
+def _dense_model(path: Path) -> Path:
+    """image -> Flatten -> MatMul(784 x 5) -> Softmax: 3,920 multiply-adds per image."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["image", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)], "dense",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 28, 28, 1])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 5])],
+        initializer=[numpy_helper.from_array(np.int64([-1, 784]), "shape"),
+                     numpy_helper.from_array(np.zeros((784, 5), np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> Case:
+    return Case("model9", "fp32", "cpu", _dense_model(tmp_path / "dense.onnx"))
+
+
+def _split(images: int) -> HeldOutSplit:
+    y = np.arange(images) % 5  # a fifth of them class 2, which Constant always answers
+    return HeldOutSplit(np.zeros((images, 28, 28, 1), np.float32), y, CLASSES, "test")
+
+
+def test_batch_rounds_give_the_median_spread_throughput_and_gflops_of_the_clock(case: Case):
+    rounds = [0.30, 0.10, 0.50, 0.20, 0.40]  # seconds; sorted 0.1 .. 0.5: median 0.3, quartiles 0.2 and 0.4
+    clock = StepClock([9.0, *rounds])  # the first call of the shape, timed on its own, then the rounds
+    settings = RunSettings(rounds=5, warmup_rounds=1)
+    record = measure(Constant(), case, _split(250), "predict", 100, settings, clock=clock)
+    assert clock.unread == 0
+    assert record.times_s == pytest.approx(rounds, abs=1e-12) and record.rounds == 5 and record.images == 250
+    assert record.first_run_s == pytest.approx(9.0)
+    assert record.median_s == pytest.approx(0.3) and record.iqr_s == pytest.approx(0.2)
+    assert (record.min_s, record.max_s) == pytest.approx((0.1, 0.5))
+    assert record.throughput_ips == pytest.approx(250 / 0.3)  # the median round, not the fastest (2500/s)
+    assert multiply_adds_per_image(case.path) == 784 * 5
+    assert record.gflops == pytest.approx(2 * 3920 * 250 / 0.3 / 1e9)
+    assert record.quality["accuracy"] == pytest.approx(0.2)
+    assert record.quality["per_class"]["Class 2"]["recall"] == 1.0
+
+
+def test_single_stream_percentiles_are_the_ranked_queries_of_the_clock(case: Case):
+    warm = [0.002] * 4
+    queries = [i / 1000 for i in range(100, 0, -1)]  # 100 queries of 100 ms .. 1 ms, slowest first
+    settings = RunSettings(single_stream=SingleStreamSettings(warmup_queries=4, min_queries=100, min_duration_s=0))
+    record = measure(Constant(), case, _split(50), "single-stream", 1, settings, clock=StepClock(warm + queries))
+    latency = record.latency_ms
+    assert latency["queries"] == 100 and record.rounds == 100
+    # Linear interpolation between ranks: p50 between the 50th and 51st (50.5 ms), p90 at 90.1, p99 at 99.01.
+    assert latency["p50"] == pytest.approx(50.5) and latency["p90"] == pytest.approx(90.1)
+    assert latency["p99"] == pytest.approx(99.01) and latency["mean"] == pytest.approx(50.5)
+    assert record.median_s == pytest.approx(0.0505) and record.throughput_ips == pytest.approx(1 / 0.0505)
+    assert record.first_run_s == pytest.approx(0.002)
+
+
+def test_single_stream_runs_long_enough_for_both_minimums(case: Case):
+    """The warm-up's median plans the run: 2 s at 10 ms a query is 200 queries, more than the 50 asked for."""
+    settings = RunSettings(single_stream=SingleStreamSettings(warmup_queries=3, min_queries=50, min_duration_s=2.0))
+    clock = StepClock([0.01] * 3 + [0.01] * 200)
+    record = measure(Constant(), case, _split(50), "single-stream", 1, settings, clock=clock)
+    assert record.latency_ms["queries"] == 200 and clock.unread == 0
+
+
+def test_the_figures_on_their_own():
+    figures = round_figures([4.0, 1.0, 2.0, 3.0], images_per_call=10, macs_per_image=1_000_000)
+    assert figures["median_s"] == 2.5 and figures["iqr_s"] == pytest.approx(1.5)
+    assert figures["throughput_ips"] == 4.0 and figures["gflops"] == pytest.approx(2 * 1e6 * 10 / 2.5 / 1e9)
+    assert round_figures([1.0], 1, None)["gflops"] is None
+    latency = latency_figures([0.001, 0.003])
+    assert latency == pytest.approx({"p50": 2.0, "p90": 2.8, "p99": 2.98, "mean": 2.0, "queries": 2})
+
+
+def _record(provider: str, variant: str, median_s: float, gflops: float, accuracy: float) -> BenchRecord:
+    return BenchRecord("model4", variant, provider, "predict", 128, ["x"], 6000, 3, median_s, median_s, median_s,
+                       times_s=[median_s] * 3, throughput_ips=6000 / median_s, gflops=gflops,
+                       quality={"accuracy": accuracy})
+
+
+def _single(provider: str, variant: str, p50_ms: float) -> BenchRecord:
+    return BenchRecord("model4", variant, provider, "single-stream", 1, ["x"], 1, 200, p50_ms / 1000,
+                       times_s=[p50_ms / 1000], latency_ms={"p50": p50_ms, "p90": p50_ms, "p99": 2 * p50_ms,
+                                                            "mean": p50_ms, "queries": 200})
+
+
+def test_the_summary_derives_its_ratios_and_shares_exactly(tmp_path: Path):
+    machine = {"cpu": "test", "cores": 2, "sgemm_gflops": 200.0, "int8_gemm_gops": 800.0}
+    records = [_record("keras", "fp32", 2.0, 100.0, 0.90), _record("cpu", "fp32", 1.6, 150.0, 0.90),
+               _record("cpu", "int8", 0.5, 600.0, 0.899), _single("keras", "fp32", 10.0), _single("cpu", "int8", 0.25)]
+    path = tmp_path / "bench.json"
+    path.write_text(BenchRun(machine, {}, "2026-12-02T00:00:00+00:00", records).to_json())
+    rows = summary(latest_records([path])).set_index("runtime")
+    assert rows.loc["onnxruntime CPU int8", "x Keras predict"] == pytest.approx(2.0 / 0.5)
+    assert rows.loc["onnxruntime CPU fp32", "x Keras predict"] == pytest.approx(2.0 / 1.6)
+    assert rows.loc["onnxruntime CPU fp32", "% of peak"] == pytest.approx(100 * 150 / 200)  # the float yardstick
+    assert rows.loc["onnxruntime CPU int8", "% of peak"] == pytest.approx(100 * 600 / 800)  # the int8 one
+    assert rows.loc["onnxruntime CPU int8", "vs fp32 (points)"] == pytest.approx(-0.1)
+    assert rows.loc["onnxruntime CPU int8", "single-stream p50 ms"] == 0.25
+    assert rows.loc["onnxruntime CPU int8", "p99 ms"] == 0.5
+    assert math.isnan(rows.loc["onnxruntime CPU fp32", "single-stream p50 ms"])
