@@ -19,9 +19,9 @@ extras.require("train", "fmnist-export")  # a bench-only install: one line namin
 quiet.configure(quiet.verbose_requested())
 quiet.import_tensorflow()  # here, before the modules below import it: its import-time lines are filtered
 
-from exporter.contract import ContractError  # noqa: E402
+from exporter.contract import ContractError, shown  # noqa: E402
 from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: E402
-from exporter.export import ExportError, ExportOptions, export_model  # noqa: E402
+from exporter.export import ExportError, ExportOptions, check_manifest, export_model  # noqa: E402
 from exporter.validate import ParityError, Tolerances  # noqa: E402
 from exporter.contract import VARIANTS  # noqa: E402
 from exporter.variants import CALIBRATION_METHODS, FP32_GRAPHS, INT8_ACTIVATIONS, INT8_FORMATS, Int8Config  # noqa: E402
@@ -92,6 +92,23 @@ def _models(names: list[str], artifacts: Artifacts) -> list[str]:
     return trained
 
 
+def _check_paths(args: argparse.Namespace, artifacts: Artifacts, onnx_dir: Path) -> None:
+    """Each path option (or the default it stands for) names something of the right kind."""
+    root = f"--artifacts {artifacts.root}" if args.artifacts else f"artifacts folder {artifacts.root}"
+    if not artifacts.root.exists():
+        raise ExportError(f"{root}: no such folder; train into it first: fmnist-train MODEL --artifacts {artifacts.root}")
+    if not artifacts.root.is_dir():
+        raise ExportError(f"{root}: is a file, not a folder; give the artifacts folder fmnist-train wrote")
+    # The onnx folder is made when missing; what is there, or the nearest folder above it that is, must be a folder.
+    there = next(p for p in (onnx_dir, *onnx_dir.parents) if p.exists())
+    if not there.is_dir():
+        what = "is a file" if there == onnx_dir else f"cannot be made: {there} is a file"
+        raise ExportError(f"{'--onnx-dir' if args.onnx_dir else 'artifacts folder'} {onnx_dir}: {what}, not a folder")
+    data = Path(args.data) if args.data is not None else None
+    if data is not None and not (data.is_dir() or data.is_file()):  # which files it reads, trainer/data.py says
+        raise ExportError(f"--data {data}: {'not a file or folder' if data.exists() else 'no such file or folder'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet.configure(args.verbose)
@@ -105,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     artifacts = Artifacts.at(args.artifacts)
     try:
+        # Every path, and the manifest the exports merge into at their end, before any work: one line if one is wrong.
+        _check_paths(args, artifacts, options.onnx_dir or artifacts.onnx_dir)
+        check_manifest(options.onnx_dir or artifacts.onnx_dir)
         names = _models(args.models, artifacts)
-    except (ExportError, UnknownModelError) as exc:
+    except (ExportError, UnknownModelError, ContractError) as exc:
         print(f"fmnist-export: error: {exc}", file=sys.stderr)
         return 2
     # Every model is tried: one that fails does not stop the others; the exit code reports the worst.
@@ -122,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fmnist-export: error: {exc}", file=sys.stderr)
                 exit_code = 2
             except OSError as exc:  # a full disk, a folder that went away: one line, nothing published
-                print(f"fmnist-export: error: {name}: {exc.filename or ''} {exc.strerror or exc}; nothing was published", file=sys.stderr)
+                where = shown(Path(exc.filename)) if exc.filename else ""  # a staged file: by the onnx/ path the user knows
+                print(f"fmnist-export: error: {name}: {where} {exc.strerror or exc}; nothing was published", file=sys.stderr)
                 exit_code = 2
     return exit_code
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.publish import known_as
 from trainer.data import IMAGE_SHAPE, NUM_CLASSES
 
 INPUT_NAME = "image"
@@ -49,6 +50,7 @@ def variant_filename(model: str, variant: str) -> str:
 
 def check_interface(inputs: Sequence, outputs: Sequence, source: Path | str) -> None:
     """Check a graph's inputs and outputs (onnxruntime ``NodeArg``s: name, shape, type) against the contract."""
+    source = shown(source) if isinstance(source, Path) else source
     if len(inputs) != 1 or len(outputs) != 1:
         raise ContractError(f"{source}: {len(inputs)} inputs and {len(outputs)} outputs; expected {EXPECTED}")
     (inp,), (out,) = inputs, outputs
@@ -111,8 +113,8 @@ def read_manifest(onnx_dir: Path) -> Manifest | None:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"{path}: not a readable manifest ({type(exc).__name__}: {str(exc)[:120]})") from None
-    return parse_manifest(payload, path)
+        raise ContractError(f"{shown(path)}: not a readable manifest ({type(exc).__name__}: {str(exc)[:120]})") from None
+    return parse_manifest(payload, shown(path))
 
 
 def parse_manifest(payload: object, path: Path) -> Manifest:
@@ -152,9 +154,9 @@ def verify_file(onnx_dir: Path, entry: ManifestFile) -> Path:
     """The file of ``entry``, if it is the very file the manifest describes (sha256); else ContractError."""
     path = onnx_dir / entry.file
     if not path.is_file():
-        raise ContractError(f"{path}: listed in {MANIFEST_NAME} but missing; export again: fmnist-export {entry.model}")
+        raise ContractError(f"{shown(path)}: listed in {MANIFEST_NAME} but missing; export again: fmnist-export {entry.model}")
     if sha256_of(path) != entry.sha256:
-        raise ContractError(f"{path}: not the file {MANIFEST_NAME} describes (sha256 differs: replaced, or a half-finished "
+        raise ContractError(f"{shown(path)}: not the file {MANIFEST_NAME} describes (sha256 differs: replaced, or a half-finished "
                             f"export); export again: fmnist-export {entry.model}")
     return path
 
@@ -163,8 +165,14 @@ def check_file_identity(metadata_props: dict[str, str], entry: ManifestFile, pat
     """The file's own ``metadata_props`` must name the model and variant the manifest files it under."""
     found = (metadata_props.get("model"), metadata_props.get("variant"))
     if found != (entry.model, entry.variant):
-        raise ContractError(f"{path}: the file says it is {_short(found[0])} {_short(found[1])}, "
+        raise ContractError(f"{shown(path)}: the file says it is {_short(found[0])} {_short(found[1])}, "
                             f"the manifest lists it as {entry.model} {entry.variant}")
+
+
+def shown(path: Path) -> Path:
+    """``path`` as a message names it: a file of the live export under the ``onnx/`` folder the user knows, not
+    under the generation the reader resolved that link to (exporter/publish.py)."""
+    return known_as(path.parent) / path.name
 
 
 def _short(value: object, limit: int = 60) -> str:

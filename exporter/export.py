@@ -18,14 +18,14 @@ import pandas as pd
 
 from exporter.contract import VARIANTS, Manifest, ManifestFile, manifest_path, read_manifest, sha256_of, variant_filename
 from exporter.convert import DEFAULT_OPSET, float32_model, keras_to_onnx
-from exporter.publish import generation
+from exporter.publish import current, generation
 from exporter.validate import Tolerances, check_model, compare, cpu_session, enforce, run_probabilities
 from exporter.variants import FP32_GRAPHS, Int8Config, cpu_fp32, to_fp16, to_int8
 from trainer.artifacts import Artifacts, write_json_atomic, write_text_atomic
 from trainer.data import reload_dataset, split_dataset
 from trainer.fit import images
 from trainer.models import get_spec, list_models, load_trained
-from trainer.reports import RunMetadata
+from trainer.reports import MetadataError, RunMetadata
 
 class ExportError(RuntimeError):
     """A model cannot be exported; the message names the file and the fix."""
@@ -60,6 +60,8 @@ def load_source(name: str, artifacts: Artifacts) -> SourceModel:
         missing = path if not path.exists() else meta_path
         raise ExportError(f"{missing}: no trained {name}; make it with: fmnist-train {name} --artifacts {artifacts.root}")
     meta = RunMetadata.read(meta_path)
+    if not isinstance(meta.base_weights, str):  # read only at the end, into every file's metadata_props
+        raise MetadataError(f"{meta_path}: not this toolkit's run metadata (base_weights is not text)")
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     if sha256 != meta.model_file["sha256"]:
         raise ExportError(f"{path}: does not match its metadata {meta_path} (sha256 differs); retrain with: fmnist-train {name}")
@@ -96,6 +98,8 @@ def _metadata_props(source: SourceModel, variant: str, opset: int) -> dict[str, 
 
 def export_model(name: str, artifacts: Artifacts, options: ExportOptions, log: TextIO | None = None) -> list[ManifestFile]:
     log = log or sys.stdout
+    # What the end reads (the manifest, the model's metadata) is read first: a damaged file fails before any work.
+    check_manifest(options.onnx_dir or artifacts.onnx_dir)
     source = load_source(name, artifacts)
     dataset = reload_dataset(source.meta.data, source.meta.config.get("limit"), options.data)
     splits = split_dataset(dataset)
@@ -119,6 +123,12 @@ def export_model(name: str, artifacts: Artifacts, options: ExportOptions, log: T
         trained_reference = np.asarray(trained.predict(parity_x, batch_size=256, verbose=0), dtype=np.float32)
     return export_variants(source, reference, parity_x, test_x, splits.test.y, calibration, artifacts, options, log,
                            trained_reference=trained_reference)
+
+
+def check_manifest(onnx_dir: Path) -> None:
+    """Read the manifest an export merges into at its end now, so a damaged one fails before the long work,
+    named as ``<onnx_dir>/manifest.json``."""
+    read_manifest(current(onnx_dir))
 
 
 def export_variants(

@@ -27,8 +27,22 @@ def store_dir(onnx_dir: Path) -> Path:
 
 
 def current(onnx_dir: Path) -> Path:
-    """The generation ``onnx_dir`` points at now (or ``onnx_dir`` itself in the layout before generations)."""
-    return onnx_dir.resolve()
+    """The generation ``onnx_dir`` points at now (or ``onnx_dir`` itself in the layout before generations).
+
+    The link is read, not resolved: the generation keeps the user's own path in front (``<artifacts>/onnx.d/gen-...``),
+    so :func:`known_as` can turn it back into the name the user knows."""
+    return onnx_dir.parent / os.readlink(onnx_dir) if onnx_dir.is_symlink() else onnx_dir
+
+
+def known_as(folder: Path) -> Path:
+    """The name the user knows ``folder`` by: the ``onnx/`` link for a generation (``onnx.d/gen-*``, an internal
+    folder no message should send anyone to), else ``folder`` itself. For messages only: a run reads the generation."""
+    store = folder.parent
+    if folder.name.startswith("gen-") and store.name.endswith(".d"):
+        link = store.parent / store.name.removesuffix(".d")
+        if link.is_symlink():
+            return link
+    return folder
 
 
 @contextlib.contextmanager

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from exporter.affine import channel_affine_to_depthwise, float_affine_nodes
 from exporter.cli import main
-from exporter.validate import cpu_session
 from tests.conftest import write_idx_dir
 from tests.test_export import LENIENT, _train
+from tests.test_fold import _run
 
 
 def _affine_graph(scale_shape: tuple[int, ...], input_shape: list) -> onnx.ModelProto:
@@ -28,12 +28,6 @@ def _affine_graph(scale_shape: tuple[int, ...], input_shape: list) -> onnx.Model
         "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, input_shape)], [scale, offset])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, name: str) -> np.ndarray:
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(model, path)
-    return cpu_session(path).run(None, {"x": x})[0]
 
 
 def test_channel_affine_becomes_an_equal_depthwise_conv(tmp_path: Path):

@@ -13,7 +13,7 @@ from exporter import cli as export_cli
 from exporter import export as export_mod
 from exporter import publish
 from exporter.cli import main
-from exporter.contract import read_manifest, verify_file
+from exporter.contract import MODEL_FIELDS, ContractError, Manifest, ManifestFile, read_manifest, verify_file
 from exporter.export import ExportOptions, export_variants, load_source
 from exporter.validate import ParityError, Tolerances, cpu_session
 from tests.conftest import write_idx_dir
@@ -255,3 +255,74 @@ def test_reduce_range_gives_seven_bit_weights_and_says_so(art: Artifacts, tmp_pa
     full = onnx.load(full_side / "model1.int8.onnx")  # the default keeps full-range weights
     assert max(int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in full.graph.initializer
                if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4) > 64
+
+
+# --------------------------------------------------------------------------- nothing that failed passes
+
+def _publish_manifest(art: Artifacts, manifest: str) -> Path:
+    """A live export whose manifest.json holds ``manifest``, published as an export publishes one; its path as the user knows it."""
+    with publish.generation(art.onnx_dir) as stage:
+        (stage / "manifest.json").write_text(manifest)
+    return art.onnx_dir / "manifest.json"
+
+
+def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_mod, "load_source", lambda *a: pytest.fail("the export started"))
+    monkeypatch.setattr(export_mod, "keras_to_onnx", lambda *a: pytest.fail("the conversion started"))
+
+
+def test_a_damaged_manifest_is_named_where_the_user_knows_it_and_fails_before_any_work(art: Artifacts, capsys: pytest.CaptureFixture,
+                                                                                       monkeypatch: pytest.MonkeyPatch):
+    manifest = _publish_manifest(art, '{"schema_version": 1, "models": ')
+    expected = f"{manifest}: not a readable manifest (JSONDecodeError"
+    with pytest.raises(ContractError) as caught:  # as bench reads it: the link resolved once, then the manifest
+        read_manifest(publish.current(art.onnx_dir))
+    assert str(caught.value).startswith(expected) and "onnx.d" not in str(caught.value)
+    _no_work(monkeypatch)
+    with pytest.raises(ContractError, match="not a readable manifest"):
+        export_mod.export_model("model1", art, ExportOptions())
+    assert main(["model1", "model2", "--artifacts", str(art.root), *LENIENT]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fmnist-export: error: {expected}") and err.count("\n") == 1 and "onnx.d" not in err
+
+
+def test_a_file_missing_from_the_live_export_is_named_under_onnx(art: Artifacts):
+    row = ManifestFile("model1.onnx", "model1", "fp32", 17, 1, "0" * 64, {})
+    _publish_manifest(art, json.dumps(Manifest({"model1": dict.fromkeys(MODEL_FIELDS)}, {row.file: row}).to_dict()))
+    live = publish.current(art.onnx_dir)
+    with pytest.raises(ContractError) as caught:
+        verify_file(live, read_manifest(live).files[row.file])
+    assert str(caught.value).startswith(f"{art.onnx_dir / 'model1.onnx'}: listed in manifest.json but missing")
+
+
+def test_damaged_metadata_fails_before_the_conversion(art: Artifacts, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """The metadata's base_weights goes into every file at the end of the export: checked at its start."""
+    path = art.metadata_file("model1")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "base_weights": 5}))
+    monkeypatch.setattr(export_mod, "keras_to_onnx", lambda *a: pytest.fail("the conversion started"))
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT]) == 2
+    assert capsys.readouterr().err == f"fmnist-export: error: {path}: not this toolkit's run metadata (base_weights is not text)\n"
+
+
+def test_a_file_given_as_the_artifacts_folder_is_called_a_file(tmp_path: Path, capsys: pytest.CaptureFixture):
+    a_file = tmp_path / "artifacts.tar"
+    a_file.write_text("not a folder")
+    assert main(["model1", "--artifacts", str(a_file), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fmnist-export: error: --artifacts {a_file}: is a file, not a folder; give the artifacts folder fmnist-train wrote\n"
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--artifacts", "{tmp}/absent", "--artifacts {tmp}/absent: no such folder; train into it first"),
+    ("--onnx-dir", "{file}", "--onnx-dir {file}: is a file, not a folder"),
+    ("--onnx-dir", "{file}/onnx", "--onnx-dir {file}/onnx: cannot be made: {file} is a file, not a folder"),
+    ("--data", "{tmp}/absent", "--data {tmp}/absent: no such file or folder"),
+])
+def test_every_path_option_is_checked_before_any_work(option: str, value: str, message: str, art: Artifacts, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    _no_work(monkeypatch)
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT, option, value.format(tmp=tmp_path, file=a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fmnist-export: error: {message.format(tmp=tmp_path, file=a_file)}") and err.count("\n") == 1

@@ -70,6 +70,7 @@ def _cnn(scale_low: float = 0.1) -> onnx.ModelProto:
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, name: str) -> np.ndarray:
+    """The graph's output for input ``x`` on onnxruntime's CPU provider (tests/test_affine.py uses it too)."""
     path = tmp_path / f"{name}.onnx"
     onnx.save(model, path)
     return cpu_session(path).run(None, {"x": x})[0]
