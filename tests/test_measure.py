@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -149,3 +150,42 @@ def test_the_summary_derives_its_ratios_and_shares_exactly(tmp_path: Path):
     assert rows.loc["onnxruntime CPU int8", "single-stream p50 ms"] == 0.25
     assert rows.loc["onnxruntime CPU int8", "p99 ms"] == 0.5
     assert math.isnan(rows.loc["onnxruntime CPU fp32", "single-stream p50 ms"])
+
+
+def test_each_row_is_a_share_of_the_yardstick_of_its_own_arithmetic(tmp_path: Path):
+    """fp32 rows against the fp32 GEMM, int8 against the int8 one, and OpenVINO's bf16 row against bf16:
+    never a bf16 row divided by an fp32 figure; no bf16 yardstick here means no share at all."""
+    yardsticks = [{"arithmetic": "fp32", "runtime": "onnxruntime", "gops": 200.0, "threads": 0},
+                  {"arithmetic": "fp32", "runtime": "openvino", "gops": 250.0, "threads": 0},
+                  {"arithmetic": "int8", "runtime": "onnxruntime", "gops": 2000.0, "threads": 0},
+                  {"arithmetic": "bf16", "runtime": "openvino", "gops": 400.0, "threads": 0},
+                  {"arithmetic": "fp32", "runtime": "onnxruntime", "gops": 120.0, "threads": 1}]
+    bf16 = _record("openvino", "fp32", 0.5, 300.0, 0.9)
+    bf16.provider_options = {"inference_precision": "bf16"}
+    records = [_record("cpu", "fp32", 1.0, 150.0, 0.9), _record("cpu", "int8", 0.5, 500.0, 0.9), bf16]
+
+    def shares(machine: dict) -> dict:
+        path = tmp_path / "bench.json"
+        path.write_text(BenchRun(machine, {}, "2026-12-02T00:00:00+00:00", records).to_json())
+        rows = summary(latest_records([path])).set_index("runtime")
+        return {name: (row["% of peak"], row["peak of"]) for name, row in rows.iterrows()}
+
+    found = shares({"cpu": "test", "cores": 2, "yardsticks": yardsticks})
+    assert found["onnxruntime CPU fp32"] == (pytest.approx(100 * 150 / 250), "fp32")  # the fastest fp32 GEMM here
+    assert found["onnxruntime CPU int8"] == (pytest.approx(100 * 500 / 2000), "int8")
+    assert found["OpenVINO default (bf16)"] == (pytest.approx(100 * 300 / 400), "bf16")
+    without_bf16 = shares({"cpu": "test", "cores": 2, "yardsticks": [y for y in yardsticks if y["arithmetic"] != "bf16"]})
+    share, kind = without_bf16["OpenVINO default (bf16)"]
+    assert math.isnan(share) and pd.isna(kind)
+
+
+def test_yardsticks_are_measured_through_the_runtimes():
+    from bench.measure.peaks import measure_yardsticks, theoretical_gops  # noqa: PLC0415
+
+    found = measure_yardsticks(threads=1, repeats=1)
+    assert {y.runtime for y in found} <= {"onnxruntime", "openvino"}
+    assert {("fp32", "onnxruntime"), ("int8", "onnxruntime")} <= {(y.arithmetic, y.runtime) for y in found}
+    assert all(y.gops > 0 and y.threads == 1 for y in found)
+    bound = theoretical_gops(("avx2", "fma", "avx512f", "avx512_vnni"), 2, 2000.0)
+    assert bound == {"fp32": 2 * 2000 * 64 / 1000, "int8": 2 * 2000 * 256 / 1000}
+    assert "bf16" not in bound and theoretical_gops(("avx2",), 2, None) == {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from bench.measure.work import int8_gemm_gops, sgemm_gflops
+from bench.measure.peaks import as_records, cpu_mhz, measure_yardsticks, theoretical_gops
 from trainer.environment import machine_info
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,10 +27,13 @@ def gpu_name() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def machine() -> dict:
+def machine(threads: tuple[int, ...] = (0,)) -> dict:
+    """The machine a run measures on, with its yardsticks at each of ``threads`` (bench/measure/peaks.py)."""
     info = machine_info()
-    info.update(host=socket.gethostname(), gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(), sgemm_gflops=sgemm_gflops(),
-                int8_gemm_gops=int8_gemm_gops())
+    mhz = cpu_mhz()
+    info.update(host=socket.gethostname(), gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(),
+                cpu_mhz=mhz, theoretical_gops=theoretical_gops(tuple(info["isa"]), info["cores"] or 1, mhz),
+                yardsticks=as_records([y for t in dict.fromkeys(threads) for y in measure_yardsticks(t)]))
     return info
 
 

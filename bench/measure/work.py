@@ -1,14 +1,12 @@
-"""The work a model does (multiply-adds from its ONNX graph) and what this machine can do (the yardsticks)."""
+"""The work a model does: multiply-adds counted from its ONNX graph, and the rate a measured time gives."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper, shape_inference
+from onnx import shape_inference
 
 
 def multiply_adds_per_image(path: Path) -> int:
@@ -52,37 +50,3 @@ def multiply_adds_per_image(path: Path) -> int:
 
 def achieved_gflops(macs_per_image: int, images: int, seconds: float) -> float:
     return 2 * macs_per_image * images / seconds / 1e9
-
-
-def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """What a large single-precision matrix product reaches here: the yardstick for achieved GFLOP/s."""
-    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    a @ b
-    best = min(_time(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def int8_gemm_gops(n: int = 2048, repeats: int = 5) -> float:
-    """What a large u8 x s8 integer matrix product reaches here through onnxruntime (``MatMulInteger``, the
-    MLAS integer GEMM the int8 rows' QLinearConv/QDQ kernels use; VNNI or AMX where the CPU has them), in
-    GOP/s: the int8 rows' yardstick, as :func:`sgemm_gflops` is the fp32 rows'. The weight is a constant
-    (an initializer), so onnxruntime pre-packs it as it does a model's weights."""
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 256, size=(n, n), dtype=np.uint8)
-    b = rng.integers(-128, 128, size=(n, n), dtype=np.int8)
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_gemm",
-                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
-                              initializer=[numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    session.run(None, {"a": a})
-    best = min(_time(lambda: session.run(None, {"a": a})) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _time(call) -> float:
-    t0 = time.perf_counter()
-    call()
-    return time.perf_counter() - t0

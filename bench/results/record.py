@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from bench.measure.peaks import describe_yardsticks
 from trainer.artifacts import clip
 from trainer.environment import describe_machine
 from trainer.schema import check_fields, mismatch
@@ -115,8 +116,7 @@ def markdown(report: BenchRun) -> str:
         "",
         f"{describe_machine(machine)}; GPU: {machine.get('gpu') or 'none'}; "
         f"onnxruntime {machine.get('versions', {}).get('onnxruntime-gpu') or machine.get('versions', {}).get('onnxruntime')}; "
-        f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.1f} GFLOP/s; "
-        + (f"large int8 GEMM (u8 x s8) {machine['int8_gemm_gops']:.1f} GOP/s; " if machine.get("int8_gemm_gops") else "")
+        f"{describe_yardsticks(machine)}; "
         + f"commit {commit.get('id') or 'unknown'}"
         + (" (with uncommitted changes)" if commit.get("dirty") else ""),
         "",

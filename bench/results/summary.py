@@ -19,7 +19,8 @@ import pandas as pd
 
 from bench.results.record import BenchRecord
 from bench.results.store import differences, load
-from bench.runtimes import ROWS, row_name
+from bench.measure.peaks import describe_yardsticks, peak_gops
+from bench.runtimes import ROWS, arithmetic, row_name
 from trainer.environment import describe_machine
 
 # A row is recommended only if it loses at most this many accuracy points against fp32; the others stay in
@@ -32,12 +33,17 @@ def runtime_name(provider: str, variant: str, record: BenchRecord | None = None)
     return row_name(provider, variant, record.provider_options if record else None)
 
 
-def _peak(provider: str, variant: str, machine: dict) -> float | None:
-    """The large-GEMM figure a row's GFLOP/s is a share of: SGEMM for float rows, the int8 GEMM for int8
-    ones; none for CUDA (both yardsticks are the CPU's)."""
-    if provider == "cuda":
-        return None
-    return machine.get("int8_gemm_gops" if variant == "int8" else "sgemm_gflops")
+def _peak(record: BenchRecord, machine: dict) -> tuple[str | None, float | None]:
+    """The arithmetic a row computes in and the yardstick of that arithmetic it is a share of
+    (bench/measure/peaks.py); none for a GPU row, or where that arithmetic has no yardstick here: a bf16 row
+    is never divided by an fp32 figure. Results written before the yardsticks were kept per arithmetic
+    have numpy's SGEMM and onnxruntime's integer GEMM: only fp32 and int8 rows are set against those."""
+    kind = arithmetic(record.provider, record.variant, record.provider_options)
+    if kind is None:
+        return None, None
+    if "yardsticks" in machine:
+        return kind, peak_gops(machine["yardsticks"], kind)
+    return kind, machine.get({"fp32": "sgemm_gflops", "int8": "int8_gemm_gops"}.get(kind, ""))
 
 
 Records = dict[tuple[str, str], tuple[BenchRecord, dict]]  # (machine label, case id) -> (record, its machine)
@@ -92,7 +98,7 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
             if predict is None and single is None:
                 continue
             accuracy = (predict.quality or {}).get("accuracy") if predict else None
-            peak = _peak(provider, variant, machines[predict.id]) if predict else None
+            kind, peak = _peak(predict, machines[predict.id]) if predict else (None, None)
             rows.append({
                 "model": model,
                 "runtime": runtime_name(provider, variant, predict or single),
@@ -104,6 +110,7 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
                 "p99 ms": single.latency_ms["p99"] if single and single.latency_ms else None,
                 "GFLOP/s": predict.gflops if predict else None,
                 "% of peak": 100 * predict.gflops / peak if predict and predict.gflops and peak else None,
+                "peak of": kind if peak else None,
                 "accuracy": accuracy,
                 "vs fp32 (points)": 100 * (accuracy - fp32_accuracy) if accuracy is not None and fp32_accuracy is not None else None,
             })
@@ -194,10 +201,7 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
     for _, machine in records.values():
         if all(differences(machine, seen) for seen in machines):
             machines.append(machine)
-    described = [f"{machine_label(m)}, GPU: {m.get('gpu') or 'none'}; "
-                 f"large SGEMM {m.get('sgemm_gflops', float('nan')):.0f} GFLOP/s"
-                 + (f", large int8 GEMM {m['int8_gemm_gops']:.0f} GOP/s" if m.get("int8_gemm_gops") else "")
-                 for m in machines]
+    described = [f"{machine_label(m)}, GPU: {m.get('gpu') or 'none'}; {describe_yardsticks(m)}" for m in machines]
     header = "; ".join(described) + f"; from {', '.join(Path(p).name for p in paths)}"
     machine_count = len(by_machine(records))
     if machine_count > 1:
@@ -207,14 +211,15 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
         header = (f"**These reports come from one machine with different software, and the rows mix them:** "
                   f"{' / '.join(described)} ({'; '.join(differences(machines[0], machines[1]))}); "
                   f"from {', '.join(Path(p).name for p in paths)}")
-    formats = ([""] if machine_count > 1 else []) + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".1f", ".1f", ".4f", "+.2f"]
+    formats = ([""] if machine_count > 1 else []) + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".1f", ".1f", "", ".4f", "+.2f"]
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():
         if record.skipped:
             skipped.setdefault((record.provider, record.skipped), []).append(f"{record.model} {record.variant}")
     notes = "".join(f"\nNot timed on {provider} ({', '.join(cases)}): {reason}\n"
                     for (provider, reason), cases in skipped.items())
-    peak = ("\n% of peak: GFLOP/s as a share of the large SGEMM (float rows) or of the large int8 GEMM (int8 rows) "
-            "measured on the same machine (a bf16 row can pass 100%); none for CUDA rows.\n")
+    peak = ("\n% of peak: GFLOP/s as a share of the fastest large matrix product that an installed runtime reaches on "
+            "the same machine in the row's own arithmetic (the 'peak of' column: fp32, fp16, bf16 or int8); none for "
+            "CUDA rows, nor where that arithmetic has no yardstick.\n")
     advice = "".join(f"\n{line}\n" for line in recommendations(records, batch_size))
     return header + "\n\n" + frame.to_markdown(index=False, floatfmt=formats, missingval="") + "\n" + peak + notes + advice

@@ -23,14 +23,20 @@ from trainer.artifacts import Artifacts
 Build = Callable[[Case, Artifacts, SessionSettings], SUT]
 
 
+# OpenVINO's INFERENCE_PRECISION_HINT names -> ours
+PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """One runtime: ``key`` is its name in case ids and ``--providers``; ``names`` its row name per
-    variant it runs (``{precision}``: the precision the runtime reported it picked)."""
+    """One runtime: ``key`` is its name in case ids and ``--providers``; ``names`` its row name per variant it
+    runs, ``arithmetics`` what the row computes in (the yardstick its GFLOP/s is a share of; none for a GPU),
+    where ``{precision}`` is the precision the runtime reported it picked."""
 
     key: str
     names: dict[str, str]
     build: Build
+    arithmetics: dict[str, str]
     reference: bool = True  # not onnxruntime: what --no-reference leaves out
     from_keras: bool = False  # runs the trained .keras file, which must be the one the ONNX file came from
 
@@ -41,6 +47,12 @@ class Runtime:
     def row_name(self, variant: str, provider_options: dict | None = None) -> str:
         picked = (provider_options or {}).get("inference_precision") or "?"
         return self.names[variant].format(precision=picked)
+
+    def arithmetic(self, variant: str, provider_options: dict | None = None) -> str | None:
+        arithmetic = self.arithmetics.get(variant)
+        if arithmetic == "{precision}":
+            return PRECISIONS.get((provider_options or {}).get("inference_precision"))
+        return arithmetic
 
 
 def _onnxruntime(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
@@ -76,14 +88,16 @@ def _litert(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
     return LiteRTSUT(litert_file(artifacts, case), threads=settings.intra_op_threads or None)
 
 
+SAME = {variant: variant for variant in VARIANTS}
 RUNTIMES: dict[str, Runtime] = {runtime.key: runtime for runtime in (
-    Runtime("cpu", {v: f"onnxruntime CPU {v}" for v in VARIANTS}, _onnxruntime, reference=False),
-    Runtime("cuda", {v: f"onnxruntime CUDA {v}" for v in VARIANTS}, _onnxruntime, reference=False),
-    Runtime("keras", {"fp32": "Keras"}, _tensorflow(KerasSUT), from_keras=True),
-    Runtime("tflite", {"fp32": "TF Lite (XNNPACK)"}, _tensorflow(TFLiteSUT), from_keras=True),
-    Runtime("openvino", {"fp32": "OpenVINO default ({precision})", "int8": "OpenVINO int8"}, _openvino("default")),
-    Runtime("openvino-f32", {"fp32": "OpenVINO f32", "int8": "OpenVINO int8 (f32 hint)"}, _openvino("f32")),
-    Runtime("litert", {"fp32": "LiteRT fp32", "int8": "LiteRT int8"}, _litert),
+    Runtime("cpu", {v: f"onnxruntime CPU {v}" for v in VARIANTS}, _onnxruntime, SAME, reference=False),
+    Runtime("cuda", {v: f"onnxruntime CUDA {v}" for v in VARIANTS}, _onnxruntime, {}, reference=False),
+    Runtime("keras", {"fp32": "Keras"}, _tensorflow(KerasSUT), SAME, from_keras=True),
+    Runtime("tflite", {"fp32": "TF Lite (XNNPACK)"}, _tensorflow(TFLiteSUT), SAME, from_keras=True),
+    Runtime("openvino", {"fp32": "OpenVINO default ({precision})", "int8": "OpenVINO int8"}, _openvino("default"),
+            {"fp32": "{precision}", "int8": "int8"}),
+    Runtime("openvino-f32", {"fp32": "OpenVINO f32", "int8": "OpenVINO int8 (f32 hint)"}, _openvino("f32"), SAME),
+    Runtime("litert", {"fp32": "LiteRT fp32", "int8": "LiteRT int8"}, _litert, SAME),
 )}
 REFERENCES = tuple(key for key, runtime in RUNTIMES.items() if runtime.reference)
 # Every (runtime, variant) row, in the order tables and figures show them.
@@ -103,4 +117,10 @@ def row_name(provider: str, variant: str, provider_options: dict | None = None) 
     return runtime.row_name(variant, provider_options) if runtime and variant in runtime.names else f"{provider} {variant}"
 
 
-__all__ = ["RUNTIMES", "REFERENCES", "ROWS", "Runtime", "Case", "SUT", "ProviderUnavailable", "make_sut", "row_name"]
+def arithmetic(provider: str, variant: str, provider_options: dict | None = None) -> str | None:
+    """What a row computes in (fp32, fp16, bf16, int8), for its yardstick; None for a GPU row or an unknown one."""
+    runtime = RUNTIMES.get(provider)
+    return runtime.arithmetic(variant, provider_options) if runtime else None
+
+
+__all__ = ["RUNTIMES", "REFERENCES", "ROWS", "Runtime", "Case", "SUT", "ProviderUnavailable", "make_sut", "row_name", "arithmetic"]
