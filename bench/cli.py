@@ -25,7 +25,7 @@ from bench.pack import PackError, pack
 from bench.results.compare import CompareError, compare, format_table, parse_threshold
 from bench.results.record import SchemaError
 from bench.measure.run import run
-from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MEMORY, OPERATIONS, WHOLE_SPLIT, RunSettings, SessionSettings,
+from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MEMORY, OPERATIONS, PROFILE, WHOLE_SPLIT, RunSettings, SessionSettings,
                             SettingsError, SingleStreamSettings)
 from exporter.contract import VARIANTS, ContractError
 from trainer.artifacts import Artifacts, ArtifactsError
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"CUDA: cuDNN's convolution algorithm search (default {session.cudnn_conv_algo_search})")
     r.add_argument("--memory", choices=MEMORY, default=DEFAULT.memory,
                    help="each case's peak resident memory, measured in a fresh process of its own (default on)")
+    r.add_argument("--profile", choices=PROFILE, default=DEFAULT.profile,
+                   help="each runtime's own per-operator profile of the first batch size (default on)")
     r.add_argument("--no-reference", action="store_true", help="onnxruntime rows only: skip Keras, TF Lite, OpenVINO and LiteRT")
     r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     r.add_argument("--data", help="where the training data is now, if it moved")
@@ -136,6 +138,7 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
         providers = [p for p in providers if p not in REFERENCES]
     settings = RunSettings(
         batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations), memory=args.memory,
+        profile=args.profile,
         single_stream=SingleStreamSettings(min_queries=args.min_queries, min_duration_s=args.min_duration),
         session=SessionSettings(intra_op_threads=args.threads, graph_optimization=args.graph_optimization,
                                 cudnn_conv_algo_search=args.cudnn_algo_search),

@@ -22,6 +22,7 @@ from bench.measure import scenarios
 from bench.runtimes import Case
 from bench.measure.cases import HeldOutSplit
 from bench.measure.memory import case_peak_rss_mb
+from bench.measure.profile import as_records
 from bench.measure.work import achieved_gflops, multiply_adds_per_image
 from bench.measure.quality import quality
 from bench.results.record import BenchRecord
@@ -113,6 +114,9 @@ def measure(sut: SUT, case: Case, split: HeldOutSplit, operation: str, batch: in
         probabilities = scenarios.predict(sut, x, batch)
         check_output(probabilities, len(y), f"{case.id} ({case.path.name})")
         extra = {"quality": quality(y, probabilities, split.class_names)}
+        if settings.profile == "on" and batch == plan(settings, len(y))[0][1]:
+            shares = sut.profile(x[:batch])
+            extra["profile"] = as_records(shares) if shares else None
     else:
         loss, accuracy = scenarios.evaluate(sut, x, y, batch)
         extra = {"quality": {"accuracy": accuracy, "loss": loss}}

@@ -10,11 +10,14 @@ from onnx import shape_inference
 
 
 def multiply_adds_per_image(path: Path) -> int:
-    """Multiply-accumulates of one image through the Conv, MatMul and Gemm nodes of an ONNX graph.
+    """Multiply-accumulates of one image through the Conv, MatMul and Gemm nodes of an ONNX graph."""
+    return sum(macs for _, macs in multiply_adds_by_node(path))
 
-    Shapes come from ONNX shape inference with the batch fixed to 1. Quantized (QDQ) graphs keep
-    the same Conv/MatMul nodes, so every variant of a model counts the same work.
-    """
+
+def multiply_adds_by_node(path: Path) -> list[tuple[str, int]]:
+    """(family, multiply-accumulates of one image) of each Conv ("conv") and MatMul or Gemm ("matmul") node, in
+    graph order. Shapes come from ONNX shape inference with the batch fixed to 1. Quantized (QDQ) graphs keep
+    the same Conv/MatMul nodes, so every variant of a model counts the same work."""
     model = onnx.load(str(path), load_external_data=False)
     for value in (*model.graph.input, *model.graph.output):
         dims = value.type.tensor_type.shape.dim
@@ -32,20 +35,20 @@ def multiply_adds_per_image(path: Path) -> int:
             name = producer[name].input[0]
         return shapes.get(name)
 
-    total = 0
+    found = []
     for node in model.graph.node:
         if node.op_type == "Conv":
             out, weight = shape_of(node.output[0]), shape_of(node.input[1])
             if out and weight:
-                total += int(np.prod(out)) * int(np.prod(weight[1:]))  # per output element: Cin/group * kh * kw
+                found.append(("conv", int(np.prod(out)) * int(np.prod(weight[1:]))))  # per output: Cin/group * kh * kw
         elif node.op_type in ("MatMul", "Gemm"):
             # The weight is a 2-D initializer; the activation's shape is often not inferable after
             # tf2onnx's Reshape, so count rows from the output when known, else one row per image.
             weight, out = shape_of(node.input[1]), shape_of(node.output[0])
             if weight and len(weight) == 2:
                 rows = int(np.prod(out[:-1])) if out and all(out[:-1]) else 1
-                total += rows * weight[0] * weight[1]
-    return total
+                found.append(("matmul", rows * weight[0] * weight[1]))
+    return found
 
 
 def achieved_gflops(macs_per_image: int, images: int, seconds: float) -> float:

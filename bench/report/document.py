@@ -25,7 +25,8 @@ from bench.measure.machine import commit_info
 from bench.report import figures
 from bench.results.record import BenchRecord
 from bench.results.store import find_results
-from bench.results.summary import MAX_ACCURACY_LOSS_POINTS, latest_records, markdown_summary
+from bench.results.summary import MAX_ACCURACY_LOSS_POINTS, latest_records, markdown_summary, runtime_name
+from bench.runtimes import ROWS
 from trainer import quiet
 from trainer.artifacts import Artifacts, write_text_atomic
 from trainer.config import DEFAULTS
@@ -176,7 +177,26 @@ def latency_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
         return "\n".join(parts)
     parts.append("Every exported model on each runtime (`fmnist-bench summary` of the reports below; a case measured "
                  f"in several keeps its newest result):\n\n{markdown_summary(reports)}")
+    parts.append(profile_section(latest_records(reports)))
     return "\n".join(parts)
+
+
+def profile_section(records: dict[tuple[str, str], tuple[BenchRecord, dict]], top: int = 5) -> str:
+    """Where the time goes, per row that has a profile: its top op types by time beside their multiply-adds."""
+    profiled = [record for record, _ in records.values() if record.profile and not record.skipped]
+    if not profiled:
+        return ("### Where the time goes\n\n_No per-operator profile in these results._ `fmnist-bench run` records one "
+                "for each onnxruntime (CPU) and OpenVINO row (LiteRT's and TF Lite's Python interpreters give none).\n")
+    parts = ["### Where the time goes\n", "Each runtime's own profiler on one predict batch (a second, profiling instance: "
+             "never the timed one): the top operator types by their share of the kernel time, beside their share of the "
+             "model's multiply-adds. A type far above its multiply-adds is where a runtime loses time; layout reorders, "
+             "pooling and quantize nodes do no multiply-adds at all.\n"]
+    for record in sorted(profiled, key=lambda r: (r.model, ROWS.index((r.provider, r.variant)) if (r.provider, r.variant) in ROWS else 99)):
+        cells = ", ".join(f"{p['op_type']} {100 * p['time_share']:.0f}% ({100 * p['mac_share']:.0f}%)"
+                          for p in record.profile[:top])
+        parts.append(f"- {_display_name(record.model)}, {runtime_name(record.provider, record.variant, record)}, batch "
+                     f"{record.batch_size}: {cells}")
+    return "\n".join(parts) + "\n\n(op type time% (multiply-adds%))\n"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ class BenchRecord:
     device_median_s: float | None = None  # CUDA: device-only time per call (IOBinding), without host copies
     first_run_s: float | None = None  # the first call of this shape (CUDA: cuDNN's algorithm search)
     provider_options: dict | None = None
+    # The runtime's own profile of one batch, by op type: op_type, time_ms, time_share, mac_share, nodes
+    # (bench/measure/profile.py); predict records at the first batch size, where the runtime gives one.
+    profile: list[dict[str, str | float | int]] | None = None
     skipped: str | None = None
 
     @property

@@ -67,6 +67,11 @@ class SUT:
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
+    def profile(self, batch: np.ndarray) -> list | None:
+        """The runtime's own per-operator profile of ``batch`` (bench/measure/profile.py), from a second,
+        profiling instance; None where the runtime's Python API gives none."""
+        return None
+
 
 class InterpreterSUT(SUT):
     """A TF Lite flatbuffer on an interpreter (TensorFlow's or LiteRT's): the input is resized whenever

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.measure.profile import onnxruntime_profile
 from bench.runtimes.base import SUT, InterfaceError, ProviderUnavailable
 from bench.runtimes.cuda import DeviceRun, cuda_provider_options, device_timer, node_placement, open_session
 from bench.settings import SessionSettings
@@ -17,7 +18,7 @@ class OrtSUT(SUT):
     """An onnxruntime session on exactly one provider (never a silent CPU fallback)."""
 
     def __init__(self, path: Path, provider: str = "cpu", settings: SessionSettings = SessionSettings()):
-        self.path, self.provider = Path(path), provider
+        self.path, self.provider, self.settings = Path(path), provider, settings
         self.provider_options = cuda_provider_options(settings.cudnn_conv_algo_search) if provider == "cuda" else None
         start = time.perf_counter()
         try:
@@ -45,6 +46,9 @@ class OrtSUT(SUT):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def profile(self, batch: np.ndarray) -> list | None:
+        return onnxruntime_profile(self.path, batch, self.settings) if self.provider == "cpu" else None
 
     def device_run(self, batch: np.ndarray) -> DeviceRun:
         """One call on ``batch`` already on the session's device, output left there (IOBinding)."""

@@ -26,6 +26,7 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 import onnx
 
+from bench.measure.profile import openvino_profile
 from bench.runtimes.base import SUT, Case, InterfaceError, InterpreterSUT, ProviderUnavailable
 from bench.runtimes.reference import tflite_content
 from bench.settings import SessionSettings
@@ -96,6 +97,7 @@ class OpenVinoSUT(SUT):
         except ContractError as exc:
             raise InterfaceError(str(exc)) from None
         self.request = compiled.create_infer_request()
+        self._compile = lambda extra: core.compile_model(core.read_model(str(self.path)), "CPU", {**config, **extra})
         picked = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16", "f16"
         self.provider_options = {
             "device": "CPU",
@@ -114,6 +116,9 @@ class OpenVinoSUT(SUT):
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         # share_inputs: no copy of a contiguous slice; the output is copied out (share_outputs=False).
         return self.request.infer({0: batch}, share_inputs=True)[0]
+
+    def profile(self, batch: np.ndarray) -> list | None:
+        return openvino_profile(self._compile({"PERF_COUNT": True}).create_infer_request(), batch, self.path)
 
 
 def _port(port) -> SimpleNamespace:
