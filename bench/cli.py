@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each case's peak resident memory, measured in a fresh process of its own (default on)")
     r.add_argument("--profile", choices=PROFILE, default=DEFAULT.profile,
                    help="each runtime's own per-operator profile of the first batch size (default on)")
+    r.add_argument("--tools", choices=PROFILE, default=DEFAULT.tools,
+                   help="run OpenVINO's benchmark_app and LiteRT's litert-benchmark on the same files, beside their rows "
+                        "(default on)")
     r.add_argument("--no-reference", action="store_true", help="onnxruntime rows only: skip Keras, TF Lite, OpenVINO and LiteRT")
     r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     r.add_argument("--data", help="where the training data is now, if it moved")
@@ -138,7 +141,7 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
         providers = [p for p in providers if p not in REFERENCES]
     settings = RunSettings(
         batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations), memory=args.memory,
-        profile=args.profile,
+        profile=args.profile, tools=args.tools,
         single_stream=SingleStreamSettings(min_queries=args.min_queries, min_duration_s=args.min_duration),
         session=SessionSettings(intra_op_threads=args.threads, graph_optimization=args.graph_optimization,
                                 cudnn_conv_algo_search=args.cudnn_algo_search),

@@ -24,7 +24,7 @@ from exporter.contract import ContractError
 from trainer.artifacts import Artifacts
 
 OPTIONS = ("artifacts", "models", "variants", "providers", "operations", "batch-sizes", "rounds", "min-queries",
-           "min-duration", "threads", "graph-optimization", "cudnn-algo-search", "memory", "profile", "data")
+           "min-duration", "threads", "graph-optimization", "cudnn-algo-search", "memory", "profile", "tools", "data")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

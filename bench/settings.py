@@ -92,10 +92,13 @@ class RunSettings:
     # The runtime's own per-operator profile of the first batch size's predict, from a second, profiling
     # instance (bench/measure/profile.py); off saves it.
     profile: str = "on"
+    # The peers' own benchmark tools on the same files and shapes, beside their rows (bench/measure/tools.py).
+    tools: str = "on"
 
     def __post_init__(self) -> None:
         _require(self.memory in MEMORY, "--memory", self.memory, " or ".join(MEMORY))
         _require(self.profile in PROFILE, "--profile", self.profile, " or ".join(PROFILE))
+        _require(self.tools in PROFILE, "--tools", self.tools, " or ".join(PROFILE))
         _require(1 <= self.rounds <= 1000, "--rounds", self.rounds, "between 1 and 1000")
         _require(0 <= self.warmup_rounds <= 100, "--warmup-rounds", self.warmup_rounds, "between 0 and 100")
         _require(bool(self.batch_sizes) and all(b >= 0 for b in self.batch_sizes), "--batch-sizes", self.batch_sizes,

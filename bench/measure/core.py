@@ -102,7 +102,8 @@ def measure(sut: SUT, case: Case, split: HeldOutSplit, operation: str, batch: in
         warm = own(query, settings.single_stream.warmup_queries, 0)
         queries = settings.single_stream.planned_queries(statistics.median(warm))
         times = timer(query, queries, 0)
-        extra = {"latency_ms": latency_figures(times), "first_run_s": warm[0]}
+        extra = {"latency_ms": latency_figures(times), "first_run_s": warm[0],
+                 "tool": sut.tool_figures(1, settings.single_stream.min_duration_s) if settings.tools == "on" else None}
         if sut.measures_device:
             extra["device_median_s"] = device_median_s(sut, x, 1, len(times))
         return _record(sut, case, operation, 1, 1, times, extra)
@@ -114,9 +115,11 @@ def measure(sut: SUT, case: Case, split: HeldOutSplit, operation: str, batch: in
         probabilities = scenarios.predict(sut, x, batch)
         check_output(probabilities, len(y), f"{case.id} ({case.path.name})")
         extra = {"quality": quality(y, probabilities, split.class_names)}
-        if settings.profile == "on" and batch == plan(settings, len(y))[0][1]:
-            shares = sut.profile(x[:batch])
+        if batch == plan(settings, len(y))[0][1]:  # the first batch size: profile and cross-check it
+            shares = sut.profile(x[:batch]) if settings.profile == "on" else None
             extra["profile"] = as_records(shares) if shares else None
+            if settings.tools == "on":
+                extra["tool"] = sut.tool_figures(batch, settings.single_stream.min_duration_s)
     else:
         loss, accuracy = scenarios.evaluate(sut, x, y, batch)
         extra = {"quality": {"accuracy": accuracy, "loss": loss}}

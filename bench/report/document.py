@@ -177,8 +177,38 @@ def latency_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
         return "\n".join(parts)
     parts.append("Every exported model on each runtime (`fmnist-bench summary` of the reports below; a case measured "
                  f"in several keeps its newest result):\n\n{markdown_summary(reports)}")
-    parts.append(profile_section(latest_records(reports)))
+    records = latest_records(reports)
+    parts.append(profile_section(records))
+    parts.append(tools_section(records))
     return "\n".join(parts)
+
+
+def tools_section(records: dict[tuple[str, str], tuple[BenchRecord, dict]]) -> str:
+    """Our OpenVINO and LiteRT rows beside what those runtimes' own benchmark tools measured on the same files."""
+    rows, missing = [], []
+    for record, _ in records.values():
+        tool = record.tool
+        if not tool or record.skipped:
+            continue
+        name = runtime_name(record.provider, record.variant, record)
+        if "unavailable" in tool:
+            missing.append(f"{name} ({record.operation}): {tool['unavailable']}")
+            continue
+        ours = (record.latency_ms or {}).get("p50") if record.operation == "single-stream" else record.throughput_ips
+        theirs = tool["median_ms"] if record.operation == "single-stream" else tool.get("throughput_ips")
+        rows.append({"model": _display_name(record.model), "row": name,
+                     "measure": "single-stream p50 ms" if record.operation == "single-stream" else f"images/s at batch {record.batch_size}",
+                     "ours": ours, "the tool's": theirs, "ours / tool": ours / theirs if ours and theirs else None,
+                     "tool": tool["command"]})
+    if not rows and not missing:
+        return ""
+    text = ("### Beside the runtimes' own tools\n\nOpenVINO's `benchmark_app` and LiteRT's `litert-benchmark` on the same files "
+            "and shapes, in the same run (`--tools on`): latency is the median per query (lower is faster), throughput "
+            "images per second (higher is faster). What each timer includes is in docs/measurement.md; a ratio far "
+            "from 1 is that difference, or a finding.\n")
+    if rows:
+        text += "\n" + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + "\n"
+    return text + "".join(f"\nNot cross-checked: {line}\n" for line in missing)
 
 
 def profile_section(records: dict[tuple[str, str], tuple[BenchRecord, dict]], top: int = 5) -> str:

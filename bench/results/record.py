@@ -51,6 +51,9 @@ class BenchRecord:
     # The runtime's own profile of one batch, by op type: op_type, time_ms, time_share, mac_share, nodes
     # (bench/measure/profile.py); predict records at the first batch size, where the runtime gives one.
     profile: list[dict[str, str | float | int]] | None = None
+    # The runtime's own benchmark tool on the same file and batch (bench/measure/tools.py): its figures and
+    # command, or {"tool", "unavailable"}; OpenVINO and LiteRT rows.
+    tool: dict[str, str | float | int | None] | None = None
     skipped: str | None = None
 
     @property

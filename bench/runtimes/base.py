@@ -67,6 +67,11 @@ class SUT:
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
+    def tool_figures(self, batch: int, seconds: float) -> dict | None:
+        """The runtime's own benchmark tool on the same file at ``batch`` (bench/measure/tools.py), as a dict;
+        ``{"tool": name, "unavailable": reason}`` when it cannot run; None where the runtime ships none."""
+        return None
+
     def profile(self, batch: np.ndarray) -> list | None:
         """The runtime's own per-operator profile of ``batch`` (bench/measure/profile.py), from a second,
         profiling instance; None where the runtime's Python API gives none."""

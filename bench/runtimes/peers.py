@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from bench.measure.profile import openvino_profile
+from bench.measure.tools import ToolUnavailable, benchmark_app, litert_benchmark
 from bench.runtimes.base import SUT, Case, InterfaceError, InterpreterSUT, ProviderUnavailable
 from bench.runtimes.reference import tflite_content
 from bench.settings import SessionSettings
@@ -79,7 +80,7 @@ class OpenVinoSUT(SUT):
         if precision not in ("f32", "default"):
             raise ValueError(f"precision {precision!r}: expected 'f32' or 'default'")
         ov = require("openvino", "openvino")
-        self.path, self.variant = Path(path), variant
+        self.path, self.variant, self.precision, self.threads = Path(path), variant, precision, threads
         config: dict[str, str] = {"PERFORMANCE_HINT": hint}
         if precision == "f32":
             config["INFERENCE_PRECISION_HINT"] = "f32"
@@ -116,6 +117,11 @@ class OpenVinoSUT(SUT):
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         # share_inputs: no copy of a contiguous slice; the output is copied out (share_outputs=False).
         return self.request.infer({0: batch}, share_inputs=True)[0]
+
+    def tool_figures(self, batch: int, seconds: float) -> dict | None:
+        options = self.provider_options
+        return _tool_dict("benchmark_app", lambda: benchmark_app(
+            self.path, batch, options["performance_hint"], self.precision, self.threads, seconds))
 
     def profile(self, batch: np.ndarray) -> list | None:
         return openvino_profile(self._compile({"PERF_COUNT": True}).create_infer_request(), batch, self.path)
@@ -168,6 +174,20 @@ class LiteRTSUT(InterpreterSUT):
                                  "file": self.path.name}
         self.name = "litert"
         self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
+        self.threads = threads or os.cpu_count()
+
+    def tool_figures(self, batch: int, seconds: float) -> dict | None:
+        if batch != 1:  # litert-benchmark runs the file's own input shape, batch 1: no batch figure to set beside
+            return None
+        runs = max(100, round(seconds * 1000))  # about ``seconds`` at the sub-millisecond queries of these models
+        return _tool_dict("litert-benchmark", lambda: litert_benchmark(self.path, self.threads, runs))
+
+
+def _tool_dict(name: str, run) -> dict:
+    try:
+        return run().to_dict()
+    except ToolUnavailable as exc:
+        return {"tool": name, "unavailable": str(exc)}
 
 
 
