@@ -102,7 +102,7 @@ def measure(sut: SUT, case: Case, split: HeldOutSplit, operation: str, batch: in
         warm = own(query, settings.single_stream.warmup_queries, 0)
         queries = settings.single_stream.planned_queries(statistics.median(warm))
         times = timer(query, queries, 0)
-        extra = {"latency_ms": latency_figures(times), "first_run_s": warm[0],
+        extra = {"latency_ms": latency_figures(times), "first_run_s": warm[0], "overhead_ms": call_overhead_ms(sut, x, own),
                  "tool": sut.tool_figures(1, settings.single_stream.min_duration_s) if settings.tools == "on" else None}
         if sut.measures_device:
             extra["device_median_s"] = device_median_s(sut, x, 1, len(times))
@@ -126,6 +126,15 @@ def measure(sut: SUT, case: Case, split: HeldOutSplit, operation: str, batch: in
     if sut.measures_device:
         extra["device_median_s"] = device_median_s(sut, x, batch, settings.rounds)
     return _record(sut, case, operation, batch, len(y), times, {**extra, "first_run_s": first})
+
+
+def call_overhead_ms(sut: SUT, x: np.ndarray, timer: Timer, queries: int = 200) -> float | None:
+    """The median single query, in ms, on the trivial model through the same runtime and call path as ``sut``."""
+    trivial = sut.trivial()
+    if trivial is None:
+        return None
+    times = timer(scenarios.one_query_at_a_time(trivial, x), queries, 20)
+    return statistics.median(times) * 1000
 
 
 def device_median_s(sut: SUT, x: np.ndarray, batch: int, rounds: int) -> float:

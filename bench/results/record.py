@@ -38,6 +38,9 @@ class BenchRecord:
     times_s: list[float] | None = None  # every timed round, in order
     throughput_ips: float | None = None
     latency_ms: dict[str, float] | None = None  # single-stream: p50, p90, p99, mean, queries
+    # single-stream: the median query on a trivial model of the same interface, same runtime and call path
+    # (bench/runtimes/trivial.py): the runtime's own call overhead, the rest of p50 being the model's compute.
+    overhead_ms: float | None = None
     gflops: float | None = None
     session_create_s: float | None = None
     model_bytes: int | None = None  # the file the runtime loaded: .onnx, .keras or the .tflite buffer

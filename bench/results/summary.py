@@ -107,6 +107,7 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
                 "images/s": predict.throughput_ips if predict else None,
                 "x Keras predict": keras.median_s / predict.median_s if predict and keras else None,
                 "single-stream p50 ms": single.latency_ms["p50"] if single and single.latency_ms else None,
+                "of it call overhead ms": single.overhead_ms if single else None,
                 "p99 ms": single.latency_ms["p99"] if single and single.latency_ms else None,
                 "GFLOP/s": predict.gflops if predict else None,
                 "% of peak": 100 * predict.gflops / peak if predict and predict.gflops and peak else None,
@@ -211,14 +212,17 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
         header = (f"**These reports come from one machine with different software, and the rows mix them:** "
                   f"{' / '.join(described)} ({'; '.join(differences(machines[0], machines[1]))}); "
                   f"from {', '.join(Path(p).name for p in paths)}")
-    formats = ([""] if machine_count > 1 else []) + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".1f", ".1f", "", ".4f", "+.2f"]
+    formats = ([""] if machine_count > 1 else []) + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".3f", ".1f", ".1f", "", ".4f", "+.2f"]
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():
         if record.skipped:
             skipped.setdefault((record.provider, record.skipped), []).append(f"{record.model} {record.variant}")
     notes = "".join(f"\nNot timed on {provider} ({', '.join(cases)}): {reason}\n"
                     for (provider, reason), cases in skipped.items())
-    peak = ("\n% of peak: GFLOP/s as a share of the fastest large matrix product that an installed runtime reaches on "
+    peak = ("\nof it call overhead: the median single query on a trivial model (3,920 multiply-adds) of the same "
+            "interface, through the same runtime, call path and settings: what the runtime costs before the model "
+            "computes anything.\n"
+            "% of peak: GFLOP/s as a share of the fastest large matrix product that an installed runtime reaches on "
             "the same machine in the row's own arithmetic (the 'peak of' column: fp32, fp16, bf16 or int8); none for "
             "CUDA rows, nor where that arithmetic has no yardstick.\n")
     advice = "".join(f"\n{line}\n" for line in recommendations(records, batch_size))

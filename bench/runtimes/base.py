@@ -67,6 +67,12 @@ class SUT:
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
+    def trivial(self) -> "SUT | None":
+        """The same runtime, call path and settings on a trivial model of the same interface
+        (bench/runtimes/trivial.py): its single-query time is this runtime's call overhead. None where it
+        cannot be built here."""
+        return None
+
     def tool_figures(self, batch: int, seconds: float) -> dict | None:
         """The runtime's own benchmark tool on the same file at ``batch`` (bench/measure/tools.py), as a dict;
         ``{"tool": name, "unavailable": reason}`` when it cannot run; None where the runtime ships none."""

@@ -9,6 +9,7 @@ import numpy as np
 
 from bench.measure.profile import onnxruntime_profile
 from bench.runtimes.base import SUT, InterfaceError, ProviderUnavailable
+from bench.runtimes.trivial import trivial_onnx
 from bench.runtimes.cuda import DeviceRun, cuda_provider_options, device_timer, node_placement, open_session
 from bench.settings import SessionSettings
 from exporter.contract import INPUT_NAME, OUTPUT_NAME, ContractError, check_interface
@@ -46,6 +47,9 @@ class OrtSUT(SUT):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def trivial(self) -> SUT:
+        return OrtSUT(trivial_onnx(), self.provider, self.settings)
 
     def profile(self, batch: np.ndarray) -> list | None:
         return onnxruntime_profile(self.path, batch, self.settings) if self.provider == "cpu" else None

@@ -30,6 +30,8 @@ from bench.measure.profile import openvino_profile
 from bench.measure.tools import ToolUnavailable, benchmark_app, litert_benchmark
 from bench.runtimes.base import SUT, Case, InterfaceError, InterpreterSUT, ProviderUnavailable
 from bench.runtimes.reference import tflite_content
+from bench.runtimes.trivial import RECIPE as TRIVIAL_RECIPE
+from bench.runtimes.trivial import trivial_keras, trivial_onnx
 from bench.settings import SessionSettings
 from exporter.contract import INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, read_manifest, sha256_of
 from exporter.publish import current
@@ -80,7 +82,7 @@ class OpenVinoSUT(SUT):
         if precision not in ("f32", "default"):
             raise ValueError(f"precision {precision!r}: expected 'f32' or 'default'")
         ov = require("openvino", "openvino")
-        self.path, self.variant, self.precision, self.threads = Path(path), variant, precision, threads
+        self.path, self.variant, self.precision, self.hint, self.threads = Path(path), variant, precision, hint, threads
         config: dict[str, str] = {"PERFORMANCE_HINT": hint}
         if precision == "f32":
             config["INFERENCE_PRECISION_HINT"] = "f32"
@@ -117,6 +119,9 @@ class OpenVinoSUT(SUT):
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         # share_inputs: no copy of a contiguous slice; the output is copied out (share_outputs=False).
         return self.request.infer({0: batch}, share_inputs=True)[0]
+
+    def trivial(self) -> SUT:
+        return OpenVinoSUT(trivial_onnx(), self.variant, self.precision, self.hint, self.threads)
 
     def tool_figures(self, batch: int, seconds: float) -> dict | None:
         options = self.provider_options
@@ -175,6 +180,17 @@ class LiteRTSUT(InterpreterSUT):
         self.name = "litert"
         self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
         self.threads = threads or os.cpu_count()
+
+    def trivial(self) -> SUT | None:
+        cached = self.path.parent / f"trivial.{TRIVIAL_RECIPE}.tflite"
+        if not cached.is_file():
+            try:
+                content = tflite_content(trivial_keras())
+            except ModuleNotFoundError:  # no TensorFlow here and no cached conversion: no overhead figure
+                return None
+            with writing(cached), atomic_path(cached) as tmp:
+                tmp.write_bytes(content)
+        return LiteRTSUT(cached, self.threads)
 
     def tool_figures(self, batch: int, seconds: float) -> dict | None:
         if batch != 1:  # litert-benchmark runs the file's own input shape, batch 1: no batch figure to set beside

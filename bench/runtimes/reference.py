@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.runtimes.base import SUT, InterpreterSUT
+from bench.runtimes.trivial import trivial_keras
 from trainer import quiet
 
 
@@ -38,6 +39,9 @@ class KerasSUT(SUT):
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         return self.model.predict(x, batch_size=batch_size, verbose=0)
 
+    def trivial(self) -> SUT:
+        return KerasSUT(trivial_keras())
+
 
 def tflite_content(keras_file: Path, convert=None) -> bytes:
     """The ``.keras`` model as a TF Lite flatbuffer. ``convert(converter)`` may set quantization first.
@@ -62,6 +66,7 @@ class TFLiteSUT(InterpreterSUT):
     """TF Lite fp32 of the same ``.keras`` model, on its default CPU delegate (XNNPACK)."""
 
     def __init__(self, path: Path, threads: int | None = None):
+        self.threads = threads
         tf = quiet.import_tensorflow()  # for reference rows only
         content = tflite_content(Path(path))
         start = time.perf_counter()
@@ -77,3 +82,6 @@ class TFLiteSUT(InterpreterSUT):
         self.providers_used = ["tflite (default delegate: XNNPACK)"]
         self.name = "tflite"
         self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
+
+    def trivial(self) -> SUT:
+        return TFLiteSUT(trivial_keras(), self.threads)
