@@ -70,6 +70,14 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
+def _threads(text: str) -> tuple[int, ...]:
+    parse = _number(int, 0, 1024)
+    try:
+        return tuple(dict.fromkeys(parse(value.strip()) for value in text.split(",")))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: thread counts are whole numbers from 0 to 1024, e.g. 1,2") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmnist-bench", description="Benchmark exported models; summarise and compare results.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"single-stream: at least this many queries (default {single.min_queries})")
     r.add_argument("--min-duration", type=_number(float, 0, 3600), default=single.min_duration_s,
                    help=f"single-stream: and at least this many seconds (default {single.min_duration_s:g})")
-    r.add_argument("--threads", type=_number(int, 0, 1024), default=session.intra_op_threads,
-                   help="onnxruntime intra-op threads (default 0: onnxruntime's choice)")
+    r.add_argument("--threads", type=_threads, default=DEFAULT.threads,
+                   help="intra-op threads, one row per count, e.g. 1,2 (default 0: each runtime's own choice)")
     r.add_argument("--graph-optimization", choices=tuple(GRAPH_OPTIMIZATION), default=session.graph_optimization)
     r.add_argument("--cudnn-algo-search", choices=CUDNN_ALGO_SEARCH, default=session.cudnn_conv_algo_search,
                    help=f"CUDA: cuDNN's convolution algorithm search (default {session.cudnn_conv_algo_search})")
@@ -143,10 +151,11 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
         batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations), memory=args.memory,
         profile=args.profile, tools=args.tools,
         single_stream=SingleStreamSettings(min_queries=args.min_queries, min_duration_s=args.min_duration),
-        session=SessionSettings(intra_op_threads=args.threads, graph_optimization=args.graph_optimization,
+        threads=args.threads,
+        session=SessionSettings(graph_optimization=args.graph_optimization,
                                 cudnn_conv_algo_search=args.cudnn_algo_search),
     )
-    return artifacts, discover(artifacts, args.models, args.variants, providers), settings
+    return artifacts, discover(artifacts, args.models, args.variants, providers, settings.threads), settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:

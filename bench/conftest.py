@@ -19,6 +19,7 @@ from bench.runtimes import Case
 from bench.measure.cases import NothingToBench, read_exports
 from bench.cli import build_parser, selection
 from bench.measure.core import plan
+from bench.results.record import record_id
 from bench.settings import RunSettings, SettingsError
 from exporter.contract import ContractError
 from trainer.artifacts import Artifacts
@@ -43,7 +44,8 @@ class BenchParam:
     @property
     def id(self) -> str:
         """The same id as ``fmnist-bench run`` gives the record, so ``fmnist-bench compare`` can join them."""
-        return f"{self.case.id}-{self.operation}-b{self.batch}"
+        case = self.case
+        return record_id(case.model, case.variant, case.provider, self.operation, self.batch, case.threads)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ class RunSettings:
     """What one bench run measures; both front doors build one of these and hand it to ``bench.measure``."""
 
     batch_sizes: tuple[int, ...] = (128, WHOLE_SPLIT)
+    # Each case at each of these intra-op thread counts, a row per count (0: the runtime's default).
+    threads: tuple[int, ...] = (0,)
     rounds: int = 5  # timed rounds per batch operation; every one is kept in the report
     warmup_rounds: int = 1
     operations: tuple[str, ...] = OPERATIONS
@@ -103,6 +105,8 @@ class RunSettings:
         _require(0 <= self.warmup_rounds <= 100, "--warmup-rounds", self.warmup_rounds, "between 0 and 100")
         _require(bool(self.batch_sizes) and all(b >= 0 for b in self.batch_sizes), "--batch-sizes", self.batch_sizes,
                  "positive integers or 'all'")
+        _require(bool(self.threads) and all(0 <= t <= 1024 for t in self.threads), "--threads", self.threads,
+                 "thread counts from 0 (the runtime's default) to 1024")
         _require(bool(self.operations) and set(self.operations) <= set(OPERATIONS), "--operations", self.operations,
                  ",".join(OPERATIONS))
 

@@ -44,9 +44,10 @@ def read_exports(artifacts: Artifacts) -> tuple[Path, Manifest]:
 
 
 def discover(artifacts: Artifacts, models: list[str] | None = None, variants: list[str] | None = None,
-             providers: list[str] | None = None) -> list[Case]:
-    """Every exported (model, variant) on every runtime asked for, in manifest order, each file verified
-    against the manifest (sha256) and against its own metadata (model and variant)."""
+             providers: list[str] | None = None, threads: tuple[int, ...] = (0,)) -> list[Case]:
+    """Every exported (model, variant) on every runtime asked for, at each thread count (once for a runtime
+    that takes none), in manifest order, each file verified against the manifest (sha256) and against its own
+    metadata (model and variant)."""
     onnx_dir, manifest = read_exports(artifacts)
     exported = list(dict.fromkeys(f.model for f in manifest.files.values()))
     unknown = [m for m in models or () if m not in exported]
@@ -67,7 +68,8 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
         chosen = [runtime for runtime in runtimes if entry.variant in runtime.variants]
         if any(runtime.from_keras for runtime in chosen):
             _check_keras_source(artifacts, entry.model, props, path)
-        cases += [Case(entry.model, entry.variant, runtime.key, path) for runtime in chosen]
+        cases += [Case(entry.model, entry.variant, runtime.key, path, count) for runtime in chosen
+                  for count in (threads if runtime.threads else (0,))]
     if not cases:
         raise NothingToBench(f"{artifacts.onnx_dir}: no exported file matches models={models} variants={variants} "
                              f"providers={providers} (keras and tflite need the fp32 file; peers the fp32 or int8 one)")

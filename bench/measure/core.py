@@ -9,6 +9,7 @@ what actually ran, the same quality figures. Only the clock readings differ.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -71,7 +72,8 @@ def case_memory_mb(case: Case, artifacts: Artifacts, settings: RunSettings, test
     record of the case; None with ``--memory off``. Raises MemoryProbeError."""
     if settings.memory == "off":
         return None
-    return case_peak_rss_mb(case, artifacts, settings.session, max(batch for _, batch in plan(settings, test_images)))
+    session = dataclasses.replace(settings.session, intra_op_threads=case.threads)
+    return case_peak_rss_mb(case, artifacts, session, max(batch for _, batch in plan(settings, test_images)))
 
 
 def plan(settings: RunSettings, test_images: int) -> list[tuple[str, int]]:
@@ -149,6 +151,7 @@ def device_median_s(sut: SUT, x: np.ndarray, batch: int, rounds: int) -> float:
 def _record(sut: SUT, case: Case, operation: str, batch: int, images_per_call: int, times: list[float], extra: dict) -> BenchRecord:
     return BenchRecord(
         model=case.model, variant=case.variant, provider=case.provider, operation=operation, batch_size=batch,
+        threads=case.threads,
         providers_used=list(sut.providers_used), images=images_per_call,
         **round_figures(times, images_per_call, _macs(case.path, case.path.stat().st_mtime_ns)),
         session_create_s=sut.session_create_s, model_bytes=sut.model_bytes,

@@ -35,6 +35,7 @@ class MemoryProbeError(RuntimeError):
 def case_peak_rss_mb(case: Case, artifacts: Artifacts, session: SessionSettings, batch: int) -> float:
     """The peak resident memory, in MiB, of a fresh process that builds ``case`` and predicts one ``batch``."""
     request = {"model": case.model, "variant": case.variant, "provider": case.provider, "path": str(case.path.resolve()),
+               "threads": case.threads,
                "artifacts": str(artifacts.root.resolve()), "session": session.__dict__, "batch": batch}
     result = subprocess.run([sys.executable, "-m", "bench.measure.memory", json.dumps(request)], capture_output=True, text=True,
                             timeout=PROBE_TIMEOUT_S)
@@ -58,7 +59,7 @@ def peak_rss_mb() -> float:
 def _probe(request: dict) -> float:
     from bench.runtimes import make_sut  # noqa: PLC0415 - imported in the child, where its memory counts
 
-    case = Case(request["model"], request["variant"], request["provider"], Path(request["path"]))
+    case = Case(request["model"], request["variant"], request["provider"], Path(request["path"]), request["threads"])
     sut = make_sut(case, Artifacts(Path(request["artifacts"])), SessionSettings(**request["session"]))
     sut(np.zeros((request["batch"], *INPUT_SHAPE), dtype=np.float32))
     return peak_rss_mb()

@@ -70,12 +70,16 @@ def describe_yardsticks(machine: dict) -> str:
     if "yardsticks" not in machine:  # results written before: numpy's SGEMM and onnxruntime's integer GEMM
         return (f"large SGEMM {machine.get('sgemm_gflops', float('nan')):.0f} GFLOP/s"
                 + (f", large int8 GEMM {machine['int8_gemm_gops']:.0f} GOP/s" if machine.get("int8_gemm_gops") else ""))
-    best: dict[str, dict] = {}
-    for y in machine["yardsticks"]:
-        if y["threads"] == 0 and y["gops"] > best.get(y["arithmetic"], {}).get("gops", 0):
-            best[y["arithmetic"]] = y
-    measured = ", ".join(f"{kind} {y['gops']:.0f} {'GOP/s' if kind == 'int8' else 'GFLOP/s'} ({y['runtime']})"
-                         for kind, y in sorted(best.items()))
+    parts = []
+    for threads in sorted({y["threads"] for y in machine["yardsticks"]}):
+        best: dict[str, dict] = {}
+        for y in machine["yardsticks"]:
+            if y["threads"] == threads and y["gops"] > best.get(y["arithmetic"], {}).get("gops", 0):
+                best[y["arithmetic"]] = y
+        measured = ", ".join(f"{kind} {y['gops']:.0f} {'GOP/s' if kind == 'int8' else 'GFLOP/s'} ({y['runtime']})"
+                             for kind, y in sorted(best.items()))
+        parts.append((f"at {threads} thread{'s' if threads > 1 else ''}: " if threads else "") + measured)
+    measured = "; ".join(parts) or "none measured"
     bound = machine.get("theoretical_gops") or {}
     bound_text = (f"; the ISA's bound at {machine.get('cpu_mhz'):.0f} MHz, every logical CPU a core with two FMA ports: "
                   + ", ".join(f"{kind} {gops:.0f}" for kind, gops in sorted(bound.items())) if bound else "")

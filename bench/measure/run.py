@@ -22,7 +22,7 @@ from trainer.artifacts import Artifacts
 def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: str | None = None,
         log: TextIO | None = None) -> BenchRun:
     """Measure ``cases``; progress goes to ``log`` when one is given."""
-    results = BenchRun(machine=machine(), settings=settings.to_dict(), commit=commit_info(),
+    results = BenchRun(machine=machine(settings.threads), settings=settings.to_dict(), commit=commit_info(),
                        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     splits: dict[str, HeldOutSplit] = {}
     for i, case in enumerate(cases, 1):

@@ -58,13 +58,20 @@ class BenchRecord:
     # command, or {"tool", "unavailable"}; OpenVINO and LiteRT rows.
     tool: dict[str, str | float | int | None] | None = None
     skipped: str | None = None
+    threads: int = 0  # the runtime's intra-op threads (--threads); 0: its default
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.variant}-{self.provider}-{self.operation}-b{self.batch_size}"
+        return record_id(self.model, self.variant, self.provider, self.operation, self.batch_size, self.threads)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def record_id(model: str, variant: str, provider: str, operation: str, batch: int, threads: int = 0) -> str:
+    """``model4-int8-cpu-predict-b128`` (``-t1`` at one thread): the same id in our results and in
+    pytest-benchmark's, so ``compare`` joins them."""
+    return f"{model}-{variant}-{provider}-{operation}-b{batch}" + (f"-t{threads}" if threads else "")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.results.record import BenchRecord
+from bench.results.record import BenchRecord, record_id
 from bench.results.store import differences, load
 from bench.measure.peaks import describe_yardsticks, peak_gops
 from bench.runtimes import ROWS, arithmetic, row_name
@@ -29,8 +29,11 @@ MAX_ACCURACY_LOSS_POINTS = 0.5
 
 
 def runtime_name(provider: str, variant: str, record: BenchRecord | None = None) -> str:
-    """The row's readable name from the registry; OpenVINO's default-precision row names the precision it reported."""
-    return row_name(provider, variant, record.provider_options if record else None)
+    """The row's readable name from the registry; OpenVINO's default-precision row names the precision it reported,
+    and a row at a given thread count says it (``onnxruntime CPU int8, 1 thread``)."""
+    name = row_name(provider, variant, record.provider_options if record else None)
+    threads = record.threads if record else 0
+    return f"{name}, {threads} thread{'s' if threads > 1 else ''}" if threads else name
 
 
 def _peak(record: BenchRecord, machine: dict) -> tuple[str | None, float | None]:
@@ -42,7 +45,7 @@ def _peak(record: BenchRecord, machine: dict) -> tuple[str | None, float | None]
     if kind is None:
         return None, None
     if "yardsticks" in machine:
-        return kind, peak_gops(machine["yardsticks"], kind)
+        return kind, peak_gops(machine["yardsticks"], kind, record.threads)
     return kind, machine.get({"fp32": "sgemm_gflops", "int8": "int8_gemm_gops"}.get(kind, ""))
 
 
@@ -92,9 +95,9 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
         get = _getter(by_id, model)
         keras = get("keras", "fp32", "predict", batch_size)
         fp32_accuracy = _fp32_accuracy(get, batch_size)
-        for provider, variant in ROWS:
-            predict = get(provider, variant, "predict", batch_size)
-            single = get(provider, variant, "single-stream", 1)
+        for provider, variant, threads in _row_keys(by_id):
+            predict = get(provider, variant, "predict", batch_size, threads)
+            single = get(provider, variant, "single-stream", 1, threads)
             if predict is None and single is None:
                 continue
             accuracy = (predict.quality or {}).get("accuracy") if predict else None
@@ -118,15 +121,21 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
     return pd.DataFrame(rows)
 
 
-Getter = Callable[[str, str, str, int], BenchRecord | None]  # (provider, variant, operation, batch) -> record
+Getter = Callable[..., BenchRecord | None]  # (provider, variant, operation, batch, threads=0) -> record
 
 
 def _getter(by_id: dict[str, BenchRecord], model: str) -> Getter:
-    """A model's measured (not skipped) record for a provider, variant, operation and batch size."""
-    def get(provider: str, variant: str, operation: str, batch: int) -> BenchRecord | None:
-        record = by_id.get(f"{model}-{variant}-{provider}-{operation}-b{batch}")
+    """A model's measured (not skipped) record for a provider, variant, operation, batch size and thread count."""
+    def get(provider: str, variant: str, operation: str, batch: int, threads: int = 0) -> BenchRecord | None:
+        record = by_id.get(record_id(model, variant, provider, operation, batch, threads))
         return record if record is not None and not record.skipped else None
     return get
+
+
+def _row_keys(by_id: dict[str, BenchRecord]) -> list[tuple[str, str, int]]:
+    """(provider, variant, threads) of every row a table can have: the registry's order, each thread count."""
+    counts = sorted({record.threads for record in by_id.values()})
+    return [(provider, variant, threads) for provider, variant in ROWS for threads in counts]
 
 
 def _fp32_accuracy(get: Getter, batch_size: int) -> float | None:
@@ -161,8 +170,9 @@ def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch
             lines.append(f"**{model}**: no recommendation (no fp32 accuracy at batch {batch_size} to bound the others by)")
             continue
         eligible, excluded = [], []
-        for provider, variant in ROWS:
-            predict, single = get(provider, variant, "predict", batch_size), get(provider, variant, "single-stream", 1)
+        for provider, variant, threads in _row_keys(by_id):
+            predict = get(provider, variant, "predict", batch_size, threads)
+            single = get(provider, variant, "single-stream", 1, threads)
             accuracy = (predict.quality or {}).get("accuracy") if predict else None
             if predict is None and single is None:
                 continue

@@ -9,8 +9,10 @@ row whose reason names the package, and the bench runs with onnxruntime, numpy a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.runtimes.base import SUT, Case, ProviderUnavailable
 from bench.runtimes.ort import OrtSUT
@@ -39,6 +41,7 @@ class Runtime:
     arithmetics: dict[str, str]
     reference: bool = True  # not onnxruntime: what --no-reference leaves out
     from_keras: bool = False  # runs the trained .keras file, which must be the one the ONNX file came from
+    threads: bool = True  # takes a thread count (--threads); Keras runs TensorFlow's process-wide pools
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -59,14 +62,14 @@ def _onnxruntime(case: Case, artifacts: Artifacts, settings: SessionSettings) ->
     return OrtSUT(case.path, case.provider, settings)
 
 
-def _tensorflow(sut: type[SUT]) -> Build:
+def _tensorflow(sut: Callable[[Path, int], SUT]) -> Build:
     def build(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
         keras_file = artifacts.model_file(case.model)
         if not keras_file.is_file():  # discover() checked its identity where it exists
             raise PeerUnavailable(f"{keras_file} is not here: the {case.provider} row runs the trained model "
                                   "(copy it beside the ONNX files, or pass --no-reference)")
         try:
-            return sut(keras_file)
+            return sut(keras_file, settings.intra_op_threads)
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] not in ("tensorflow", "keras"):
                 raise
@@ -92,7 +95,7 @@ SAME = {variant: variant for variant in VARIANTS}
 RUNTIMES: dict[str, Runtime] = {runtime.key: runtime for runtime in (
     Runtime("cpu", {v: f"onnxruntime CPU {v}" for v in VARIANTS}, _onnxruntime, SAME, reference=False),
     Runtime("cuda", {v: f"onnxruntime CUDA {v}" for v in VARIANTS}, _onnxruntime, {}, reference=False),
-    Runtime("keras", {"fp32": "Keras"}, _tensorflow(KerasSUT), SAME, from_keras=True),
+    Runtime("keras", {"fp32": "Keras"}, _tensorflow(KerasSUT), SAME, from_keras=True, threads=False),
     Runtime("tflite", {"fp32": "TF Lite (XNNPACK)"}, _tensorflow(TFLiteSUT), SAME, from_keras=True),
     Runtime("openvino", {"fp32": "OpenVINO default ({precision})", "int8": "OpenVINO int8"}, _openvino("default"),
             {"fp32": "{precision}", "int8": "int8"}),
@@ -105,10 +108,10 @@ ROWS = tuple((key, variant) for key, runtime in RUNTIMES.items() for variant in 
 
 
 def make_sut(case: Case, artifacts: Artifacts, settings: SessionSettings = SessionSettings()) -> SUT:
-    """The system under test for a case. Raises ProviderUnavailable, whose message is the skipped row's reason:
-    a provider that did not load, a runtime that is not installed, or (on a device that got only the ONNX
-    files) a reference row without its ``.keras`` file."""
-    return RUNTIMES[case.provider].build(case, artifacts, settings)
+    """The system under test for a case, at the case's thread count. Raises ProviderUnavailable, whose message is
+    the skipped row's reason: a provider that did not load, a runtime that is not installed, or (on a device
+    that got only the ONNX files) a reference row without its ``.keras`` file."""
+    return RUNTIMES[case.provider].build(case, artifacts, dataclasses.replace(settings, intra_op_threads=case.threads))
 
 
 def row_name(provider: str, variant: str, provider_options: dict | None = None) -> str:

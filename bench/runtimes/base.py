@@ -27,10 +27,16 @@ class Case:
     variant: str
     provider: str
     path: Path
+    threads: int = 0  # the runtime's intra-op threads (--threads); 0: its own default
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.variant}-{self.provider}"
+        return f"{self.model}-{self.variant}-{self.provider}{thread_suffix(self.threads)}"
+
+
+def thread_suffix(threads: int) -> str:
+    """``-t1`` for a case run at one thread; nothing at the runtime's default, so ids of earlier runs still match."""
+    return f"-t{threads}" if threads else ""
 
 
 class ProviderUnavailable(RuntimeError):

@@ -22,7 +22,9 @@ class KerasSUT(SUT):
     a single query through ``model(x, training=False)`` (Keras' advice for small inputs; ``predict``
     costs tens of milliseconds per call)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 0):
+        # Keras runs TensorFlow's own thread pools, set once per process: a thread count cannot be asked of it
+        # here, and its rows record the default they ran with.
         quiet.import_tensorflow()
         from trainer.models import load_trained  # noqa: PLC0415 - TensorFlow only for reference rows
 
@@ -66,7 +68,7 @@ class TFLiteSUT(InterpreterSUT):
     """TF Lite fp32 of the same ``.keras`` model, on its default CPU delegate (XNNPACK)."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        self.threads = threads
+        self.threads = threads or None
         tf = quiet.import_tensorflow()  # for reference rows only
         content = tflite_content(Path(path))
         start = time.perf_counter()
