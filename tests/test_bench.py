@@ -26,7 +26,7 @@ from bench.runtimes.ort import OrtSUT
 from tests.conftest import train_and_export_model1
 from trainer.artifacts import Artifacts
 
-FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--quiet"]
+FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--tools", "off", "--quiet"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -357,3 +357,30 @@ def test_impossible_run_options_are_refused(option: str, value: str, capsys):
 def test_an_unknown_model_is_named(exported: Artifacts, capsys):
     assert main(["run", "--artifacts", str(exported.root), "--models", "model1,modle2", *FAST_RUN]) == 2
     assert "--models modle2: not exported" in capsys.readouterr().err
+
+
+def test_threads_give_a_row_per_count_with_the_call_overhead_and_the_profile(exported: Artifacts, tmp_path: Path, capsys):
+    report_dir = tmp_path / "threads"
+    assert main(["run", "--artifacts", str(exported.root), "--providers", "cpu,keras", "--variants", "fp32,int8",
+                 "--operations", "predict,single-stream", "--batch-sizes", "128", "--threads", "1,2", "--memory", "off",
+                 "--report-dir", str(report_dir), *FAST_RUN]) == 0
+    path = max(report_dir.glob("bench-*.json"))
+    run = load(path)
+    by_id = {r.id: r for r in run.records}
+    for threads in (1, 2):
+        for variant in ("fp32", "int8"):
+            single = by_id[f"model1-{variant}-cpu-single-stream-b1-t{threads}"]
+            assert single.threads == threads and 0 < single.overhead_ms < 10 * single.latency_ms["p50"]
+            predict = by_id[f"model1-{variant}-cpu-predict-b128-t{threads}"]
+            shares = predict.profile
+            assert shares and abs(sum(s["time_share"] for s in shares) - 1) < 1e-6
+            assert abs(sum(s["mac_share"] for s in shares) - 1) < 1e-6
+            assert "Conv" in shares[0]["op_type"]  # model1's three convolutions are most of its time and work
+    assert "model1-fp32-keras-predict-b128" in by_id and not any(i.startswith("model1-fp32-keras") and "-t" in i for i in by_id)
+    assert {(y["arithmetic"], y["threads"]) for y in run.machine["yardsticks"]} >= {("fp32", 1), ("fp32", 2), ("int8", 1), ("int8", 2)}
+    assert main(["summary", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime CPU int8, 1 thread " in out and "onnxruntime CPU int8, 2 threads" in out
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "--artifacts", str(exported.root), "--threads", "1,x"])
+    assert refused.value.code == 2 and "--threads: '1,x': thread counts are whole numbers" in capsys.readouterr().err

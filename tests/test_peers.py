@@ -26,7 +26,7 @@ from trainer import data
 from trainer.artifacts import Artifacts
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--batch-sizes", "128", "--quiet"]
+FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--batch-sizes", "128", "--tools", "off", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +278,19 @@ def test_reports_from_two_machines_stand_side_by_side(tmp_path: Path, capsys):
     assert by_machine[("edge-b", "onnxruntime CPU fp32")][6] == "6.00"  # 3.0 s Keras on edge-b / 0.5 s: never edge-a's Keras
     assert "shown side by side (the machine column), never merged" in out
     assert "On edge-a: test CPU (2 cores): **model4**" in out and "On edge-b: test CPU (2 cores): **model4**" in out
+
+
+def test_the_peers_own_tools_run_beside_their_rows(exported: Artifacts, tmp_path: Path):
+    """benchmark_app on the same .onnx file and batch, litert-benchmark on the same .tflite at batch 1."""
+    report_dir = tmp_path / "tools"
+    options = [o for o in FAST_RUN if o not in ("--tools", "off")]
+    assert main(["run", "--artifacts", str(exported.root), "--providers", "openvino,litert", "--variants", "int8",
+                 "--operations", "predict,single-stream", "--memory", "off", "--report-dir", str(report_dir),
+                 "--min-duration", "1", *options]) == 0
+    by_id = {r.id: r for r in load(max(report_dir.glob("bench-*.json"))).records}
+    for key, tool, batch in (("openvino-predict-b128", "benchmark_app", 128), ("openvino-single-stream-b1", "benchmark_app", 1),
+                             ("litert-single-stream-b1", "litert-benchmark", 1)):
+        figures = by_id[f"model1-int8-{key}"].tool
+        assert figures["tool"] == tool and figures["batch"] == batch and figures["median_ms"] > 0, figures
+        assert figures["command"].startswith(tool) and "onnx.d" not in figures["command"]
+    assert by_id["model1-int8-litert-predict-b128"].tool is None  # litert-benchmark cannot run batch 128
