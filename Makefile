@@ -44,7 +44,7 @@ demo: export FMNIST_ARTIFACTS = artifacts/demo
 demo: setup
 	$(BIN)/fmnist-train model1 model2 model3 model4 --epochs 2
 	$(BIN)/fmnist-train resnet50 vgg16 --epochs 1 --limit 6000
-	$(BIN)/fmnist-export model4 --int8-reduce-range  # 7-bit weights: full-range int8 loses more than a point on CPUs without VNNI (README)
+	$(BIN)/fmnist-export model4  # int8 weights for this CPU: 7-bit without VNNI, where full range loses more than a point (docs/performance.md)
 	$(BIN)/fmnist-bench run --models model4 --operations predict,single-stream --batch-sizes 128 --rounds 5 --quiet
 	@$(BIN)/fmnist-bench report > /dev/null
 	@echo; echo "== Table 1 ($(FMNIST_ARTIFACTS)/reports/table1.md)"; cat $(FMNIST_ARTIFACTS)/reports/table1.md

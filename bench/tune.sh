@@ -3,7 +3,7 @@
 # (the machine is noisy: compare within a run of this script, not across days).
 #   sh bench/tune.sh [MODEL [FMNIST-EXPORT OPTIONS...]]
 # after fmnist-train and fmnist-export; about 12 minutes for model4. The export options are those the
-# defaults were exported with (make demo: --int8-reduce-range), so each re-exported row differs in one thing.
+# defaults were exported with (make demo: the default --int8-target auto), so each re-exported row differs in one thing.
 # Reports go to artifacts/tune/, never to artifacts/reports/ (which fmnist-bench report reads).
 set -eu
 [ -d .venv/bin ] && PATH="$PWD/.venv/bin:$PATH"

@@ -24,7 +24,9 @@ from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: E402
 from exporter.export import ExportError, ExportOptions, check_manifest, export_model  # noqa: E402
 from exporter.validate import ParityError, Tolerances  # noqa: E402
 from exporter.contract import VARIANTS  # noqa: E402
-from exporter.variants import CALIBRATION_METHODS, FP32_GRAPHS, INT8_ACTIVATIONS, INT8_FORMATS, Int8Config  # noqa: E402
+from exporter.variants import (CALIBRATION_METHODS, FP32_GRAPHS, INT8_ACTIVATIONS, INT8_FORMATS, INT8_TARGETS,  # noqa: E402
+                               Int8Config, int8_target)
+from trainer.environment import cpu_flags  # noqa: E402
 from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
 from trainer.data import DataError  # noqa: E402
 from trainer.locks import LockedError  # noqa: E402
@@ -66,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8-activations", choices=sorted(INT8_ACTIVATIONS), default="uint8", help="activation type (default uint8)")
     parser.add_argument("--int8-calibration", choices=sorted(CALIBRATION_METHODS), default="minmax",
                         help="how activation ranges are calibrated (default minmax)")
+    parser.add_argument("--int8-target", choices=["auto", *INT8_TARGETS], default="auto",
+                        help="the CPU the int8 file will run on: vnni (x86 with VNNI or AMX, Arm) takes full-range weights, "
+                             "avx2 (x86 without VNNI) 7-bit ones, which its u8 x s8 products cannot saturate; auto (default): "
+                             "this machine's")
     parser.add_argument("--int8-reduce-range", action="store_true",
-                        help="int8: 7-bit weights, which cannot saturate the u8 x s8 products of x86 CPUs without VNNI")
+                        help="int8: 7-bit weights whatever the target (as --int8-target avx2)")
     parser.add_argument("--no-affine-rewrite", action="store_true",
                         help="int8: quantize BatchNormalization after ReLU as Mul+Add instead of a depthwise 1x1 Conv (for comparison)")
     parser.add_argument("--fp32-graph", choices=list(FP32_GRAPHS), default="depthwise",
@@ -109,14 +115,19 @@ def _check_paths(args: argparse.Namespace, artifacts: Artifacts, onnx_dir: Path)
         raise ExportError(f"--data {data}: {'not a file or folder' if data.exists() else 'no such file or folder'}")
 
 
+def _int8_config(args: argparse.Namespace) -> Int8Config:
+    target = "avx2" if args.int8_reduce_range else int8_target(args.int8_target, cpu_flags())
+    return Int8Config(args.int8_format, args.int8_activations, args.int8_calibration, not args.no_affine_rewrite,
+                      INT8_TARGETS[target], target)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet.configure(args.verbose)
     options = ExportOptions(
         variants=args.variants, opset=args.opset, parity_images=args.parity_images,
         calibration_images=args.calibration_images, data=args.data,
-        int8=Int8Config(args.int8_format, args.int8_activations, args.int8_calibration, not args.no_affine_rewrite,
-                        args.int8_reduce_range),
+        int8=_int8_config(args),
         fp32_graph=args.fp32_graph, onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
         tolerances=Tolerances(int8_max_accuracy_drop_points=args.int8_max_drop),
     )

@@ -94,12 +94,28 @@ class Int8Config:
     # Weights in 7 bits (symmetric: -64..64). x86 CPUs without VNNI multiply u8 x s8 with vpmaddubsw, whose int16 pair
     # sums saturate at full-range weights (255 * 127 * 2 > 32767); 255 * 64 * 2 cannot.
     reduce_range: bool = False
+    target: str = "vnni"  # the instruction set the file is made for (int8_weights_for): recorded, it set reduce_range
 
     def metadata(self) -> dict[str, str]:
         return {"int8_format": self.format, "int8_activations": self.activations,
                 "int8_calibration": self.calibration,
                 "int8_weights": "int7 (reduce_range) per-channel" if self.reduce_range else "int8 per-channel",
-                "int8_affine_rewrite": str(self.affine_rewrite).lower()}
+                "int8_target": self.target, "int8_affine_rewrite": str(self.affine_rewrite).lower()}
+
+
+# --int8-target: which int8 weights suit the CPU a model will run on.
+INT8_TARGETS = {
+    "vnni": False,  # x86 with AVX-512 VNNI, AVX-VNNI or AMX, and Arm: u8 x s8 products accumulate in 32 bits
+    "avx2": True,  # x86 without VNNI: vpmaddubsw's int16 pair sums saturate with full-range weights: 7-bit ones
+}
+
+
+def int8_target(name: str, flags: tuple[str, ...]) -> str:
+    """``auto``: the target of the CPU with ``flags`` (this machine's, /proc/cpuinfo); else ``name`` itself."""
+    if name != "auto":
+        return name
+    x86 = "avx2" in flags or "avx512f" in flags
+    return "avx2" if x86 and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags) else "vnni"
 
 
 def to_int8(fp32: onnx.ModelProto, calibration_images: np.ndarray, config: Int8Config = Int8Config()) -> onnx.ModelProto:

@@ -13,6 +13,7 @@ from exporter import cli as export_cli
 from exporter import export as export_mod
 from exporter import publish
 from exporter.cli import main
+from exporter.variants import int8_target
 from exporter.contract import MODEL_FIELDS, ContractError, Manifest, ManifestFile, read_manifest, verify_file
 from exporter.export import ExportOptions, export_variants, load_source
 from exporter.validate import ParityError, Tolerances, cpu_session
@@ -240,21 +241,28 @@ def test_an_export_is_published_whole_or_not_at_all(art: Artifacts, crash_at: st
     assert len(list(publish.store_dir(art.onnx_dir).glob("gen-*"))) == 2  # the live one and the one before
 
 
-def test_reduce_range_gives_seven_bit_weights_and_says_so(art: Artifacts, tmp_path: Path):
-    """--int8-reduce-range: every quantized weight in -64..64 (no u8 x s8 pair sum can saturate int16 without VNNI)."""
+def test_the_int8_target_chooses_seven_bit_or_full_range_weights_and_says_so(art: Artifacts, tmp_path: Path):
+    """--int8-target avx2: every quantized weight in -64..64 (no u8 x s8 pair sum can saturate int16 without VNNI);
+    vnni: full-range weights; auto: by this machine's flags; the file records which."""
     side = tmp_path / "reduced" / "onnx"
-    assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--variants", "int8", "--int8-reduce-range",
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--variants", "int8", "--int8-target", "avx2",
                  "--onnx-dir", str(side)]) == 0
     proto = onnx.load(side / "model1.int8.onnx")
-    assert {p.key: p.value for p in proto.metadata_props}["int8_weights"] == "int7 (reduce_range) per-channel"
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["int8_weights"] == "int7 (reduce_range) per-channel" and props["int8_target"] == "avx2"
     weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8
                and len(t.dims) == 4]
     assert weights and all(w.min() >= -64 and w.max() <= 64 for w in weights)
     full_side = tmp_path / "full" / "onnx"
-    assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--variants", "int8", "--onnx-dir", str(full_side)]) == 0
-    full = onnx.load(full_side / "model1.int8.onnx")  # the default keeps full-range weights
+    assert main(["model1", "--artifacts", str(art.root), *LENIENT, "--variants", "int8", "--int8-target", "vnni",
+                 "--onnx-dir", str(full_side)]) == 0
+    full = onnx.load(full_side / "model1.int8.onnx")  # full-range weights for a CPU with VNNI
+    assert {p.key: p.value for p in full.metadata_props}["int8_target"] == "vnni"
     assert max(int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in full.graph.initializer
                if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4) > 64
+    assert int8_target("auto", ("avx2", "fma")) == "avx2" and int8_target("auto", ("avx2", "avx_vnni")) == "vnni"
+    assert int8_target("auto", ("avx2", "avx512f", "avx512_vnni")) == "vnni" and int8_target("auto", ("asimd",)) == "vnni"
+    assert int8_target("avx2", ("avx512_vnni",)) == "avx2"
 
 
 # --------------------------------------------------------------------------- nothing that failed passes
