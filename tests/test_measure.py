@@ -189,3 +189,19 @@ def test_yardsticks_are_measured_through_the_runtimes():
     bound = theoretical_gops(("avx2", "fma", "avx512f", "avx512_vnni"), 2, 2000.0)
     assert bound == {"fp32": 2 * 2000 * 64 / 1000, "int8": 2 * 2000 * 256 / 1000}
     assert "bf16" not in bound and theoretical_gops(("avx2",), 2, None) == {}
+
+
+def test_the_recommendation_sets_onnxruntime_against_the_best_accurate_peer(tmp_path: Path):
+    from bench.results.summary import recommendations  # noqa: PLC0415
+
+    records = [_record("cpu", "fp32", 1.6, 150.0, 0.90), _record("cpu", "int8", 0.5, 600.0, 0.899),
+               _record("openvino", "int8", 0.4, 750.0, 0.90), _record("litert", "int8", 0.3, 999.0, 0.80),  # not accurate
+               _single("cpu", "int8", 0.20), _single("openvino", "int8", 0.25), _single("litert", "fp32", 0.30)]
+    records[-1].quality = None
+    litert_fp32 = _record("litert", "fp32", 2.0, 100.0, 0.90)
+    path = tmp_path / "bench.json"
+    path.write_text(BenchRun({"cpu": "test", "cores": 2}, {}, "2026-12-02T00:00:00+00:00", [*records, litert_fp32]).to_json())
+    (line,) = recommendations(latest_records([path]))
+    assert "batch 128 0.80x (onnxruntime CPU int8 against OpenVINO int8; the peer ahead" in line  # 0.4 / 0.5
+    assert "single-stream 1.25x (onnxruntime CPU int8 against OpenVINO int8; onnxruntime ahead)" in line  # 0.25 / 0.20
+    assert "LiteRT int8 (-10.00 points)" in line  # faster but not accurate: never the peer it is set against

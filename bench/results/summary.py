@@ -20,7 +20,7 @@ import pandas as pd
 from bench.results.record import BenchRecord, record_id
 from bench.results.store import differences, load
 from bench.measure.peaks import describe_yardsticks, peak_gops
-from bench.runtimes import ROWS, arithmetic, row_name
+from bench.runtimes import ROWS, RUNTIMES, arithmetic, row_name
 from trainer.environment import describe_machine
 
 # A row is recommended only if it loses at most this many accuracy points against fp32; the others stay in
@@ -197,12 +197,36 @@ def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch
             ratio = (f", {keras_single.latency_ms['p50'] / p50:.2f}x Keras single-stream"
                      if keras_single and keras_single.latency_ms else "")
             parts.append(f"single-stream: **{name}**, p50 {p50:.3f} ms{ratio}")
+        standing = _against_peers(eligible, batch_size)
+        if standing:
+            parts.append(standing)
         line = f"**{model}** (rows within {MAX_ACCURACY_LOSS_POINTS} points of fp32 accuracy {baseline:.4f}): "
         line += "; ".join(parts) if parts else "no row qualifies"
         if excluded:
             line += f". Never recommended here: {', '.join(excluded)}"
         lines.append(line)
     return lines
+
+
+def _against_peers(eligible: list[tuple[str, BenchRecord | None, BenchRecord | None]], batch_size: int) -> str:
+    """The best onnxruntime row against the best peer row (every other runtime), both within the accuracy bound,
+    in both scenarios, as speed ratios (above 1: onnxruntime is faster), and which is ahead."""
+    def ours(record: BenchRecord) -> bool:
+        return not RUNTIMES[record.provider].reference if record.provider in RUNTIMES else False
+
+    said = []
+    for scenario, pick, cost in ((f"batch {batch_size}", 1, lambda r: r.median_s),
+                                 ("single-stream", 2, lambda r: r.latency_ms["p50"] if r.latency_ms else None)):
+        measured = [(row[0], row[pick]) for row in eligible if row[pick] is not None and cost(row[pick])]
+        mine = [(name, r) for name, r in measured if ours(r)]
+        theirs = [(name, r) for name, r in measured if not ours(r)]
+        if not mine or not theirs:
+            continue
+        (my_name, my_row), (peer_name, peer_row) = (min(side, key=lambda nr: cost(nr[1])) for side in (mine, theirs))
+        ratio = cost(peer_row) / cost(my_row)
+        verdict = "onnxruntime ahead" if ratio >= 1 else "the peer ahead: its profile in REPORT.md says where the time goes"
+        said.append(f"{scenario} {ratio:.2f}x ({my_name} against {peer_name}; {verdict})")
+    return ("onnxruntime against the best accurate peer: " + ", ".join(said)) if said else ""
 
 
 def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
