@@ -28,7 +28,7 @@ from bench.measure.run import run
 from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MEMORY, OPERATIONS, PROFILE, WHOLE_SPLIT, RunSettings, SessionSettings,
                             SettingsError, SingleStreamSettings)
 from exporter.contract import VARIANTS, ContractError
-from trainer.artifacts import Artifacts, ArtifactsError
+from trainer.artifacts import Artifacts, ArtifactsError, check_folder, check_source
 from trainer.data import DataError
 
 DEFAULT = RunSettings()
@@ -158,9 +158,20 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
     return artifacts, discover(artifacts, args.models, args.variants, providers, settings.threads), settings
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Each path option of ``run`` and ``pack`` (or the default it stands for) names something of the right kind,
+    before any work."""
+    root = Artifacts.at(args.artifacts).root
+    # A missing folder is one with nothing exported yet: said with the command that fills it (bench/measure/cases.py).
+    check_folder(root, f"--artifacts {root}" if args.artifacts else f"artifacts folder {root}", make=True)
+    if args.data is not None:
+        check_source(Path(args.data), f"--data {args.data}")
+    if getattr(args, "report_dir", None):
+        check_folder(Path(args.report_dir), f"--report-dir {args.report_dir}", make=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.data is not None and not Path(args.data).exists():
-        raise DataError(f"--data {args.data}: no such file or folder")
+    check_paths(args)
     artifacts, cases, settings = selection(args)
     report_dir = Path(args.report_dir) if args.report_dir else artifacts.reports_dir
     artifacts.ensure(report_dir)  # before the run: a results folder that cannot be written fails now, not after it
@@ -203,6 +214,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
+    check_paths(args)
     packed = pack(Artifacts.at(args.artifacts), Path(args.archive), args.data)
     mib = 1 << 20
     print(f"wrote {packed.archive}: {packed.onnx_files} ONNX files ({packed.onnx_bytes / mib:.1f} MiB) and the data "

@@ -11,9 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from exporter.affine import channel_affine_to_depthwise, float_affine_nodes
 from exporter.cli import main
-from tests.conftest import write_idx_dir
-from tests.test_export import LENIENT, _train
-from tests.test_fold import _run
+from tiny import LENIENT, run_onnx, train, write_idx_dir
 
 
 def _affine_graph(scale_shape: tuple[int, ...], input_shape: list) -> onnx.ModelProto:
@@ -39,7 +37,7 @@ def test_channel_affine_becomes_an_equal_depthwise_conv(tmp_path: Path):
     assert [a.i for a in rewritten.graph.node[1].attribute if a.name == "group"] == [3]
     assert {i.name for i in rewritten.graph.initializer} == {"affine_depthwise_0_weight", "affine_depthwise_0_bias"}
     x = np.random.default_rng(1).normal(size=(4, 3, 5, 5)).astype(np.float32)
-    np.testing.assert_allclose(_run(rewritten, x, tmp_path, "dw"), _run(model, x, tmp_path, "ref"), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(run_onnx(rewritten, x, tmp_path, "dw"), run_onnx(model, x, tmp_path, "ref"), rtol=1e-6, atol=1e-6)
     assert [n.op_type for n in model.graph.node] == ["Relu", "Mul", "Add"]  # the source is left alone
 
 
@@ -53,7 +51,7 @@ def test_dense_affine_stays_in_float(tmp_path: Path):
 
 @pytest.mark.parametrize("rewrite", [True, False])
 def test_int8_model2_quantizes_its_batchnorm_as_depthwise_conv(tmp_path: Path, rewrite: bool):
-    art = _train("model2", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=600))
+    art = train("model2", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=600))
     flags = [] if rewrite else ["--no-affine-rewrite"]
     assert main(["model2", "--artifacts", str(art.root), "--variants", "int8", *LENIENT, *flags]) == 0
     proto = onnx.load(art.onnx_dir / "model2.int8.onnx")

@@ -23,16 +23,11 @@ from bench.results.record import BenchRecord, BenchRun, SchemaError
 from bench.results.store import load, load_any
 from bench.runtimes.base import InterfaceError
 from bench.runtimes.ort import OrtSUT
-from tests.conftest import train_and_export_model1
+from tiny import run_python
 from trainer.artifacts import Artifacts
 
 FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--tools", "off", "--quiet"]
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
-    return train_and_export_model1(tmp_path_factory.mktemp("bench"))
 
 
 def _cuda_extra_installed() -> bool:
@@ -47,9 +42,9 @@ def _latest_report(art: Artifacts) -> Path:
     return max(art.reports_dir.glob("bench-*.json"))
 
 
-def test_run_writes_a_versioned_report_with_honest_providers(exported: Artifacts):
-    assert main(["run", "--artifacts", str(exported.root), "--no-reference", *FAST_RUN]) == 0
-    path = _latest_report(exported)
+def test_run_writes_a_versioned_report_with_honest_providers(tiny_export: Artifacts):
+    assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", *FAST_RUN]) == 0
+    path = _latest_report(tiny_export)
     report = load(path)
     assert report.schema_version == 2
     assert {"cpu", "cores", "versions", "sgemm_gflops", "onnxruntime_providers_available"} <= set(report.machine)
@@ -63,7 +58,7 @@ def test_run_writes_a_versioned_report_with_honest_providers(exported: Artifacts
         expected = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[r.provider]
         assert r.providers_used[0] == expected  # a row is reported only for the provider that really ran
     predict = next(r for r in ran if r.operation == "predict" and r.variant == "fp32")
-    class_names = json.loads(exported.metadata_file("model1").read_text())["data"]["class_names"]
+    class_names = json.loads(tiny_export.metadata_file("model1").read_text())["data"]["class_names"]
     assert list(predict.quality["per_class"]) == class_names
     assert sum(c["support"] for c in predict.quality["per_class"].values()) == 100
     assert sum(map(sum, predict.quality["confusion_matrix"])) == 100
@@ -86,9 +81,9 @@ def _pytest_suite(art: Artifacts, out: Path, *options: str) -> subprocess.Comple
     )
 
 
-def test_pytest_benchmark_suite_on_tiny_models(exported: Artifacts, tmp_path: Path):
+def test_pytest_benchmark_suite_on_tiny_models(tiny_export: Artifacts, tmp_path: Path):
     out = tmp_path / "pb.json"
-    result = _pytest_suite(exported, out, "--fmnist-providers=cuda,cpu,keras", "--fmnist-operations=predict,single-stream",
+    result = _pytest_suite(tiny_export, out, "--fmnist-providers=cuda,cpu,keras", "--fmnist-operations=predict,single-stream",
                            "--fmnist-batch-sizes=128,all", "--fmnist-min-queries=5", "--fmnist-min-duration=0",
                            "--fmnist-rounds=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -103,8 +98,8 @@ def test_pytest_benchmark_suite_on_tiny_models(exported: Artifacts, tmp_path: Pa
         assert "SKIPPED" in result.stdout and "CUDAExecutionProvider requested but the session runs on CPU only" in result.stdout
 
     # pytest-benchmark's JSON and ours compare by the same ids.
-    assert main(["run", "--artifacts", str(exported.root), "--no-reference", "--providers", "cpu", *FAST_RUN]) == 0
-    joined = [r for r in compare(_latest_report(exported), out).rows if r.ratio is not None]
+    assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", "--providers", "cpu", *FAST_RUN]) == 0
+    joined = [r for r in compare(_latest_report(tiny_export), out).rows if r.ratio is not None]
     assert {r.id for r in joined} >= {"model1-int8-cpu-predict-b128", "model1-fp32-cpu-single-stream-b1"}
 
 
@@ -113,13 +108,13 @@ TIMING_FIELDS = {"median_s", "min_s", "max_s", "iqr_s", "times_s", "throughput_i
                  "session_create_s", "peak_rss_mb", "first_run_s"}
 
 
-def test_each_case_reports_its_own_peak_memory(exported: Artifacts, tmp_path: Path):
+def test_each_case_reports_its_own_peak_memory(tiny_export: Artifacts, tmp_path: Path):
     """A case measured after a heavy one (Keras loads TensorFlow into the bench's process) reports what it holds
     alone, not the process's history: the same figure as when it is measured first, and far below Keras'."""
     options = ["--operations", "predict", "--batch-sizes", "128", *FAST_RUN]
 
     def peaks(report_dir: Path, *selection: str) -> dict[str, float]:
-        assert main(["run", "--artifacts", str(exported.root), "--report-dir", str(report_dir), *selection, *options]) == 0
+        assert main(["run", "--artifacts", str(tiny_export.root), "--report-dir", str(report_dir), *selection, *options]) == 0
         (path,) = report_dir.glob("bench-*.json")
         return {f"{r.variant}-{r.provider}": r.peak_rss_mb for r in load(path).records}
 
@@ -131,15 +126,15 @@ def test_each_case_reports_its_own_peak_memory(exported: Artifacts, tmp_path: Pa
     assert off == {"int8-cpu": None}
 
 
-def test_both_front_doors_give_the_same_record(exported: Artifacts, tmp_path: Path):
+def test_both_front_doors_give_the_same_record(tiny_export: Artifacts, tmp_path: Path):
     """One case through ``fmnist-bench run`` and through ``pytest bench``: the same record, field by field."""
     options = {"providers": "cpu,keras", "variants": "fp32", "operations": "predict,single-stream", "batch-sizes": "128",
                "rounds": "2", "min-queries": "7", "min-duration": "0"}
     out = tmp_path / "pb.json"
-    result = _pytest_suite(exported, out, *(f"--fmnist-{k}={v}" for k, v in options.items()))
+    result = _pytest_suite(tiny_export, out, *(f"--fmnist-{k}={v}" for k, v in options.items()))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report_dir = tmp_path / "reports"
-    assert main(["run", "--artifacts", str(exported.root), "--report-dir", str(report_dir), "--quiet",
+    assert main(["run", "--artifacts", str(tiny_export.root), "--report-dir", str(report_dir), "--quiet",
                  *(f"--{k}={v}" for k, v in options.items())]) == 0
     ours = {r.id: r.to_dict() for r in load(max(report_dir.glob("bench-*.json"))).records}
     theirs = {r.id: r.to_dict() for r in load_any(out).records}
@@ -155,18 +150,18 @@ def test_both_front_doors_give_the_same_record(exported: Artifacts, tmp_path: Pa
                 assert a[name] == b[name], (case, name, a[name], b[name])
         assert a["rounds"] == (7 if "single-stream" in case else 2) == len(b["times_s"])
     # The size of what ran: the .keras file for Keras, the .onnx file for onnxruntime.
-    assert ours["model1-fp32-keras-predict-b128"]["model_bytes"] == exported.model_file("model1").stat().st_size
-    assert ours["model1-fp32-cpu-predict-b128"]["model_bytes"] == (exported.onnx_dir / "model1.onnx").stat().st_size
+    assert ours["model1-fp32-keras-predict-b128"]["model_bytes"] == tiny_export.model_file("model1").stat().st_size
+    assert ours["model1-fp32-cpu-predict-b128"]["model_bytes"] == (tiny_export.onnx_dir / "model1.onnx").stat().st_size
 
 
-def test_a_tuning_run_writes_its_report_elsewhere(exported: Artifacts, tmp_path: Path):
-    before = sorted(exported.reports_dir.glob("bench-*"))
+def test_a_tuning_run_writes_its_report_elsewhere(tiny_export: Artifacts, tmp_path: Path):
+    before = sorted(tiny_export.reports_dir.glob("bench-*"))
     tune = tmp_path / "tune-threads1"
-    assert main(["run", "--artifacts", str(exported.root), "--no-reference", "--providers", "cpu", "--variants", "fp32",
+    assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", "--providers", "cpu", "--variants", "fp32",
                  "--operations", "predict", "--batch-sizes", "128", "--threads", "1", "--report-dir", str(tune), *FAST_RUN]) == 0
     (written,) = tune.glob("bench-*.json")
     assert load(written).settings["session"]["intra_op_threads"] == 1 and written.with_suffix(".md").exists()
-    assert sorted(exported.reports_dir.glob("bench-*")) == before  # what fmnist-train report reads is untouched
+    assert sorted(tiny_export.reports_dir.glob("bench-*")) == before  # what fmnist-train report reads is untouched
 
 
 def _report(median_s: float) -> dict:
@@ -230,12 +225,12 @@ def test_summary_report_and_compare_refuse_a_malformed_record_alike(tmp_path: Pa
         assert len(err.strip().splitlines()) == 1
 
 
-def test_a_run_that_measured_nothing_fails_with_the_reasons(exported: Artifacts, tmp_path: Path, capsys):
+def test_a_run_that_measured_nothing_fails_with_the_reasons(tiny_export: Artifacts, tmp_path: Path, capsys):
     """Every requested case skipped (CUDA on a machine without a GPU) is a failure, and writes no results file."""
     if ort.get_device() == "GPU" and Path("/proc/driver/nvidia").exists():
         pytest.skip("a GPU is here: the CUDA cases run")
     report_dir = tmp_path / "reports"
-    assert main(["run", "--artifacts", str(exported.root), "--providers", "cuda", "--report-dir", str(report_dir),
+    assert main(["run", "--artifacts", str(tiny_export.root), "--providers", "cuda", "--report-dir", str(report_dir),
                  *FAST_RUN]) == 1
     err = capsys.readouterr().err
     assert "every case was skipped, nothing was measured" in err
@@ -266,9 +261,9 @@ def test_nothing_exported_says_what_to_run(tmp_path: Path, capsys):
     assert result.returncode != 0 and "nothing exported yet; run: fmnist-train all && fmnist-export all" in result.stdout + result.stderr
 
 
-def test_device_only_timing_binds_input_and_output(exported: Artifacts):
+def test_device_only_timing_binds_input_and_output(tiny_export: Artifacts):
     """The CUDA rows' device-only figure (IOBinding), exercised on the CPU provider here."""
-    sut = OrtSUT(exported.onnx_dir / "model1.onnx")
+    sut = OrtSUT(tiny_export.onnx_dir / "model1.onnx")
     x = np.random.default_rng(0).random((10, 28, 28, 1), dtype=np.float32)
     run = sut.device_run(x[:4])
     run()
@@ -276,20 +271,19 @@ def test_device_only_timing_binds_input_and_output(exported: Artifacts):
     assert device_median_s(sut, x, 4, 3) > 0 and sut.placement is None and not sut.measures_device
 
 
-def test_multiply_adds_are_counted_from_the_graph(exported: Artifacts):
+def test_multiply_adds_are_counted_from_the_graph(tiny_export: Artifacts):
     # model1 by hand: three convolutions and two dense layers.
     expected = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 32 * 9 + 3 * 3 * 128 * 64 * 9 + 1152 * 128 + 128 * 5
     for name in ("model1.onnx", "model1.fp16.onnx", "model1.int8.onnx"):
-        assert multiply_adds_per_image(exported.onnx_dir / name) == expected
+        assert multiply_adds_per_image(tiny_export.onnx_dir / name) == expected
 
 
-def test_bench_runs_without_tensorflow(exported: Artifacts, tmp_path: Path):
+def test_bench_runs_without_tensorflow(tiny_export: Artifacts, tmp_path: Path):
     art = tmp_path / "art"
-    shutil.copytree(exported.root, art)
-    code = (f"import sys; from bench.cli import main; rc = main(['run', '--artifacts', {str(art)!r}, '--no-reference', "
-            "'--variants', 'int8', '--providers', 'cpu', '--rounds', '1', '--min-queries', '2', '--min-duration', '0', '--quiet']); "
-            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; sys.exit(f'rc={rc} imported {bad}' if rc or bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    shutil.copytree(tiny_export.root, art)
+    result = run_python(f"from bench.cli import main; assert main(['run', '--artifacts', {str(art)!r}, '--no-reference', "
+                        "'--variants', 'int8', '--providers', 'cpu', '--rounds', '1', '--min-queries', '2', "
+                        "'--min-duration', '0', '--quiet']) == 0")
     assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
     assert np.isfinite(load(max((art / "reports").glob("bench-*.json"))).records[0].median_s)
 
@@ -318,9 +312,9 @@ def test_summary_has_one_row_per_runtime_with_the_newest_result(tmp_path: Path, 
     assert cells[-2:] == ["0.9285", "+0.08"]
 
 
-def test_the_bench_refuses_a_swapped_or_stale_file(exported: Artifacts, tmp_path: Path, capsys):
+def test_the_bench_refuses_a_swapped_or_stale_file(tiny_export: Artifacts, tmp_path: Path, capsys):
     art = tmp_path / "art"
-    shutil.copytree(exported.root, art)
+    shutil.copytree(tiny_export.root, art)
     onnx_dir = art / "onnx"
     run = ["run", "--artifacts", str(art), "--providers", "cpu", "--variants", "fp32", *FAST_RUN]
     shutil.copyfile(onnx_dir / "model1.int8.onnx", onnx_dir / "model1.onnx")  # another variant's bytes, same name
@@ -335,7 +329,7 @@ def test_the_bench_refuses_a_swapped_or_stale_file(exported: Artifacts, tmp_path
     assert "the file says it is 'model1' 'int8', the manifest lists it as model1 fp32" in capsys.readouterr().err
 
     # A .keras file changed since the export: the reference rows would not run the model the ONNX files came from.
-    shutil.copyfile(exported.onnx_dir / "model1.onnx", onnx_dir / "model1.onnx")
+    shutil.copyfile(tiny_export.onnx_dir / "model1.onnx", onnx_dir / "model1.onnx")
     manifest["files"]["model1.onnx"]["sha256"] = hashlib.sha256((onnx_dir / "model1.onnx").read_bytes()).hexdigest()
     (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
     with open(art / "models" / "model1.keras", "ab") as f:
@@ -354,14 +348,14 @@ def test_impossible_run_options_are_refused(option: str, value: str, capsys):
     assert exit_info.value.code == 2 and f"argument {option}" in capsys.readouterr().err
 
 
-def test_an_unknown_model_is_named(exported: Artifacts, capsys):
-    assert main(["run", "--artifacts", str(exported.root), "--models", "model1,modle2", *FAST_RUN]) == 2
+def test_an_unknown_model_is_named(tiny_export: Artifacts, capsys):
+    assert main(["run", "--artifacts", str(tiny_export.root), "--models", "model1,modle2", *FAST_RUN]) == 2
     assert "--models modle2: not exported" in capsys.readouterr().err
 
 
-def test_threads_give_a_row_per_count_with_the_call_overhead_and_the_profile(exported: Artifacts, tmp_path: Path, capsys):
+def test_threads_give_a_row_per_count_with_the_call_overhead_and_the_profile(tiny_export: Artifacts, tmp_path: Path, capsys):
     report_dir = tmp_path / "threads"
-    assert main(["run", "--artifacts", str(exported.root), "--providers", "cpu,keras", "--variants", "fp32,int8",
+    assert main(["run", "--artifacts", str(tiny_export.root), "--providers", "cpu,keras", "--variants", "fp32,int8",
                  "--operations", "predict,single-stream", "--batch-sizes", "128", "--threads", "1,2", "--memory", "off",
                  "--report-dir", str(report_dir), *FAST_RUN]) == 0
     path = max(report_dir.glob("bench-*.json"))
@@ -382,5 +376,27 @@ def test_threads_give_a_row_per_count_with_the_call_overhead_and_the_profile(exp
     out = capsys.readouterr().out
     assert "onnxruntime CPU int8, 1 thread " in out and "onnxruntime CPU int8, 2 threads" in out
     with pytest.raises(SystemExit) as refused:
-        main(["run", "--artifacts", str(exported.root), "--threads", "1,x"])
+        main(["run", "--artifacts", str(tiny_export.root), "--threads", "1,x"])
     assert refused.value.code == 2 and "--threads: '1,x': thread counts are whole numbers" in capsys.readouterr().err
+
+
+def test_path_options_are_checked_before_any_work(tiny_export: Artifacts, tmp_path: Path, capsys):
+    """A file given as a folder, a data path that is not there: one line naming the option, before anything is
+    measured (no results file, no yardstick taken)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["run", "--artifacts", str(a_file)], f"--artifacts {a_file}: is a file, not a folder"),
+        (["run", "--artifacts", str(tiny_export.root), "--report-dir", str(a_file)], f"--report-dir {a_file}: is a file, not a folder"),
+        (["run", "--artifacts", str(tiny_export.root), "--report-dir", str(a_file / "sub")],
+         f"--report-dir {a_file / 'sub'}: cannot be made: {a_file} is a file, not a folder"),
+        (["run", "--artifacts", str(tiny_export.root), "--data", str(tmp_path / "gone")], f"--data {tmp_path / 'gone'}: no such file or folder"),
+        (["pack", str(tmp_path / "x.tar.gz"), "--artifacts", str(tiny_export.root), "--data", str(tmp_path / "gone")],
+         f"--data {tmp_path / 'gone'}: no such file or folder"),
+    ]
+    before = sorted(tiny_export.reports_dir.glob("bench-*"))
+    for argv, message in cases:
+        assert main([*argv, "--quiet"] if argv[0] == "run" else argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.strip() == f"fmnist-bench: error: {message}", err
+    assert sorted(tiny_export.reports_dir.glob("bench-*")) == before and not (tmp_path / "x.tar.gz").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from tests.conftest import make_images, write_idx, write_idx_dir
+from tiny import make_images, write_idx, write_idx_dir
 from trainer import data
 from trainer.data import DataError
 

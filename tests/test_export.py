@@ -17,28 +17,17 @@ from exporter.variants import int8_target
 from exporter.contract import MODEL_FIELDS, ContractError, Manifest, ManifestFile, read_manifest, verify_file
 from exporter.export import ExportOptions, export_variants, load_source
 from exporter.validate import ParityError, Tolerances, cpu_session
-from tests.conftest import write_idx_dir
+from tiny import LENIENT, train, write_idx_dir
 from trainer import data
 from trainer.artifacts import Artifacts
-from trainer.fit import TrainConfig, images
-from trainer.training import train_one
-
-LENIENT = ["--quiet", "--parity-images", "200", "--calibration-images", "64", "--int8-max-drop", "10"]
-
-
-def _train(name: str, folder: Path, idx: Path) -> Artifacts:
-    dataset = data.load_dataset(idx)
-    art = Artifacts(folder)
-    config = TrainConfig(model=name, epochs=1, batch_size=64, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
-    train_one(config, dataset, data.split_dataset(dataset), art, quiet=True)
-    return art
+from trainer.fit import images
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     """model1 trained for one epoch on 2,000 tiny images (200 test images); copied per test."""
     root = tmp_path_factory.mktemp("trained")
-    return _train("model1", root / "art", write_idx_dir(root / "idx", n=2000))
+    return train("model1", root / "art", write_idx_dir(root / "idx", n=2000))
 
 
 @pytest.fixture
@@ -166,7 +155,7 @@ def test_bad_variant_option_is_refused(capsys: pytest.CaptureFixture):
 
 
 def test_transfer_model_pads_inside_the_graph(tmp_path: Path):
-    art = _train("vgg16", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=300))
+    art = train("vgg16", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=300))
     assert main(["vgg16", "--artifacts", str(art.root), "--variants", "fp32", "--quiet", "--parity-images", "30"]) == 0
     proto = onnx.load(art.onnx_dir / "vgg16.onnx")
     assert [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", 28, 28, 1]

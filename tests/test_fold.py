@@ -13,9 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from exporter.cli import main
 from exporter.fold import affine_after_maxpool, fold_affine_forward
 from exporter.simplify import static_reshapes
-from exporter.validate import cpu_session
-from tests.conftest import write_idx_dir
-from tests.test_export import LENIENT, _train
+from tiny import LENIENT, run_onnx, train, write_idx_dir
 
 RNG = np.random.default_rng(0)
 
@@ -69,13 +67,6 @@ def _cnn(scale_low: float = 0.1) -> onnx.ModelProto:
     return _model(nodes, inits, ["batch", 2, 6, 6], 2)
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, name: str) -> np.ndarray:
-    """The graph's output for input ``x`` on onnxruntime's CPU provider (tests/test_affine.py uses it too)."""
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(model, path)
-    return cpu_session(path).run(None, {"x": x})[0]
-
-
 X = RNG.normal(size=(5, 2, 6, 6)).astype(np.float32)
 
 
@@ -89,7 +80,7 @@ def test_fold_is_exact_and_removes_the_affines(tmp_path: Path, into_conv: bool):
     assert (report.into_conv, report.corrections, report.into_dense) == ((1, 1, 2) if into_conv else (0, 0, 2))
     assert ops.count("Mul") == (0 if into_conv else 1)
     assert ops.count("Add") == 2 + (1 if into_conv else 1)  # two dense biases, and bn1's correction map or its Add
-    np.testing.assert_allclose(_run(folded, X, tmp_path, "folded"), _run(model, X, tmp_path, "ref"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_onnx(folded, X, tmp_path, "folded"), run_onnx(model, X, tmp_path, "ref"), rtol=1e-4, atol=1e-4)
     assert [n.op_type for n in model.graph.node].count("Mul") == 3  # the source is left alone
 
 
@@ -99,7 +90,7 @@ def test_conv_without_padding_needs_no_correction(tmp_path: Path):
     folded, report = fold_affine_forward(model)
     assert (report.into_conv, report.corrections) == (1, 0)
     assert [n.op_type for n in folded.graph.node] == ["Conv", "Relu", "Conv"]
-    np.testing.assert_allclose(_run(folded, X, tmp_path, "folded"), _run(model, X, tmp_path, "ref"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_onnx(folded, X, tmp_path, "folded"), run_onnx(model, X, tmp_path, "ref"), rtol=1e-4, atol=1e-4)
 
 
 def test_a_negative_scale_does_not_pass_a_maxpool(tmp_path: Path):
@@ -112,7 +103,7 @@ def test_a_negative_scale_does_not_pass_a_maxpool(tmp_path: Path):
             init.CopyFrom(numpy_helper.from_array(value, "bn2_s"))
     folded, report = fold_affine_forward(model, into_conv=False)
     assert "bn2_mul" in {n.name for n in folded.graph.node}
-    np.testing.assert_allclose(_run(folded, X, tmp_path, "folded"), _run(model, X, tmp_path, "ref"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_onnx(folded, X, tmp_path, "folded"), run_onnx(model, X, tmp_path, "ref"), rtol=1e-4, atol=1e-4)
 
 
 def test_for_int8_scales_go_back_not_forward(tmp_path: Path):
@@ -125,7 +116,7 @@ def test_for_int8_scales_go_back_not_forward(tmp_path: Path):
     original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     np.testing.assert_array_equal(weights["d2_w"], original["d2_w"])
     np.testing.assert_allclose(weights["d1_w"], original["d1_w"] * original["bn3_s"][None, :], rtol=1e-6)
-    np.testing.assert_allclose(_run(folded, X, tmp_path, "folded"), _run(model, X, tmp_path, "ref"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_onnx(folded, X, tmp_path, "folded"), run_onnx(model, X, tmp_path, "ref"), rtol=1e-4, atol=1e-4)
 
 
 def test_static_reshapes_replace_the_shape_arithmetic(tmp_path: Path):
@@ -137,7 +128,7 @@ def test_static_reshapes_replace_the_shape_arithmetic(tmp_path: Path):
     shape = next(numpy_helper.to_array(i) for i in simplified.graph.initializer if i.name == reshape.input[1])
     assert shape.tolist() == [0, 54]  # 0: the batch dimension as it comes
     for batch in (X, X[:1], X[:0]):
-        np.testing.assert_allclose(_run(simplified, batch, tmp_path, "s"), _run(model, batch, tmp_path, "ref"), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(run_onnx(simplified, batch, tmp_path, "s"), run_onnx(model, batch, tmp_path, "ref"), rtol=1e-6, atol=1e-6)
 
 
 def test_affine_moves_after_a_maxpool(tmp_path: Path):
@@ -146,14 +137,14 @@ def test_affine_moves_after_a_maxpool(tmp_path: Path):
     onnx.checker.check_model(moved, full_check=True)
     ops = [n.op_type for n in moved.graph.node]
     assert count == 1 and ops.index("MaxPool") < ops.index("Mul", ops.index("Conv", 1))
-    np.testing.assert_allclose(_run(moved, X, tmp_path, "moved"), _run(model, X, tmp_path, "ref"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_onnx(moved, X, tmp_path, "moved"), run_onnx(model, X, tmp_path, "ref"), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("graph, muls", [("depthwise", 0), ("fold", 0), ("converted", 4)])
 def test_export_fp32_graphs_pass_the_parity_gate(tmp_path: Path, graph: str, muls: int):
     """Every --fp32-graph is the same function: the export's parity gate against Keras (1e-4) passes, and
     the file says which layout it has."""
-    art = _train("model2", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=600))
+    art = train("model2", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=600))
     assert main(["model2", "--artifacts", str(art.root), "--variants", "fp32,fp16", "--fp32-graph", graph, *LENIENT]) == 0
     proto = onnx.load(art.onnx_dir / "model2.onnx")
     assert [n.op_type for n in proto.graph.node].count("Mul") == muls
@@ -168,4 +159,4 @@ def test_a_channel_affine_into_a_matmul_over_width_is_not_folded(tmp_path: Path)
     model = _model(nodes, [i for _, is_ in parts for i in is_] + [_const("w", (6, 3)), _const("b", (3,))], ["batch", 2, 6, 6], 4)
     folded, report = fold_affine_forward(model)
     assert report.into_dense == 0 and "bn1_mul" in {n.name for n in folded.graph.node}
-    np.testing.assert_allclose(_run(folded, X, tmp_path, "folded"), _run(model, X, tmp_path, "ref"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_onnx(folded, X, tmp_path, "folded"), run_onnx(model, X, tmp_path, "ref"), rtol=1e-5, atol=1e-5)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_images, write_idx, write_idx_dir
+from tiny import make_images, write_idx, write_idx_dir
 from trainer import data
 from trainer.data import DataError
 

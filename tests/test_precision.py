@@ -16,8 +16,8 @@ import pytest
 
 from exporter.cli import main as export_main
 from exporter.convert import _check_float32, float32_model
-from tests.crash import Crash
-from tests.conftest import write_idx_dir
+from tiny import crash_after
+from tiny import write_idx_dir
 from trainer import data, experiments
 from trainer.artifacts import Artifacts
 from trainer.cli import main as train_main
@@ -129,7 +129,7 @@ def test_a_checkpoint_is_never_resumed_under_another_precision(first: str, secon
     art = Artifacts(tmp_path / "art")
     config = resolve_config("model1", epochs=2, batch_size=64, base_weights="none", precision=first)
     with pytest.raises(KeyboardInterrupt):
-        train_one(config, dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=0)])
+        train_one(config, dataset, splits, art, quiet=True, extra_callbacks=[crash_after(0)])
     assert json.loads((art.backup_dir("model1") / "training_metadata.json").read_text())["epoch"] == 1
     assert keras.config.dtype_policy().name == "float32"  # restored even though the run died
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_idx_dir
+from tiny import write_idx_dir
 from trainer import cluster
 from trainer.cli import main
 

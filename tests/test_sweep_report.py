@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.crash import Crash
+from tiny import crash_after
 from trainer import data
 from bench.report.document import build, experiment_section
 from bench.report.document import main as report_main
@@ -82,7 +82,7 @@ def test_a_killed_sweep_resumes(idx_dir: Path, tmp_path: Path):
     base = TrainConfig(model="model1", epochs=3, batch_size=32, optimizer="adam", lr=1e-3, seed=0, base_weights="none")
     grid = parse_grid(["seed=0,1"])
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(grid, base, dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=1)])
+        run_sweep(grid, base, dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
     assert not (art.reports_dir / "experiments.csv").exists()
 
     log = io.StringIO()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.crash import Crash
+from tiny import crash_after
 from trainer import data
 from trainer.artifacts import Artifacts
 from trainer.cli import main
@@ -69,7 +69,7 @@ def test_interrupted_training_resumes_where_it_stopped(idx_dir: Path, tmp_path: 
     splits = data.split_dataset(dataset)
     art = Artifacts(tmp_path / "art")
     with pytest.raises(KeyboardInterrupt):
-        train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=1)])
+        train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
     assert (art.backup_dir("model1") / "training_metadata.json").exists()
     assert not art.model_file("model1").exists()
 
@@ -106,7 +106,7 @@ def test_checkpoint_of_another_configuration_is_not_resumed(idx_dir: Path, tmp_p
     splits = data.split_dataset(dataset)
     art = Artifacts(tmp_path / "art")
     with pytest.raises(KeyboardInterrupt):
-        train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=1)])
+        train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
     log = io.StringIO()
     meta = train_one(_config(lr=5e-4), dataset, splits, art, quiet=True, log=log)
     assert "discarding checkpoint" in log.getvalue()

@@ -24,7 +24,7 @@ import keras
 import pandas as pd
 import pytest
 
-from tests.conftest import write_idx_dir
+from tiny import write_idx_dir
 from trainer import data, experiments
 from trainer import fit as fit_mod
 from trainer import reports as reports_mod
@@ -205,12 +205,12 @@ def test_a_torn_training_metadata_json_resumes_from_the_keras_copy(idx: Path, tm
 
 @pytest.mark.parametrize("damage", ["run.json", "both copies", "history twice"])
 def test_a_damaged_checkpoint_is_discarded_or_repaired_in_one_line(damage: str, tiny, tmp_path: Path):
-    from tests.crash import Crash
+    from tiny import crash_after
 
     dataset, splits = tiny
     art = Artifacts(tmp_path / "art")
     with pytest.raises(KeyboardInterrupt):
-        training_mod.train_one(_config(2), dataset, splits, art, quiet=True, extra_callbacks=[Crash(after=1)])
+        training_mod.train_one(_config(2), dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
     backup, history = art.backup_dir("model1"), art.history_file("model1")
     if damage == "run.json":
         (backup / "run.json").write_bytes(b'{"config": {"mod')

@@ -25,6 +25,28 @@ class ArtifactsError(OSError):
     """The artifacts folder cannot be used; the message names it."""
 
 
+def check_folder(path: Path, label: str, make: bool = False, fix: str = "") -> None:
+    """Refuse, with one ArtifactsError line naming ``label`` (``--artifacts X`` or ``artifacts folder X``), a
+    path that is not a folder; with ``make``, a missing one is fine when nothing but folders stands above it
+    (it will be made, or found empty). ``fix`` is said after a missing folder's line."""
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ArtifactsError(f"{label}: is a file, not a folder")
+    if not make:
+        raise ArtifactsError(f"{label}: no such folder" + (f"; {fix}" if fix else ""))
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ArtifactsError(f"{label}: cannot be made: {above} is a file, not a folder")
+
+
+def check_source(path: Path, label: str) -> None:
+    """Refuse, with one ArtifactsError line, a data path that is neither a file nor a folder (which files it
+    reads, trainer/data.py says)."""
+    if not (path.is_dir() or path.is_file()):
+        raise ArtifactsError(f"{label}: {'not a file or folder' if path.exists() else 'no such file or folder'}")
+
+
 def resolve_artifacts_dir(option: str | os.PathLike | None = None) -> Path:
     if option is not None:
         return Path(option)

@@ -15,7 +15,7 @@ import onnx
 
 from bench.runtimes import RUNTIMES, Case
 from exporter.contract import (VARIANTS, ContractError, Manifest, check_file_identity, read_manifest, sha256_of,
-                               verify_file)
+                               shown, verify_file)
 from exporter.publish import current
 from trainer.artifacts import Artifacts
 from trainer.data import reload_dataset, source_location, split_dataset
@@ -80,7 +80,7 @@ def _metadata_props(path: Path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for a damaged file
-        raise ContractError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+        raise ContractError(f"{shown(path)}: not a readable ONNX file ({type(exc).__name__})") from None
     return {p.key: p.value for p in model.metadata_props}
 
 

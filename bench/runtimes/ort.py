@@ -12,7 +12,7 @@ from bench.runtimes.base import SUT, InterfaceError, ProviderUnavailable
 from bench.runtimes.trivial import trivial_onnx
 from bench.runtimes.cuda import DeviceRun, cuda_provider_options, device_timer, node_placement, open_session
 from bench.settings import SessionSettings
-from exporter.contract import INPUT_NAME, OUTPUT_NAME, ContractError, check_interface
+from exporter.contract import INPUT_NAME, OUTPUT_NAME, ContractError, check_interface, shown
 
 
 class OrtSUT(SUT):
@@ -27,7 +27,7 @@ class OrtSUT(SUT):
         except ProviderUnavailable:
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-            raise InterfaceError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][-300:]})") from None
+            raise InterfaceError(f"{shown(self.path)}: onnxruntime cannot load it ({str(exc).splitlines()[0][-300:]})") from None
         self.session_create_s = time.perf_counter() - start
         try:
             check_interface(self.session.get_inputs(), self.session.get_outputs(), self.path)

@@ -32,8 +32,7 @@ from bench.runtimes.base import SUT, Case, InterfaceError, InterpreterSUT, Provi
 from bench.runtimes.reference import tflite_content
 from bench.runtimes.trivial import RECIPE as TRIVIAL_RECIPE
 from bench.runtimes.trivial import trivial_keras, trivial_onnx
-from bench.settings import SessionSettings
-from exporter.contract import INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, read_manifest, sha256_of
+from exporter.contract import INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, read_manifest, sha256_of, shown
 from exporter.publish import current
 from trainer import quiet
 from trainer.artifacts import Artifacts, atomic_path, writing
@@ -93,7 +92,7 @@ class OpenVinoSUT(SUT):
             core = ov.Core()
             compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError and its own types for a file it cannot read
-            raise InterfaceError(f"{path}: OpenVINO cannot load it ({_ov_error(exc)})") from None
+            raise InterfaceError(f"{shown(self.path)}: OpenVINO cannot load it ({_ov_error(exc)})") from None
         self.session_create_s = time.perf_counter() - start
         try:
             check_interface([_port(p) for p in compiled.inputs], [_port(p) for p in compiled.outputs], self.path)
