@@ -6,7 +6,7 @@ import keras
 
 
 class Crash(keras.callbacks.Callback):
-    """Raises KeyboardInterrupt at the end of epoch ``after`` (0-based), after that epoch's backup is written."""
+    """Raises KeyboardInterrupt at the end of epoch ``after`` (0-based), after that epoch's checkpoint is written."""
 
     def __init__(self, after: int):
         super().__init__()
