@@ -86,7 +86,7 @@ def test_npz_loads_uint8_and_channel_axis(tmp_path: Path):
     [
         (np.zeros((5, 28, 27)), np.zeros(5), r"shape \(5, 28, 27\), expected \(N, 28, 28\)"),
         (np.full((5, 28, 28), np.nan), np.zeros(5), "NaN or infinite"),
-        (np.full((5, 28, 28), 2.0), np.zeros(5), r"outside \[0, 1\]"),
+        (np.full((5, 28, 28), 2.0), np.zeros(5), r"pixels: found float64 in 2\.\.2; accepted: uint8 0\.\.255 or float in \[0, 1\]"),
         (np.zeros((5, 28, 28)), np.array([0, 1, 2, 3, 7]), r"y outside 0..4"),
         (np.zeros((5, 28, 28)), np.zeros(4), "5 images but 4 labels"),
         (np.zeros((5, 28, 28)), np.zeros((5, 2)), r"y has shape \(5, 2\)"),
@@ -263,3 +263,155 @@ def test_complex_pixels_are_refused(tmp_path: Path):
     np.savez(path, x=np.full((10, 28, 28), 0.5 + 0.5j), y=np.zeros(10, np.int64))
     with pytest.raises(DataError, match=r"c\.npz: images have dtype complex128, expected real numbers"):
         data.load_dataset(path)
+
+
+# --------------------------------------------------------------------------- what was found, what is accepted
+
+ACCEPTED = "accepted: uint8 0..255 or float in [0, 1]"
+
+
+def _one_line_error(path: Path, match: str, data_arg: Path | None = None) -> str:
+    with pytest.raises(DataError, match=match) as err:
+        data.load_dataset(data_arg or path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and "\n" not in message, message
+    return message
+
+
+def test_uint8_pixels_are_accepted_and_scaled_by_every_loader(tmp_path: Path):
+    y = np.arange(40) % 5
+    images = make_images(y * 2)
+    np.savez(tmp_path / "a.npz", x=images, y=y)
+    np.save(tmp_path / "b.npy", {"features": images, "target": y + 1}, allow_pickle=True)
+    np.save(tmp_path / "c.npy", {"features": images.astype(np.float32) / np.float32(255.0), "target": y + 1}, allow_pickle=True)
+    hashes = {data.load_dataset(tmp_path / name).sha256 for name in ("a.npz", "b.npy", "c.npy")}
+    assert len(hashes) == 1
+    ds = data.load_dataset(tmp_path / "b.npy")
+    assert ds.x.dtype == np.float32 and ds.x.max() == 1.0
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy"])
+@pytest.mark.parametrize(
+    ("pixels", "found"),
+    [
+        (np.linspace(-0.5, 254.0, 12 * 784).reshape(12, 28, 28), "float64 in -0.5..254"),
+        (np.full((12, 28, 28), 255, np.int64), "int64 in 255..255"),
+        (np.full((12, 28, 28), 1, np.uint16), "uint16 in 1..1"),
+    ],
+)
+def test_pixel_messages_say_what_was_found_and_what_is_accepted(tmp_path: Path, fmt: str, pixels, found: str):
+    path = tmp_path / f"p.{fmt}"
+    labels = np.arange(12) % 5
+    if fmt == "npz":
+        np.savez(path, x=pixels, y=labels)
+    else:
+        np.save(path, {"features": pixels, "target": labels + 1}, allow_pickle=True)
+    message = _one_line_error(path, "pixels: found")
+    assert message == f"{path}: pixels: found {found}; {ACCEPTED}"
+
+
+def test_bad_pixel_dtype_says_what_is_accepted(tmp_path: Path):
+    path = tmp_path / "c.npz"
+    np.savez(path, x=np.zeros((12, 28, 28), bool), y=np.zeros(12, np.int64))
+    message = _one_line_error(path, "images have dtype bool, expected real numbers")
+    assert message.endswith("(uint8 0..255 or float in [0, 1])")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("d.npy", "np.save of a dict with 'features' (N, 28, 28) and 'target' 1..5"),
+        ("d.npz", "np.savez with arrays 'x' (N, 28, 28) and 'y' 0..4"),
+    ],
+)
+def test_empty_file_is_called_empty(tmp_path: Path, name: str, expected: str):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    message = _one_line_error(path, "empty file")
+    assert message == f"{path}: empty file (0 bytes); expected {expected}"
+
+
+def test_empty_idx_file_is_called_empty(idx_dir: Path):
+    images = idx_dir / data.IDX_TRAIN_IMAGES
+    images.write_bytes(b"")
+    message = _one_line_error(images, "empty file", data_arg=idx_dir)
+    assert message.startswith(f"{images}: empty file (0 bytes); expected a gzip'd IDX file")
+
+
+def test_npy_header_without_a_pickle_says_so(tmp_path: Path):
+    path = tmp_path / "h.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
+    _one_line_error(path, "a .npy header with no pickle after it; expected np.save of a dict")
+
+
+def test_zip_archive_named_npy_is_called_a_zip_archive(tmp_path: Path):
+    y = np.arange(20) % 5
+    np.savez(tmp_path / "d.npz", x=make_images(y), y=y)
+    path = tmp_path / "d.npy"
+    path.write_bytes((tmp_path / "d.npz").read_bytes())
+    message = _one_line_error(path, "a zip archive, not a .npy")
+    assert "rename it to .npz" in message and "codec" not in message
+    path.rename(tmp_path / "renamed.npz")  # doing what it says works
+    assert len(data.load_dataset(tmp_path / "renamed.npz")) == 20
+
+
+def test_npy_named_npz_is_called_a_npy(tmp_path: Path, report_npy: Path):
+    path = tmp_path / "d.npz"
+    path.write_bytes(report_npy.read_bytes())
+    message = _one_line_error(path, "a .npy file, not a zip archive")
+    assert "rename it to .npy" in message
+
+
+def test_symlink_loops_are_called_symlink_loops(tmp_path: Path, idx_dir: Path):
+    loop = tmp_path / "loop.npy"
+    loop.symlink_to(tmp_path / "loop2.npy")
+    (tmp_path / "loop2.npy").symlink_to(loop)
+    with pytest.raises(DataError, match=r"^--data .*loop\.npy: a symlink loop") as err:
+        data.load_dataset(loop)
+    assert "no such file" not in str(err.value)
+    labels = idx_dir / data.IDX_TRAIN_LABELS
+    labels.unlink()
+    labels.symlink_to(labels)
+    message = _one_line_error(labels, "a symlink loop", data_arg=idx_dir)
+    assert "missing" not in message
+    labels.unlink()
+    labels.symlink_to(tmp_path / "nowhere")
+    _one_line_error(labels, "a broken symlink", data_arg=idx_dir)
+
+
+# --------------------------------------------------------------------------- every class in the training split
+
+def test_a_class_without_training_images_is_refused_with_the_counts():
+    y = np.array([0, 1, 2, 3] * 25)  # no class 4 (Class 5)
+    dataset = data.Dataset(np.zeros((100, 28, 28), np.float32), y, "four.npz")
+    splits = data.split_dataset(dataset)
+    with pytest.raises(DataError) as err:
+        splits.require_every_class()
+    message = str(err.value)
+    counts = np.bincount(splits.train.y, minlength=5)
+    assert message.startswith("four.npz: no training images of Class 5;") and "\n" not in message
+    assert "training images per class: " + ", ".join(f"{i + 1}: {n}" for i, n in enumerate(counts)) in message
+    assert counts[4] == 0 and "5: 0" in message
+    full = data.split_dataset(data.Dataset(np.zeros((100, 28, 28), np.float32), np.arange(100) % 5, "five.npz"))
+    assert full.require_every_class() is full
+
+
+def test_training_refuses_a_class_map_or_limit_that_leaves_a_class_out(tmp_path: Path):
+    pytest.importorskip("keras")
+    from trainer.artifacts import Artifacts
+    from trainer.training import load_data
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    labels = np.r_[np.zeros(10), np.arange(190) % 8].astype(np.uint8)  # the first 10 T-shirts; no Bag (8) nor Ankle boot (9)
+    write_idx(folder / data.IDX_TRAIN_IMAGES, make_images(labels))
+    write_idx(folder / data.IDX_TRAIN_LABELS, labels)
+    art = Artifacts(tmp_path / "art")
+    with pytest.raises(DataError, match=r"idx: no training images of Class 5 \(Bag \+ Ankle boot\); .*, 5: 0 \(") as err:
+        load_data(art, folder, quiet=True)
+    assert str(err.value).startswith(str(folder)) and "--class-map" in str(err.value)
+    _, splits = load_data(art, folder, class_map="0,1,2,3,4,4,4,4,4,4", quiet=True)  # every class has a label here
+    assert set(np.unique(splits.train.y)) == {0, 1, 2, 3, 4}
+    with pytest.raises(DataError, match=r"idx \(first 10\): no training images of Class 2 \(Trouser\), Class 3 .*; training images per class: 1: 8, 2: 0, "):
+        load_data(art, folder, class_map="0,1,2,3,4,4,4,4,4,4", limit=10, quiet=True)

@@ -130,7 +130,7 @@ def test_a_checkpoint_is_never_resumed_under_another_precision(first: str, secon
     config = resolve_config("model1", epochs=2, batch_size=64, base_weights="none", precision=first)
     with pytest.raises(KeyboardInterrupt):
         train_one(config, dataset, splits, art, quiet=True, extra_callbacks=[crash_after(0)])
-    assert json.loads((art.backup_dir("model1") / "training_metadata.json").read_text())["epoch"] == 1
+    assert json.loads((art.backup_dir("model1") / "epoch-0001" / "state.json").read_text())["epoch"] == 1
     assert keras.config.dtype_policy().name == "float32"  # restored even though the run died
 
     log = io.StringIO()

@@ -101,6 +101,27 @@ def test_all_on_ray_writes_each_model_like_a_serial_run(ray, idx: Path, tmp_path
     assert (remote / "reports" / "table1.md").is_file()
 
 
+def test_a_diverged_task_fails_the_run_and_is_kept_here_like_a_serial_run(ray, idx: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture):
+    common = ["--epochs", "1", "--limit", "200", "--data", str(idx), "--quiet", "--ray"]
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "model1", "--grid", "lr=1e30,0.001", "--artifacts", str(sweep), *common]) == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fmnist-train: error: ")]
+    assert "1 of 2 configuration group(s) failed on Ray: optimizer=adam lr=1e+30 " in line
+    assert "TrainingFailed: model1 diverged (loss nan at epoch 1/1): not published" in line
+    assert [float(row["lr"]) for row in _rows(sweep).values()] == [0.001]  # no row for it, the other's is there
+    (kept,) = (sweep / "experiments").glob("model1-*/failed/model1-*")  # in the driver's run folder, not the worker's
+    assert f"are in {kept}; " in line and cluster.TASK_DIR_PREFIX not in line
+    assert sorted(p.name for p in kept.iterdir()) == ["failure.json", "model1.csv", "model1.keras"]
+
+    models = tmp_path / "models"
+    assert main(["model1", "--lr", "1e30", "--artifacts", str(models), *common]) == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fmnist-train: error: ")]
+    (kept,) = (models / "failed").iterdir()
+    assert "1 of 1 model(s) failed on Ray: model1: TrainingFailed: model1 diverged" in line and f"are in {kept}; " in line
+    assert not (models / "models").exists() and not (models / "reports" / "table1.md").exists()
+
+
 def test_a_killed_worker_is_retried_and_the_sweep_completes(ray, idx: Path, serial_rows, tmp_path: Path):
     art = tmp_path / "art"
     started = time.time()

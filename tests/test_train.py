@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +71,8 @@ def test_interrupted_training_resumes_where_it_stopped(idx_dir: Path, tmp_path: 
     art = Artifacts(tmp_path / "art")
     with pytest.raises(KeyboardInterrupt):
         train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
-    assert (art.backup_dir("model1") / "training_metadata.json").exists()
+    # Only the newest epoch's checkpoint is kept, published under its epoch's name.
+    assert [p.name for p in art.backup_dir("model1").iterdir()] == ["epoch-0002"]
     assert not art.model_file("model1").exists()
 
     log = io.StringIO()
@@ -80,6 +82,47 @@ def test_interrupted_training_resumes_where_it_stopped(idx_dir: Path, tmp_path: 
     assert log.getvalue().count("] epoch ") == 1  # only the third epoch ran again
     assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1, 2]
     assert not art.backup_dir("model1").exists()
+
+
+class _State(keras.callbacks.Callback):
+    """The trainable model's weights and optimizer variables when training begins and after each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.at_begin: list[np.ndarray] = []
+        self.after_epoch: dict[int, list[np.ndarray]] = {}
+
+    def _now(self) -> list[np.ndarray]:
+        return [keras.ops.convert_to_numpy(v) for v in (*self.model.weights, *self.model.optimizer.variables)]
+
+    def on_train_begin(self, logs=None):
+        self.at_begin = self._now()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.after_epoch[epoch] = self._now()
+
+
+def test_a_resumed_run_continues_from_the_exact_weights_and_optimizer_state(idx_dir: Path, tmp_path: Path):
+    dataset = data.load_dataset(idx_dir)
+    splits = data.split_dataset(dataset)
+    art = Artifacts(tmp_path / "art")
+    first = _State()
+    with pytest.raises(KeyboardInterrupt):
+        train_one(_config(epochs=2), dataset, splits, art, quiet=True, extra_callbacks=[first, crash_after(0)])
+    saved = first.after_epoch[0]
+
+    finals = []
+    for copy in ("a", "b"):  # two resumes of the same checkpoint
+        shutil.copytree(art.root, tmp_path / copy)
+        resumed = _State()
+        meta = train_one(_config(epochs=2), dataset, splits, Artifacts(tmp_path / copy), quiet=True, extra_callbacks=[resumed])
+        assert meta.training["resumed_from_epoch"] == 1
+        assert len(resumed.at_begin) == len(saved) > len(resumed.model.weights)  # the optimizer's variables too
+        for now, then in zip(resumed.at_begin, saved, strict=True):
+            np.testing.assert_array_equal(now, then)  # weights, Adam's moments and step count, exactly as saved
+        finals.append(resumed.after_epoch[1])
+    for a, b in zip(*finals, strict=True):
+        np.testing.assert_array_equal(a, b)  # and training continues the same way each time
 
 
 def test_a_kill_after_the_last_epoch_keeps_the_trained_weights(idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

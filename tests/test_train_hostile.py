@@ -152,83 +152,99 @@ def test_a_lock_held_for_a_moment_is_waited_for(tmp_path: Path):
 
 # --------------------------------------------------------------------------- 2. kill windows in resume
 
-def test_a_kill_between_the_checkpoint_and_the_history_row_loses_no_epoch(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def _checkpoint_names(art: Artifacts) -> list[str]:
+    return sorted(p.name for p in art.backup_dir("model1").iterdir())
+
+
+def test_a_kill_between_the_history_row_and_the_checkpoint_loses_no_epoch(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     dataset, splits = tiny
     art = Artifacts(tmp_path / "art")
-    write_row = fit_mod.HistoryLogger.on_epoch_end
+    publish = fit_mod.Checkpoint.on_epoch_end
 
-    def killed_before_row_1(self, epoch, logs=None):
+    def killed_before_checkpoint_2(self, epoch, logs=None):
         if epoch == 1:
-            raise KeyboardInterrupt  # Keras' checkpoint of epoch 2 is written; its history row is not
-        write_row(self, epoch, logs)
+            raise KeyboardInterrupt  # the history row of epoch 2 is written; its checkpoint is not
+        publish(self, epoch, logs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(fit_mod.HistoryLogger, "on_epoch_end", killed_before_row_1)
+        patch.setattr(fit_mod.Checkpoint, "on_epoch_end", killed_before_checkpoint_2)
         with pytest.raises(KeyboardInterrupt):
             training_mod.train_one(_config(3), dataset, splits, art, quiet=True)
-    assert json.loads((art.backup_dir("model1") / "training_metadata.json").read_text())["epoch"] == 2
-    assert _history_epochs(art) == [0]
+    assert _checkpoint_names(art) == ["epoch-0001"]
+    assert _history_epochs(art) == [0, 1]
 
     log = io.StringIO()
     meta = training_mod.train_one(_config(3), dataset, splits, art, quiet=True, log=log)
-    assert "using Keras' copy of the epoch before" in log.getvalue()
-    assert meta.training["resumed_from_epoch"] == 1  # epoch 2 trains again, so its row is written
+    assert f"resuming at epoch 2/3 from {art.backup_dir('model1') / 'epoch-0001'}" in log.getvalue()
+    assert meta.training["resumed_from_epoch"] == 1  # epoch 2 trains again, and its row is written once
     assert _history_epochs(art) == [0, 1, 2] and meta.training["epochs_run"] == 3
 
 
-def test_a_torn_training_metadata_json_resumes_from_the_keras_copy(idx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(idx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture):
     root = tmp_path / "art"
     argv = ["model1", "--data", str(idx), "--artifacts", str(root), "--epochs", "2", "--batch-size", "32"]
-    write_row = fit_mod.HistoryLogger.on_epoch_end
 
-    def killed_after_row_1(self, epoch, logs=None):
-        write_row(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt
+    def killed(folder: Path) -> None:  # the first removal: epoch 1's checkpoint, just after epoch 2's was published
+        raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(fit_mod.HistoryLogger, "on_epoch_end", killed_after_row_1)
+        patch.setattr(fit_mod, "_discard", killed)
         assert main([*argv, "--quiet"]) == 130
-    state = Artifacts(root).backup_dir("model1") / "training_metadata.json"
-    state.write_text('{"epo')  # a kill while Keras rewrote it
+    backup = Artifacts(root).backup_dir("model1")
+    assert _checkpoint_names(Artifacts(root)) == ["epoch-0001", "epoch-0002"]
+    (backup / "epoch-0002" / "state.json").write_text('{"epo')  # damaged since it was published
     capsys.readouterr()
 
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "Traceback" not in err
-    assert "training_metadata.json is unreadable; using Keras' copy of the epoch before" in out
-    assert "resuming at epoch 2/2" in out
+    notes = [line for line in out.splitlines() if "discarding checkpoint" in line]
+    assert notes == [f"[model1] discarding checkpoint {backup / 'epoch-0002'}: its state.json is missing or unreadable"]
+    assert f"resuming at epoch 2/2 from {backup / 'epoch-0001'}" in out
     meta = RunMetadata.read(Artifacts(root).metadata_file("model1"))
     assert _history_epochs(Artifacts(root)) == [0, 1] and meta.training["epochs_run"] == 2
+    assert meta.training["resumed_from_epoch"] == 1
 
 
-@pytest.mark.parametrize("damage", ["run.json", "both copies", "history twice"])
-def test_a_damaged_checkpoint_is_discarded_or_repaired_in_one_line(damage: str, tiny, tmp_path: Path):
+def _flip_a_byte(path: Path) -> None:
+    """Damage no tool would notice on opening the file: one byte of its data changed, its size the same."""
+    content = bytearray(path.read_bytes())
+    content[-100] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize(("damage", "note"), [
+    ("state.json", "its state.json is missing or unreadable"),
+    ("weights", "its state.weights.h5 is missing or damaged"),
+    ("history copy", "its history.csv is missing or damaged"),
+    ("live history twice", None),
+])
+def test_a_damaged_checkpoint_is_discarded_in_one_line(damage: str, note: str | None, tiny, tmp_path: Path):
     from tiny import crash_after
 
     dataset, splits = tiny
     art = Artifacts(tmp_path / "art")
     with pytest.raises(KeyboardInterrupt):
         training_mod.train_one(_config(2), dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
-    backup, history = art.backup_dir("model1"), art.history_file("model1")
-    if damage == "run.json":
-        (backup / "run.json").write_bytes(b'{"config": {"mod')
-    elif damage == "both copies":
-        (backup / "training_metadata.json").write_bytes(b"")
-        (backup / "training_metadata.json.bkp").write_bytes(b"\xff")
-    else:  # what two runs at once left: the header and every epoch twice
+    checkpoint, history = art.backup_dir("model1") / "epoch-0002", art.history_file("model1")
+    if damage == "state.json":
+        (checkpoint / "state.json").write_bytes(b'{"identity": {"mod')
+    elif damage == "weights":
+        _flip_a_byte(checkpoint / "state.weights.h5")
+    elif damage == "history copy":
+        _flip_a_byte(checkpoint / "history.csv")
+    else:  # what two runs at once left: the header and every epoch twice; the checkpoint's copy is put back
         text = history.read_text()
         history.write_text(text + text)
 
     log = io.StringIO()
     meta = training_mod.train_one(_config(2), dataset, splits, art, quiet=True, log=log)
     notes = [line for line in log.getvalue().splitlines() if "checkpoint" in line and "resuming" not in line]
-    if damage == "history twice":
+    if note is None:
         assert notes == [] and meta.training["resumed_from_epoch"] == 2
     else:
-        assert len(notes) == 1 and notes[0].startswith(f"[model1] discarding checkpoint {backup}: ")
-        assert ("run.json is unreadable" if damage == "run.json" else "training_metadata.json is unreadable") in notes[0]
+        assert notes == [f"[model1] discarding checkpoint {checkpoint}: {note}"]
         assert meta.training["resumed_from_epoch"] == 0
     assert _history_epochs(art) == [0, 1] and meta.training["epochs_run"] == 2
 
@@ -236,8 +252,9 @@ def test_a_damaged_checkpoint_is_discarded_or_repaired_in_one_line(damage: str, 
 class _Recorder:
     """Records the artifacts folder after every write of a training run, and as a kill in the middle of it left it.
 
-    The hooks are the real write functions: Keras' file copies, ``save_weights`` and ``file_utils.File``
-    (BackupAndRestore), our history append, then train_one's model and metadata writes.
+    The hooks are the real write functions: our history append; into a checkpoint's temporary folder,
+    Keras' ``save_weights``, the copy of the history and the JSON write; the rename that publishes it;
+    then train_one's model and metadata writes.
     """
 
     def __init__(self, root: Path, states: Path):
@@ -256,9 +273,17 @@ class _Recorder:
             shutil.copytree(self.root, state)
             (state / target.relative_to(self.root)).write_bytes(cut)
 
-    def written(self, target: Path, torn: Callable[[bytes], list[bytes]], label: str | None = None) -> None:
+    def written(self, target: Path, torn: Callable[[bytes], list[bytes]] | None, label: str | None = None) -> None:
         self.writes.append(target.name)
         self.snapshot(label or target.name, torn, target)
+
+    def half_deleted(self, folder: Path, label: str, file: str) -> None:
+        """The state of a kill while ``folder`` is deleted: renamed aside (as trainer/fit.py does), ``file`` gone."""
+        state = self.states / f"{self.count:02d}-during-{label}"
+        shutil.copytree(self.root, state)
+        moved = state / folder.relative_to(self.root)
+        moved = moved.rename(moved.with_name(f".{moved.name}.discarded-1"))
+        (moved / file).unlink()
 
 
 class _AtStart(keras.callbacks.Callback):
@@ -283,8 +308,6 @@ def _emptied(content: bytes) -> list[bytes]:
 
 
 def test_a_kill_at_every_write_still_finishes_with_each_epoch_once(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from keras.src.utils import file_utils
-
     dataset, splits = tiny
     epochs = 2
     root = tmp_path / "art"
@@ -292,26 +315,38 @@ def test_a_kill_at_every_write_still_finishes_with_each_epoch_once(tiny, tmp_pat
     recorder = _Recorder(root, tmp_path / "states")
     backup = art.backup_dir("model1")
 
-    with monkeypatch.context() as patch:
-        copy, save_weights, open_file, append = file_utils.copy, keras.Model.save_weights, file_utils.File, fit_mod._append_whole
+    def in_checkpoint(path: object) -> bool:
+        """A file in a checkpoint being written (its temporary folder, in the model's checkpoint folder)."""
+        return Path(path).parent.parent == backup
 
-        def copied(src, dst):
-            result = copy(src, dst)
-            recorder.written(Path(dst), _half if Path(dst).name.endswith(".h5.bkp") else _emptied)
-            return result
+    with monkeypatch.context() as patch:
+        save_weights, copyfile, replace = keras.Model.save_weights, shutil.copyfile, os.replace
+        write_state, append = fit_mod.write_json_atomic, fit_mod._append_whole
 
         def weights_saved(self, filepath, *args, **kwargs):
             result = save_weights(self, filepath, *args, **kwargs)
-            if Path(filepath).parent == backup:
+            if in_checkpoint(filepath):
                 recorder.written(Path(filepath), _half)
             return result
 
-        @contextlib.contextmanager
-        def state_written(path, mode="r"):
-            with open_file(path, mode) as f:
-                yield f
-            if "w" in mode and Path(path).parent == backup:
+        def copied(src, dst, *args, **kwargs):
+            result = copyfile(src, dst, *args, **kwargs)
+            if in_checkpoint(dst):
+                recorder.written(Path(dst), _half)
+            return result
+
+        def state_written(path, payload):
+            write_state(path, payload)
+            if in_checkpoint(path):
                 recorder.written(Path(path), _emptied)
+
+        def replaced(src, dst, *args, **kwargs):
+            replace(src, dst, *args, **kwargs)
+            if Path(dst).parent == backup:  # a checkpoint published: one rename, nothing to see half done
+                recorder.written(Path(dst), None)
+                older = sorted(backup.glob("epoch-*"))[:-1]
+                if older:  # the one before is deleted next
+                    recorder.half_deleted(older[0], f"removal-of-{older[0].name}", "state.weights.h5")
 
         def row_appended(path, payload):
             before = path.stat().st_size if path.exists() else 0
@@ -328,28 +363,26 @@ def test_a_kill_at_every_write_still_finishes_with_each_epoch_once(tiny, tmp_pat
         def metadata_written(path, payload):
             write_json(path, payload)
             recorder.snapshot("metadata")
-            # A kill while the finished checkpoint is deleted: renamed aside, partly gone.
-            aside = recorder.states / f"{recorder.count:02d}-during-discard"
-            shutil.copytree(root, aside)
-            moved = aside / backup.relative_to(root)
-            moved = moved.rename(moved.with_name(f".{moved.name}.discarded-1"))
-            (moved / "latest.weights.h5").unlink()
+            recorder.half_deleted(backup, "discard", "epoch-0002/state.weights.h5")  # the finished checkpoint
 
-        patch.setattr(file_utils, "copy", copied)
         patch.setattr(keras.Model, "save_weights", weights_saved)
-        patch.setattr(file_utils, "File", state_written)
+        patch.setattr(shutil, "copyfile", copied)
+        patch.setattr(fit_mod, "write_json_atomic", state_written)
+        patch.setattr(os, "replace", replaced)
         patch.setattr(fit_mod, "_append_whole", row_appended)
         patch.setattr(training_mod, "accuracy_loss_plot", plotted)
         patch.setattr(reports_mod, "write_json_atomic", metadata_written)
         training_mod.train_one(_config(epochs), dataset, splits, art, quiet=True, extra_callbacks=[_AtStart(recorder)])
 
-    # The write order trainer/fit.py documents, as Keras really did it.
-    assert recorder.writes == ["latest.weights.h5", "training_metadata.json", "model1.csv",
-                               "latest.weights.h5.bkp", "training_metadata.json.bkp",
-                               "latest.weights.h5", "training_metadata.json", "model1.csv"]
+    # The write order trainer/fit.py documents: each epoch's history row, then its checkpoint written
+    # in a temporary folder and published with one rename.
+    assert recorder.writes == ["model1.csv", "state.weights.h5", "history.csv", "state.json", "epoch-0001",
+                               "model1.csv", "state.weights.h5", "history.csv", "state.json", "epoch-0002"]
 
     states = sorted(recorder.states.iterdir())
-    assert len(states) == 20  # the start, after and during each of the 8 writes, and 3 after fit()
+    # The start; after and during each of the 8 writes inside an epoch and after each of the 2 publishing
+    # renames; during the removal of epoch 1's checkpoint; 3 after fit().
+    assert len(states) == 23
     # The reruns check the epochs, not the figures or timings: skip what costs time and writes no checkpoint.
     monkeypatch.setattr(training_mod, "accuracy_loss_plot", lambda history, title, target: target.write_bytes(b"png"))
     monkeypatch.setattr(training_mod, "evaluate", functools.partial(training_mod.evaluate, repeats=1))
@@ -429,7 +462,7 @@ def test_huge_user_text_is_never_echoed_whole(argv, tmp_path: Path, capsys: pyte
 # --------------------------------------------------------------------------- 4. one line where one line is promised
 
 def _report(argv: list[str]) -> int:
-    from bench.report.document import main as report_main
+    from bench.report_md import main as report_main
 
     return report_main(argv)
 
@@ -449,12 +482,12 @@ def test_report_out_in_an_unwritable_folder_is_one_line(trained: Path, tmp_path:
     out = tmp_path / "locked"
     out.mkdir()
     if os.geteuid() == 0:  # root writes anywhere: the refusal the OS gives anyone else, where it would come
-        import bench.report.document
+        import bench.report_md
 
         def refused(path: Path, text: str) -> None:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path.with_name(f".{path.name}.tmp")))
 
-        monkeypatch.setattr(bench.report.document, "write_text_atomic", refused)
+        monkeypatch.setattr(bench.report_md, "write_text_atomic", refused)
     else:
         out.chmod(0o555)
     try:
@@ -519,8 +552,16 @@ def test_fmnist_train_names_a_damaged_metadata_file_that_table_1_reads(trained: 
     shutil.copytree(trained, root)
     other = Artifacts(root).metadata_file("model4")
     other.write_text("[]")
+    before = _files(root)
     assert main(["model1", "--data", str(idx), "--artifacts", str(root), *TINY]) == 2
     assert f"{other}: not run metadata" in _error_line(capsys.readouterr().err)
+    # Named before any training: model1's files, its checkpoints and Table 1 are as they were.
+    assert _files(root) == before
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` but the locks (a run rewrites its holder's name in them) with its content."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file() and "locks" not in p.parts}
 
 
 def _fail_model_save(patch: pytest.MonkeyPatch) -> None:
@@ -554,11 +595,11 @@ def _fail_metadata(patch: pytest.MonkeyPatch) -> None:
 
 
 def _fail_second_checkpoint(patch: pytest.MonkeyPatch) -> None:
-    """Keras' weights file of the second epoch cut short by the full disk (the next run falls back to its copy)."""
+    """The weights file of epoch 2's checkpoint cut short by the full disk (the next run resumes from epoch 1's)."""
     save_weights, calls = keras.Model.save_weights, []
 
     def save(self, filepath, *args, **kwargs):
-        if Path(filepath).name == "latest.weights.h5":
+        if Path(filepath).name == "state.weights.h5":
             calls.append(filepath)
             if len(calls) == 2:
                 Path(filepath).write_bytes(b"\x89HDF\r\n\x1a\n cut short")
@@ -611,3 +652,91 @@ def test_a_damaged_experiment_table_is_one_line_naming_it(content: bytes, traine
     assert main(argv) == 2
     assert f"{store}: not an experiment table" in _error_line(capsys.readouterr().err)
     assert store.read_bytes() == content  # refused, never overwritten
+    assert not (root / "experiments").exists()  # and refused before any training
+
+
+# --------------------------------------------------------------------------- 5. nothing that failed passes
+
+DIVERGING = ["--lr", "1e30", "--batch-size", "32", "--limit", "300", "--epochs", "1", "--quiet"]
+
+
+def test_a_diverged_model_fails_in_one_line_is_not_published_and_is_kept_aside(trained: Path, idx: Path, tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture):
+    root = tmp_path / "art"
+    shutil.copytree(trained, root)  # model1 trained well before: its published files must stay
+    art = Artifacts(root)
+    published = {p: p.read_bytes() for p in (art.model_file("model1"), art.metadata_file("model1"),
+                                              art.reports_dir / "table1.csv", art.reports_dir / "table1.md")}
+    assert main(["model1", "--data", str(idx), "--artifacts", str(root), *DIVERGING]) == 1
+    out, err = capsys.readouterr()
+    line = _error_line(err)
+    (kept,) = (root / "failed").iterdir()
+    assert kept.name.startswith("model1-")
+    assert f"model1 diverged (loss nan at epoch 1/1): not published; its history and the model as it ended are in {kept}; " \
+           "try a lower learning rate than 1e+30 (--lr)" in line
+    assert "trained" not in out
+    assert {p: p.read_bytes() for p in published} == published  # neither the model nor Table 1 changed
+
+    assert sorted(p.name for p in kept.iterdir()) == ["failure.json", "model1.csv", "model1.keras"]
+    history = pd.read_csv(kept / "model1.csv")
+    assert list(history["epoch"]) == [0] and history["loss"].isna().all()
+    failure = json.loads((kept / "failure.json").read_text())
+    assert failure["problem"] == "loss nan at epoch 1/1" and failure["config"]["lr"] == 1e30
+    assert not art.history_file("model1").exists() and not art.backup_dir("model1").exists()  # a rerun starts afresh
+    assert _leftovers(root) == []
+
+
+def test_a_sweep_records_a_diverged_configuration_as_failed_and_writes_no_row_for_it(idx: Path, tmp_path: Path,
+                                                                                     capsys: pytest.CaptureFixture):
+    art = Artifacts(tmp_path / "art")
+    argv = ["sweep", "model1", "--grid", "lr=1e30,0.001", "--epochs", "1", "--batch-size", "32", "--limit", "200",
+            "--data", str(idx), "--artifacts", str(art.root), "--quiet"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    line = _error_line(err)
+    diverged = "optimizer=adam lr=1e+30 batch_size=32 seed=0 epochs=1"
+    assert f"1 of 2 configuration group(s) failed, no row written for them: {diverged}: model1 diverged (loss nan" in line
+    assert f"[sweep] model1 {diverged}: failed: model1 diverged" in out
+
+    rows = experiments.read_experiments(art.experiments_file)
+    assert list(rows["lr"]) == [0.001]  # the other configuration ran and has its row; no NaN row
+    assert rows[["train_loss", "val_loss", "test_loss", "test_accuracy"]].notna().all().all()
+    config = resolve_config("model1", epochs=1, batch_size=32, lr=1e30, limit=200)
+    run_dir = Artifacts(experiments.run_dir(art, config, data.load_dataset(idx).limit(200).sha256))
+    (kept,) = (run_dir.root / "failed").iterdir()
+    assert str(kept) in line and not run_dir.model_file("model1").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["model1", "--base-weights", "{missing}"], "--base-weights applies only to resnet50, vgg16, not to model1"),
+        (["model1", "model4", "--base-weights", "imagenet"],
+         "--base-weights applies only to resnet50, vgg16, not to model1, model4"),
+        (["model1", "--through-base"], "--through-base applies only to resnet50, vgg16, not to model1"),
+        (["sweep", "model4", "--grid", "seed=0", "--base-weights", "none"],
+         "--base-weights applies only to resnet50, vgg16, not to model4"),
+        (["vgg16", "--base-weights", "{missing}"],
+         "--base-weights {missing}: no such file; expected auto, imagenet, none or a weights file"),
+        (["model1", "vgg16", "--base-weights", "{folder}"], "--base-weights {folder}: is a folder; expected"),
+        (["sweep", "resnet50", "--grid", "seed=0", "--base-weights", "{folder}"], "--base-weights {folder}: is a folder"),
+        (["model1", "--data", "{missing}"], "--data {missing}: no such file or folder"),
+        (["sweep", "model1", "--grid", "seed=0", "--data", "{missing}"], "--data {missing}: no such file or folder"),
+        (["model1", "--data", "{file}"], "{file}: unsupported data file"),
+        (["model1", "--artifacts", "{file}"], "--artifacts {file}: is a file, not a folder"),
+        (["sweep", "model1", "--grid", "seed=0", "--artifacts", "{file}"], "--artifacts {file}: is a file, not a folder"),
+    ],
+)
+def test_an_option_that_does_not_apply_or_names_nothing_is_refused_before_any_work(argv, message, idx: Path, tmp_path: Path,
+                                                                                  capsys: pytest.CaptureFixture):
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    names = {"{missing}": str(tmp_path / "missing"), "{folder}": str(tmp_path), "{file}": str(a_file)}
+    argv = [names.get(a, a) for a in argv]
+    message = message.format_map({k.strip("{}"): v for k, v in names.items()})
+    root = tmp_path / "art"
+    defaults = [*(["--data", str(idx)] if "--data" not in argv else []),
+                *(["--artifacts", str(root)] if "--artifacts" not in argv else [])]
+    assert main([*argv, *defaults, "--epochs", "1", "--quiet"]) == 2
+    assert message in _error_line(capsys.readouterr().err)
+    assert not root.exists() and a_file.read_text() == "x"  # refused before the artifacts folder, data or a model

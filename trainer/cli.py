@@ -6,7 +6,9 @@
     fmnist-train sweep model4 --grid optimizer=sgd,adam
 
 The command line only: options become a configuration (trainer/config.py), the library does the
-work (trainer/training.py, trainer/sweep.py), and a known error is one line and exit status 2.
+work (trainer/training.py, trainer/sweep.py), and a known error is one line and exit status 2. Options
+and the files the command will need are checked before any work; a model that trained to no result
+(a loss or weights not finite) is not published, and the command ends with one line and exit status 1.
 REPORT.md is written by ``fmnist-bench report``, which reads the bench results too.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import re
 import sys
 import time
@@ -28,6 +31,7 @@ quiet.configure(quiet.verbose_requested())
 quiet.import_tensorflow()  # here, before the modules below import it: its import-time lines are filtered
 
 from trainer import cluster  # noqa: E402
+from trainer import data as data_mod  # noqa: E402
 from trainer.artifacts import Artifacts, ArtifactsError, clip, writing  # noqa: E402
 from trainer.config import DEFAULTS, TrainConfig, resolve_config  # noqa: E402
 from trainer.data import DataError, Dataset, Splits  # noqa: E402
@@ -36,10 +40,16 @@ from trainer.models import BaseWeightsError, UnknownModelError, get_spec, list_m
 from trainer.plots import sample_grid  # noqa: E402
 from trainer.reports import MetadataError, RunMetadata, table1, write_table  # noqa: E402
 from trainer.sweep import MAX_COUNT, MAX_SEED, SweepError, parse_grid, run_sweep  # noqa: E402
-from trainer.training import load_data, model_lock, train_one  # noqa: E402
+from trainer.training import TrainingFailed, load_data, model_lock, train_one  # noqa: E402
 
 PROG = "fmnist-train"
 REPORT_MOVED = f"{PROG}: error: 'report' moved: run 'fmnist-bench report' (it reads the bench results too)"
+BASE_WEIGHTS_WORDS = ("auto", "imagenet", "none")  # --base-weights values that are not a file (trainer/models.py)
+DATA_FILE_SUFFIXES = (".npy", ".npz")  # the data files the loader reads (trainer/data.py); else a folder of IDX files
+
+
+class OptionError(ValueError):
+    """An option that cannot be used as given; the message names it."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +84,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_seed, default=0, help=f"seed for weights and shuffling, 0 to {MAX_SEED} (default 0)")
     parser.add_argument("--data", help="folder of IDX .gz files, the report's .npy dict, or .npz (default: $FMNIST_DATA, then Debian's dataset-fashion-mnist)")
     parser.add_argument("--class-map", help="10->5 class mapping: 'pairs' (default, label // 2) or ten comma-separated classes")
-    parser.add_argument("--base-weights", default="auto", help="frozen base of resnet50/vgg16: auto (default), imagenet, none, or a weights file")
+    parser.add_argument("--base-weights", help="frozen base of resnet50/vgg16: auto (default), imagenet, none, or a weights file")
     parser.add_argument("--artifacts", help="output folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--limit", type=_positive_int, help="use only the first N images (smoke runs)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -151,10 +161,32 @@ def expand_models(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_options(args: argparse.Namespace, names: list[str]) -> None:
+    """Refuse, before any work, an option that none of ``names`` uses and a path option that names nothing usable."""
+    transfer = [name for name in list_models() if get_spec(name).transfer]
+    if not set(names) & set(transfer):
+        for option, given in (("--base-weights", args.base_weights is not None),
+                              ("--through-base", getattr(args, "through_base", False))):
+            if given:
+                raise OptionError(f"{option} applies only to {', '.join(transfer)}, not to {', '.join(names)}")
+    # os.path's tests, not Path's: they answer False for a name the system refuses (too long), not raise.
+    weights = args.base_weights
+    if weights is not None and weights not in BASE_WEIGHTS_WORDS and not os.path.isfile(weights):
+        what = "is a folder" if os.path.isdir(weights) else "no such file"
+        raise OptionError(f"--base-weights {weights}: {what}; expected {', '.join(BASE_WEIGHTS_WORDS)} or a weights file")
+    source = data_mod.resolve_source(args.data)  # the loader's own look-up: a missing --data is its line
+    if source is not None and source.is_file() and source.suffix.lower() not in DATA_FILE_SUFFIXES:
+        raise DataError(f"{source}: unsupported data file; expected a folder of IDX .gz files, a .npy dict or a .npz")
+    data_mod.parse_class_map(args.class_map)
+    if args.artifacts is not None and os.path.exists(args.artifacts) and not os.path.isdir(args.artifacts):
+        raise OptionError(f"--artifacts {args.artifacts}: is a file, not a folder")
+
+
 def config_from_args(name: str, args: argparse.Namespace) -> TrainConfig:
     """The options of either command as a complete configuration; the defaults come from trainer.config."""
     return resolve_config(name, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                          seed=args.seed, base_weights=args.base_weights, limit=args.limit, precision=args.precision)
+                          seed=args.seed, base_weights=args.base_weights or "auto", limit=args.limit,
+                          precision=args.precision)
 
 
 def _load_data(args: argparse.Namespace, artifacts: Artifacts, log: TextIO) -> tuple[Dataset, Splits]:
@@ -162,9 +194,14 @@ def _load_data(args: argparse.Namespace, artifacts: Artifacts, log: TextIO) -> t
 
 
 def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata]:
-    """``fmnist-train MODEL...``: train each model in turn, then write Table 1."""
+    """``fmnist-train MODEL...``: train each model in turn, then write Table 1.
+
+    A model that trains to no result does not stop the others; Table 1 shows those that trained, and
+    TrainingFailed (ClusterError for a Ray task that failed otherwise) names it at the end.
+    """
     log = log or sys.stdout
     names = expand_models(args.models)
+    check_options(args, names)
     configs = [config_from_args(name, args) for name in names]
     artifacts = Artifacts.at(args.artifacts)
     artifacts.ensure(artifacts.root)
@@ -173,6 +210,9 @@ def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata
         # data or writes anything, not after hours of training the first models.
         for name in names:
             held.enter_context(model_lock(artifacts, name))
+        # Table 1 is written at the end from every model's metadata: a damaged file of another model
+        # is named now, before any training, not after it. The models trained here rewrite theirs.
+        table1(artifacts, [name for name in list_models() if name not in names])
         dataset, splits = _load_data(args, artifacts, log)
         samples = artifacts.plot_file("samples")
         with writing(samples):
@@ -180,18 +220,35 @@ def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata
 
         start = time.perf_counter()
         if args.ray:
-            results = cluster.run_models(configs, dataset, artifacts, args.ray, not args.through_base, log)
+            results, failure = cluster.run_models(configs, dataset, artifacts, args.ray, not args.through_base, log)
         else:
-            results = [train_one(config, dataset, splits, artifacts, quiet=args.quiet, log=log, feature_cache=not args.through_base)
-                       for config in configs]
-    stem = artifacts.reports_dir / "table1"
-    # Runs of other models may finish at the same moment: each rewrites the table from every model's
-    # metadata under a short lock, so the last one to write it has read them all.
-    with exclusive(artifacts.lock_file("table1"), f"Table 1 in {artifacts.reports_dir}", wait_s=60), writing(stem):
-        table = table1(artifacts, list_models())
-        _, md_path = write_table(table, stem, "Table 1: model performance (ours beside the report's; training time on this machine)")
-    print(f"trained {len(results)} model(s) in {(time.perf_counter() - start) / 60:.1f} min; Table 1: {md_path}", file=log)
+            results, failure = _train_each(configs, dataset, splits, artifacts, args, log)
+    if results:
+        stem = artifacts.reports_dir / "table1"
+        # Runs of other models may finish at the same moment: each rewrites the table from every model's
+        # metadata under a short lock, so the last one to write it has read them all.
+        with exclusive(artifacts.lock_file("table1"), f"Table 1 in {artifacts.reports_dir}", wait_s=60), writing(stem):
+            table = table1(artifacts, list_models())
+            _, md_path = write_table(table, stem, "Table 1: model performance (ours beside the report's; training time on this machine)")
+        print(f"trained {len(results)} model(s) in {(time.perf_counter() - start) / 60:.1f} min; Table 1: {md_path}", file=log)
+    if failure is not None:
+        raise failure
     return results
+
+
+def _train_each(configs: list[TrainConfig], dataset: Dataset, splits: Splits, artifacts: Artifacts,
+                args: argparse.Namespace, log: TextIO) -> tuple[list[RunMetadata], TrainingFailed | None]:
+    """Train the models in turn: the metadata of those trained, and the error naming those that trained to no result."""
+    results, failures = [], []
+    for config in configs:
+        try:
+            results.append(train_one(config, dataset, splits, artifacts, quiet=args.quiet, log=log,
+                                     feature_cache=not args.through_base))
+        except TrainingFailed as exc:
+            failures.append(str(exc))
+            if not args.quiet:
+                print(f"[{config.model}] failed: {exc}", file=log, flush=True)
+    return results, TrainingFailed("; ".join(failures)) if failures else None
 
 
 def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> list[dict]:
@@ -199,6 +256,7 @@ def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> li
     log = log or sys.stdout
     get_spec(args.model)
     grid = parse_grid(args.grid)
+    check_options(args, [args.model])
     artifacts = Artifacts.at(args.artifacts)
     dataset, splits = _load_data(args, artifacts, log)
     rows = run_sweep(grid, config_from_args(args.model, args), dataset, splits, artifacts,
@@ -209,7 +267,7 @@ def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> li
 
 # MetadataError and ArtifactsError name the file, LockedError the lock and its holder.
 ERRORS = (DataError, ArtifactsError, MetadataError, UnknownModelError, BaseWeightsError, SweepError, LockedError,
-          cluster.ClusterError)
+          cluster.ClusterError, OptionError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             run(build_parser().parse_args(argv))
     except SystemExit as exc:  # argparse: --help (0) or a bad option (2), its line already printed
         return exc.code if isinstance(exc.code, int) else 2
+    except TrainingFailed as exc:  # the work was done and gave no result: not a refusal of the input (2)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
     except ERRORS as exc:
         print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2

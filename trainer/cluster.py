@@ -10,8 +10,10 @@ its small artifacts packed as one tar (the ``.keras`` model, metadata, history, 
 The driver unpacks each result into its own artifacts folder, swapping a run folder in with one rename
 or writing each model file atomically, under the same locks as a serial run, and it alone writes
 ``experiments.csv`` and Table 1. A task whose worker dies is retried by Ray (``MAX_RETRIES``); a task
-that fails in Python is reported with its error and does not stop the others. Rows already in
-``experiments.csv`` are never submitted, so an interrupted driver, run again, submits what is missing.
+that fails in Python is reported with its error and does not stop the others. A model that trains to
+no result sends back the folder the trainer set it aside in, kept here as a serial run keeps it, and
+ends the run with TrainingFailed as a serial run does. Rows already in ``experiments.csv`` are never
+submitted, so an interrupted driver, run again, submits what is missing.
 
 Same results as the serial run: the same configuration keys and data hash; test accuracy as far as
 TensorFlow's arithmetic is the same on the worker (same seed, same code, same thread count).
@@ -27,6 +29,7 @@ import socket
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -48,6 +51,15 @@ TASK_DIR_PREFIX = "fmnist-ray-"
 
 class ClusterError(RuntimeError):
     """Ray is missing, cannot connect, or tasks failed; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class _Diverged:
+    """What a task whose model trained to no result sends back: its error, and the folder it was kept in, packed."""
+
+    message: str
+    kept: str  # the folder on the worker, as the message names it
+    archive: bytes
 
 
 def connect(address: str) -> object:
@@ -105,7 +117,8 @@ def run_groups(groups: list, train_group: Callable[..., list[dict]], sweep_name:
     """Each sweep group (trainer/sweep.py's ``Group``) as one task running ``train_group`` (passed in: the sweep
     sits above this module); yields (group, rows) as tasks finish, each run folder already installed here.
 
-    Raises ClusterError at the end, naming each group that failed, after yielding all that succeeded."""
+    Raises ClusterError at the end, naming each group that failed, after yielding all that succeeded (TrainingFailed
+    when each of them trained to no result, as a serial sweep does)."""
     from trainer import experiments  # noqa: PLC0415
 
     if not groups:
@@ -115,32 +128,39 @@ def run_groups(groups: list, train_group: Callable[..., list[dict]], sweep_name:
     for group in groups:
         print(f"[sweep] {group.shared.model} {group.describe()} -> Ray task", file=log, flush=True)
         futures[task.remote(train_group, group, sweep_name, data_ref)] = group
-    failed = []
+    failed: list[tuple[str, BaseException]] = []
     for group, result in _as_completed(ray, futures):
+        run_dir = experiments.run_dir(artifacts, group.longest, dataset.sha256)
+        if isinstance(result, _Diverged):
+            result = _keep_diverged(result, run_dir)
         if isinstance(result, BaseException):
-            failed.append(f"{group.describe()}: {_first_line(result)}")
+            failed.append((f"{group.describe()}: {_first_line(result)}", result))
             print(f"[sweep] {group.shared.model} {group.describe()}: failed: {_first_line(result)}", file=log, flush=True)
             continue
         rows, archive = result
-        run_dir = experiments.run_dir(artifacts, group.longest, dataset.sha256)
         _install_run(archive, run_dir, group.shared.model)
         rows = [{**row, "run_dir": str(run_dir)} for row in rows]
         accuracies = ", ".join(f"{row['test_accuracy']:.4f}" for row in rows)
         print(f"[sweep] {group.shared.model} {group.describe()}: test accuracy {accuracies} -> {run_dir}", file=log, flush=True)
         yield group, rows
     if failed:
-        raise ClusterError(f"{len(failed)} of {len(groups)} configuration group(s) failed on Ray: " + "; ".join(failed))
+        raise _failure(f"{len(failed)} of {len(groups)} configuration group(s) failed on Ray", failed)
 
 
 def _train_group_task(train_group: Callable[..., list[dict]], group: object, sweep_name: str,
-                      dataset: Dataset) -> tuple[list[dict], bytes]:
+                      dataset: Dataset) -> tuple[list[dict], bytes] | _Diverged:
     """On a worker: train the group in a temporary folder; return its rows and its run folder as a tar."""
     from trainer import quiet  # noqa: PLC0415 - imported on the worker
 
     quiet.configure(False)
+    from trainer.training import TrainingFailed  # noqa: PLC0415
+
     with tempfile.TemporaryDirectory(prefix=TASK_DIR_PREFIX) as tmp:
         run = Artifacts(Path(tmp) / "run")
-        rows = train_group(group, sweep_name, dataset, split_dataset(dataset), run, quiet=True, log=io.StringIO())
+        try:
+            rows = train_group(group, sweep_name, dataset, split_dataset(dataset), run, quiet=True, log=io.StringIO())
+        except TrainingFailed as exc:
+            return _Diverged(str(exc), str(exc.kept), _pack(exc.kept))
         return rows, _pack(run.root)
 
 
@@ -168,8 +188,11 @@ def _install_run(archive: bytes, run_dir: Path, model: str) -> None:
 # --------------------------------------------------------------------------- models (fmnist-train all)
 
 def run_models(configs: list["TrainConfig"], dataset: Dataset, artifacts: Artifacts, address: str, feature_cache: bool,
-               log: TextIO) -> list["RunMetadata"]:
-    """Each model as one task; its files are written here atomically as each task finishes."""
+               log: TextIO) -> tuple[list["RunMetadata"], Exception | None]:
+    """Each model as one task; its files are written here atomically as each task finishes.
+
+    Returns the metadata of the models trained, and the error naming those that failed (None if none did).
+    """
     from trainer.reports import RunMetadata  # noqa: PLC0415
 
     ray, task, data_ref = _task_and_data(address, _train_model_task, dataset)
@@ -179,8 +202,10 @@ def run_models(configs: list["TrainConfig"], dataset: Dataset, artifacts: Artifa
         futures[task.remote(config, data_ref, feature_cache)] = config
     results, failed = [], []
     for config, result in _as_completed(ray, futures):
+        if isinstance(result, _Diverged):
+            result = _keep_diverged(result, artifacts.root)
         if isinstance(result, BaseException):
-            failed.append(f"{config.model}: {_first_line(result)}")
+            failed.append((f"{config.model}: {_first_line(result)}", result))
             print(f"[{config.model}] failed: {_first_line(result)}", file=log, flush=True)
             continue
         _install_model(result, config.model, artifacts)
@@ -188,20 +213,21 @@ def run_models(configs: list["TrainConfig"], dataset: Dataset, artifacts: Artifa
         print(f"[{config.model}] test accuracy {meta.test['accuracy']:.4f} -> {artifacts.model_file(config.model)}",
               file=log, flush=True)
         results.append(meta)
-    if failed:
-        raise ClusterError(f"{len(failed)} of {len(configs)} model(s) failed on Ray: " + "; ".join(failed))
-    return results
+    return results, _failure(f"{len(failed)} of {len(configs)} model(s) failed on Ray", failed) if failed else None
 
 
-def _train_model_task(config: "TrainConfig", dataset: Dataset, feature_cache: bool) -> bytes:
+def _train_model_task(config: "TrainConfig", dataset: Dataset, feature_cache: bool) -> bytes | _Diverged:
     from trainer import quiet  # noqa: PLC0415 - imported on the worker
 
     quiet.configure(False)
-    from trainer.training import train_one  # noqa: PLC0415
+    from trainer.training import TrainingFailed, train_one  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix=TASK_DIR_PREFIX) as tmp:
         run = Artifacts(Path(tmp))
-        train_one(config, dataset, split_dataset(dataset), run, quiet=True, log=io.StringIO(), feature_cache=feature_cache)
+        try:
+            train_one(config, dataset, split_dataset(dataset), run, quiet=True, log=io.StringIO(), feature_cache=feature_cache)
+        except TrainingFailed as exc:
+            return _Diverged(str(exc), str(exc.kept), _pack(exc.kept))
         return _pack(run.root)
 
 
@@ -242,9 +268,33 @@ def _as_completed(ray, futures: dict) -> Iterator[tuple[object, object]]:
             yield futures[done], exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
 
 
+def _keep_diverged(diverged: _Diverged, root: Path) -> BaseException:
+    """Keep a diverged task's folder under ``root`` as the trainer keeps it (trainer/training.py's FAILED_DIR),
+    whole or not at all; return its error, naming the folder here."""
+    from trainer.training import FAILED_DIR, TrainingFailed  # noqa: PLC0415
+
+    kept = root / FAILED_DIR / Path(diverged.kept).name
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{kept.name}.", suffix=".tmp", dir=kept.parent))
+    try:
+        _unpack(diverged.archive, staging)
+        staging.replace(kept)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return TrainingFailed(diverged.message.replace(diverged.kept, str(kept)), kept=kept)
+
+
+def _failure(summary: str, failed: list[tuple[str, BaseException]]) -> Exception:
+    """The error that ends a run with failed tasks: TrainingFailed, as a serial run's, when each trained to no result."""
+    from trainer.training import TrainingFailed  # noqa: PLC0415
+
+    diverged = all(isinstance(exc, TrainingFailed) for _, exc in failed)
+    return (TrainingFailed if diverged else ClusterError)(f"{summary}: " + "; ".join(text for text, _ in failed))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1][:300]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[-1][:500]}" if text else type(exc).__name__
 
 
 def _pack(root: Path) -> bytes:

@@ -87,7 +87,7 @@ class TrainConfig:
         return PRECISION_POLICIES[self.precision]
 
     def identity(self) -> dict:
-        """The configuration as checkpoints (trainer/fit.py's run.json) and experiment keys see it.
+        """The configuration as checkpoints (trainer/fit.py's state.json) and experiment keys see it.
 
         Every field, except ``precision`` when it is fp32: every run before ``--precision`` existed
         was fp32 and has no such field, so an fp32 run keeps the key of its existing experiments.csv

@@ -9,23 +9,47 @@ Sources, in the order they are looked up:
   3. Debian's ``dataset-fashion-mnist`` folder, ``/usr/share/datasets/fashion-mnist``
   4. Keras' cache (``~/.keras/datasets/fashion-mnist``), then Keras' download
 
-Every loader treats its file as hostile: sizes a header declares are checked against the
-file's real size and a ceiling (``$FMNIST_MAX_IMAGES``) before anything is allocated,
-decompression streams exactly the declared bytes, the report's pickle is read with
-stand-ins for the few globals numpy writes, and every failure is one DataError line that
-starts with the file's path.
+Every loader treats its file as hostile, and every failure is one DataError line that
+starts with the file's path and says what was found and what is accepted:
+
+* Non-regular files (FIFOs, devices, folders) are refused before they are opened for
+  reading, symlink loops are named as such, and empty files are refused as empty.
+* IDX and ``.npz`` are plain binary formats: the sizes a header declares are checked
+  against the file's real size and a ceiling (``$FMNIST_MAX_IMAGES``) before anything
+  is allocated, and decompression streams exactly the declared bytes, then refuses more.
+* The report's ``.npy`` is ``np.save`` of a dict, i.e. a pickle, and unpickling runs
+  whatever callable the file names. So it is read by a ``pickle.Unpickler`` whose
+  ``find_class`` resolves only the globals numpy writes for a dict of arrays at protocols
+  0-5 (numpy 1.x and 2.x module names); anything else is refused, so no code runs.
+  ``_reconstruct``, ``dtype``, ``_codecs.encode`` and ``bytes`` become functions that admit
+  only the arguments numpy writes; ``ndarray`` may only be passed to ``_reconstruct``;
+  ``scalar`` and ``_frombuffer`` are numpy's own (views of exactly the bytes given).
+  What the C unpickler allocates from a pickle's lengths, memo indices and repeated
+  references cannot be checked beforehand, so it runs in a child process (``python -I``,
+  handed the file already opened and checked) under an address-space limit (what it has
+  after start-up, a fixed allowance and 6 bytes per byte of file) and CPU and wall-clock
+  limits: a memory or time bomb stops the child, and becomes one line here. The child
+  checks the result (a dict of exactly 'features' and 'target': numeric arrays, or nested
+  lists of numbers, within the ceiling) and writes the two arrays as plain ``.npy`` files,
+  without pickle, which the parent reads like ``.npz`` members: header checked first.
+
+Pixels are accepted as uint8 0..255 (scaled by 1/255) or float in [0, 1], in every format.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
 import math
 import os
 import pickle
-import pickletools
+import signal
 import stat
+import subprocess
+import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +90,12 @@ MAX_TEXT = 80
 # Deflate cannot expand data more than about 1032:1; a header claiming more is lying.
 _DEFLATE_MAX_RATIO = 1032
 _CHUNK = 1 << 20
+_MAX_NDIM = 8
+# What each loader accepts, as its messages say it.
+ACCEPTED_PIXELS = "uint8 0..255 or float in [0, 1]"
+_EXPECTED_IDX = "a gzip'd IDX file of unsigned bytes, as the Fashion-MNIST release has them"
+_EXPECTED_NPY = "np.save of a dict with 'features' (N, 28, 28) and 'target' 1..5"
+_EXPECTED_NPZ = "np.savez with arrays 'x' (N, 28, 28) and 'y' 0..4"
 
 
 class DataError(ValueError):
@@ -116,6 +146,22 @@ class Splits:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
+    def require_every_class(self) -> "Splits":
+        """Refuse a training split without an image of some class (a --class-map or --limit that leaves one out).
+
+        Such a model would train silently on four classes and still claim five. Returns self.
+        """
+        counts = np.bincount(np.asarray(self.train.y, dtype=np.int64), minlength=NUM_CLASSES)[:NUM_CLASSES]
+        empty = [i for i in range(NUM_CLASSES) if counts[i] == 0]
+        if empty:
+            per_class = ", ".join(f"{i + 1}: {int(n):,}" for i, n in enumerate(counts))
+            names = ", ".join(_clip(self.train.class_names[i], 60) for i in empty)
+            raise DataError(
+                f"{self.train.source}: no training images of {names}; training images per class: {per_class} "
+                f"(each of the {NUM_CLASSES} classes needs at least one: check --class-map, or raise --limit)"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------- class map
 
@@ -149,14 +195,16 @@ def resolve_source(data: str | os.PathLike | None = None) -> Path | None:
     """The first existing source in look-up order; None means 'try Keras'."""
     if data is not None:
         path = Path(data)
-        if not path.exists():
-            raise DataError(f"--data {path}: no such file or folder")
+        problem = _path_problem(path)
+        if problem:
+            raise DataError(f"--data {path}: {problem}")
         return path
     env = os.environ.get("FMNIST_DATA")
     if env:
         path = Path(env)
-        if not path.exists():
-            raise DataError(f"$FMNIST_DATA={path}: no such file or folder")
+        problem = _path_problem(path)
+        if problem:
+            raise DataError(f"$FMNIST_DATA={path}: {problem}")
         return path
     for folder in (DEBIAN_DIR, KERAS_CACHE_DIR):
         if (folder / IDX_TRAIN_IMAGES).exists():
@@ -241,37 +289,37 @@ def _exc_text(exc: BaseException) -> str:
 
 
 def _describe_keys(keys) -> str:
-    """A short, one-line list of (untrusted) dict keys or archive member names: about MAX_TEXT characters."""
-    text_keys, others = [], 0
-    for key in keys:
-        if isinstance(key, str):
-            text_keys.append(key)
-        else:
-            others += 1
-    shown, length = [], 0
-    for key in sorted(text_keys)[:20]:
-        item = repr(_clip(key, 40))
-        if shown and length + len(item) > MAX_TEXT:
-            break
-        shown.append(item)
-        length += len(item) + 2
-    text = ", ".join(shown)
-    if len(shown) < len(text_keys):
-        text += f", ... ({len(text_keys):,} in all)"
-    if others:
-        text += f"{', ' if text else ''}{others:,} non-text keys"
-    return f"[{text}]"
+    """A short, one-line list of (untrusted) dict keys or archive member names."""
+    keys = list(keys)
+    names = sorted(repr(_clip(key, 40)) for key in keys if isinstance(key, str))
+    others = len(keys) - len(names)
+    text = ", ".join(names[:3]) + (f", ... ({len(names):,} in all)" if len(names) > 3 else "")
+    return f"[{text}{', ' if text and others else ''}{f'{others:,} non-text keys' if others else ''}]"
 
 
-def _open_regular(path: Path):
-    """Open a regular file for reading, refusing FIFOs, devices and folders before they can block.
+def _path_problem(path: Path) -> str | None:
+    """Why a path cannot be read, in words (a symlink loop is not 'missing'); None if it can be stat'ed."""
+    try:
+        os.stat(path)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop (following its links leads back to them)"
+        if exc.errno == errno.ENOENT:
+            return "a broken symlink (what it points to does not exist)" if os.path.islink(path) else "no such file or folder"
+        return f"cannot read ({exc.strerror or type(exc).__name__})"
 
+
+def _open_regular(path: Path, expected: str):
+    """Open a non-empty regular file for reading, refusing FIFOs, devices and folders before they can block.
+
+    ``expected`` says what the file should be, for the message about an empty one.
     Returns (binary file, size in bytes).
     """
     try:
         st = os.stat(path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    except OSError:
+        raise DataError(f"{path}: {_path_problem(path) or 'cannot read'}") from None
     if not stat.S_ISREG(st.st_mode):
         raise DataError(f"{path}: not a regular file ({_file_kind(st.st_mode)}); expected a data file")
     nonblock = getattr(os, "O_NONBLOCK", 0)
@@ -284,6 +332,8 @@ def _open_regular(path: Path):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DataError(f"{path}: not a regular file ({_file_kind(st.st_mode)}); expected a data file")
+        if st.st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes); expected {expected}")
         if nonblock:
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb"), st.st_size
@@ -328,8 +378,10 @@ def _read_into(stream, buffer: np.ndarray) -> int:
 def load_idx_dir(folder: Path, class_map: tuple[int, ...] = DEFAULT_CLASS_MAP) -> Dataset:
     images_path, labels_path = folder / IDX_TRAIN_IMAGES, folder / IDX_TRAIN_LABELS
     for path in (images_path, labels_path):
-        if not path.exists():
-            raise DataError(f"{path}: missing (a Fashion-MNIST IDX folder needs {IDX_TRAIN_IMAGES} and {IDX_TRAIN_LABELS})")
+        problem = _path_problem(path)
+        if problem:
+            problem = "missing" if problem == "no such file or folder" else problem
+            raise DataError(f"{path}: {problem} (a Fashion-MNIST IDX folder needs {IDX_TRAIN_IMAGES} and {IDX_TRAIN_LABELS})")
     images = read_idx(images_path, ndim=3)
     if images.shape[1:] != IMAGE_SHAPE:
         raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
@@ -348,7 +400,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     """
     path = Path(path)
     limit = max_images()
-    f, size = _open_regular(path)
+    f, size = _open_regular(path, _EXPECTED_IDX)
     with f:
         try:
             with gzip.GzipFile(fileobj=f, mode="rb") as gz:
@@ -403,452 +455,274 @@ def _from_ten_class(images: np.ndarray, labels: np.ndarray, source: str, class_m
 
 # --------------------------------------------------------------------------- the report's .npy
 #
-# The report's file is ``np.save`` of a dict, i.e. a pickle. ``np.load(allow_pickle=True)``
-# would run whatever callable the file names, so we unpickle it ourselves:
-#   1. a pre-scan (pickletools) refuses opcodes numpy never writes, lengths beyond the end of
-#      the file and memo indices that would make the C unpickler allocate;
-#   2. the unpickler's globals are stand-ins, not the real callables: each admits exactly the
-#      arguments numpy writes (protocols 0-5, numpy 1.x and 2.x module names) and builds the
-#      array itself from a buffer of exactly the declared size (no strides, no views);
-#   3. the result must be a dict whose 'features' and 'target' are arrays or nested lists of
-#      numbers, with nesting depth and element counts checked before np.asarray.
+# A restricted unpickler in a child process under limits (see the module docstring). Everything
+# from _npy_child down runs in the child; the parent only reads back the .npy files it writes.
 
-# What numpy's pickles name; the value says which stand-in answers.
-_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): "reconstruct",
-    ("numpy._core.multiarray", "_reconstruct"): "reconstruct",
-    ("numpy.core.numeric", "_frombuffer"): "frombuffer",
-    ("numpy._core.numeric", "_frombuffer"): "frombuffer",
-    ("numpy", "ndarray"): "ndarray",
-    ("numpy", "dtype"): "dtype",
-    ("_codecs", "encode"): "encode",  # protocols 0-2 write bytes as _codecs.encode(str, 'latin1')
-    ("__builtin__", "bytes"): "bytes",  # ... and empty bytes as bytes()
-    ("builtins", "bytes"): "bytes",
-}
-
-# Every opcode a pickled dict of arrays (or of lists of numbers) uses; anything else
-# (INST, OBJ, NEWOBJ, EXT*, PERSID, out-of-band buffers, sets) is refused before unpickling.
-_PICKLE_OPCODES = frozenset({
-    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4",
-    "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8",
-    "NONE", "NEWTRUE", "NEWFALSE", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
-    "FLOAT", "BINFLOAT", "EMPTY_LIST", "APPEND", "APPENDS", "LIST",
-    "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_DICT", "DICT", "SETITEM", "SETITEMS",
-    "POP", "DUP", "MARK", "POP_MARK", "GET", "BINGET", "LONG_BINGET", "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE",
-    "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "PROTO", "STOP", "FRAME",
-})
-_PUT_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
-
-# dtypes numpy pickles as dtype(name, False, True); object only for the 0-d wrapper np.save makes.
-_PICKLE_DTYPES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16", "O8"})
-_MAX_NDIM = 8
+# The child's address space: what it has after start-up, plus a fixed allowance, plus this many
+# bytes per byte of the file (the pickle, the arrays built from it, and nested lists of Python
+# floats: those take about 5.5 times the bytes they are pickled in, arrays 2 to 4 times).
+_CHILD_ALLOWANCE = 256 << 20
+_CHILD_BYTES_PER_FILE_BYTE = 6
+# CPU seconds: a fixed allowance plus one per this many bytes of file; the wall-clock limit is 3 times it.
+_CHILD_SECONDS = 30
+_CHILD_BYTES_PER_SECOND = 4 << 20
+_CHILD_CODE = ("import sys; sys.path[:0] = sys.argv[1:3]; from trainer.data import _npy_child; "
+               "_npy_child(*map(int, sys.argv[3:8]), sys.argv[8])")
+_ONLY = "only a dict of numpy arrays ('features', 'target') is accepted"
 _MAX_LIST_DEPTH = 4
-
-
-class _Refused(Exception):
-    """Raised inside the unpickler's stand-ins; the loader turns it into a DataError."""
-
-
-class _StandIn:
-    """A callable a pickle may name; it refuses being the target of BUILD (no hidden state)."""
-
-    __slots__ = ("_call", "_name")
-
-    def __init__(self, name: str, call):
-        object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_call", call)
-
-    def __call__(self, *args):
-        return self._call(*args)
-
-    def __setattr__(self, key, value):
-        raise _Refused(f"pickle sets attributes on {self._name}")
-
-    def __setstate__(self, state):
-        raise _Refused(f"pickle sets state on {self._name}")
-
-    def __reduce__(self):
-        raise TypeError("not picklable")
-
-
-class _NdarrayClass:
-    """What ``numpy.ndarray`` unpickles to: an argument for _reconstruct, never called.
-
-    Calling it would be ``np.ndarray(shape, dtype, buffer, offset, strides)``: zero strides
-    over a few bytes make an array of any size. numpy's own pickles never call it.
-    """
-
-    __slots__ = ()
-
-    def __call__(self, *args):
-        raise _Refused("pickle calls numpy.ndarray directly (numpy's pickles never do)")
-
-    def __setstate__(self, state):
-        raise _Refused("pickle sets state on numpy.ndarray")
-
-
-class _PendingDtype:
-    """``numpy.dtype(name, False, True)`` then BUILD with its state, as numpy writes it."""
-
-    __slots__ = ("name", "dtype")
-
-    def __init__(self, name: str):
-        self.name = name
-        self.dtype: np.dtype | None = None
-
-    def __setstate__(self, state):
-        if self.dtype is not None:
-            raise _Refused("pickle sets a dtype's state twice")
-        base = np.dtype(self.name)
-        if (
-            not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] not in (3, 4)
-            or state[1] not in ("<", ">", "|", "=") or state[2:5] != (None, None, None)
-            or state[5:7] != (-1, -1) or type(state[7]) is not int or state[7] != base.flags
-            or (len(state) == 9 and state[8] not in (None, {}))
-        ):
-            raise _Refused(f"unexpected state for dtype {self.name}")
-        order = state[1]
-        self.dtype = base.newbyteorder(order) if order in "<>" and base.itemsize > 1 else base
-
-    def resolved(self) -> np.dtype:
-        if self.dtype is None:
-            raise _Refused(f"dtype {self.name} without its state")
-        return self.dtype
-
-
-class _PendingArray:
-    """An array being unpickled: ``_reconstruct`` makes it, BUILD (``__setstate__``) fills it.
-
-    Numeric arrays are built by np.frombuffer from a buffer of exactly the declared size,
-    so no stride trick or view of a small buffer can make a large array. Object arrays are
-    admitted only as the 0-d wrapper np.save puts around a dict; its one element is kept.
-    """
-
-    __slots__ = ("_owner", "array", "value", "is_wrapper")
-
-    def __init__(self, owner: "_ArraysOnlyUnpickler"):
-        self._owner = owner
-        self.array: np.ndarray | None = None
-        self.value: object = None
-        self.is_wrapper = False
-
-    def __setstate__(self, state):
-        if self.array is not None or self.is_wrapper:
-            raise _Refused("pickle sets an array's state twice")
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise _Refused("unexpected array state")
-        if len(state) == 5:
-            if type(state[0]) is not int or state[0] != 1:
-                raise _Refused("unexpected array state version")
-            state = state[1:]
-        shape, dtype, fortran, raw = state
-        shape = _valid_shape(shape)
-        if not isinstance(dtype, _PendingDtype):
-            raise _Refused("array state without a numpy dtype")
-        dtype = dtype.resolved()
-        if fortran not in (False, True, 0, 1):
-            raise _Refused("unexpected array order flag")
-        if dtype.hasobject:
-            if shape != () or not isinstance(raw, list) or len(raw) != 1:
-                raise _Refused(f"object array of shape {shape}: only a 0-d wrapper around the dict is accepted")
-            self.value, self.is_wrapper = raw[0], True
-            return
-        if isinstance(raw, str):  # Python 2 pickles: the data as a latin-1 str
-            self._owner.charge(len(raw))
-            raw = raw.encode("latin1")
-        self.array = self._owner.array_from_buffer(raw, dtype, shape, "F" if fortran else "C")
-
-
-def _valid_shape(shape) -> tuple[int, ...]:
-    if (
-        not isinstance(shape, tuple) or len(shape) > _MAX_NDIM
-        or any(type(d) is not int or d < 0 or d > 2**40 for d in shape)
-    ):
-        raise _Refused("array shape is not a short tuple of sizes")
-    return shape
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Admits numpy arrays, dtypes and builtin containers; refuses every other global.
-
-    Every global resolves to a stand-in that checks its arguments (see the section comment).
-    """
-
-    def __init__(self, file: io.BufferedIOBase, path: Path, data_bytes: int):
-        super().__init__(file, encoding="latin1")
-        self._path = path
-        self._data_bytes = data_bytes
-        # Bytes this pickle may make: what numpy writes stays within about twice the
-        # file (a str, then the bytes encoded from it); aliasing tricks go far past it.
-        self._budget = 3 * data_bytes + (1 << 20)
-        self._used = 0
-        self._max_values = max_images() * PIXELS
-        self._stand_ins = {
-            "reconstruct": _StandIn("numpy _reconstruct", self._reconstruct),
-            "frombuffer": _StandIn("numpy _frombuffer", self._frombuffer),
-            "dtype": _StandIn("numpy.dtype", self._dtype),
-            "encode": _StandIn("_codecs.encode", self._encode),
-            "bytes": _StandIn("bytes", self._bytes),
-        }
-        self._ndarray = _NdarrayClass()
-
-    def find_class(self, module: str, name: str):
-        kind = _PICKLE_GLOBALS.get((module, name))
-        if kind is None:
-            raise DataError(
-                f"{self._path}: refusing to unpickle {_clip(module, 60)}.{_clip(name, 60)}; "
-                "only a dict of numpy arrays ('features', 'target') is accepted"
-            )
-        return self._ndarray if kind == "ndarray" else self._stand_ins[kind]
-
-    def persistent_load(self, pid):
-        raise _Refused("persistent ids")
-
-    def charge(self, nbytes: int) -> None:
-        self._used += nbytes
-        if self._used > self._budget:
-            raise _Refused(
-                f"the pickle expands to more than {self._budget:,} bytes from {self._data_bytes:,} "
-                "(repeated references to the same data?)"
-            )
-
-    def array_from_buffer(self, raw, dtype: np.dtype, shape: tuple[int, ...], order: str, axis_order=None) -> np.ndarray:
-        if not isinstance(raw, (bytes, bytearray)):
-            raise _Refused("array data is not bytes")
-        if dtype.hasobject or dtype.itemsize == 0:
-            raise _Refused(f"array of dtype {dtype} from a buffer")
-        count = math.prod(shape)
-        nbytes = count * dtype.itemsize
-        if count > self._max_values or nbytes > self._data_bytes:
-            raise _Refused(
-                f"array of shape {shape} ({nbytes:,} bytes) is larger than the file or the ceiling; "
-                + _ceiling_hint(max_images())
-            )
-        if nbytes != len(raw):
-            raise _Refused(f"array of shape {shape} and dtype {dtype} needs {nbytes:,} bytes, the pickle holds {len(raw):,}")
-        self.charge(nbytes)
-        flat = np.frombuffer(raw, dtype=dtype)
-        if order == "K" and axis_order is not None:
-            return flat.reshape(shape, order="C").transpose(axis_order)
-        return flat.reshape(shape, order=order)
-
-    # -- the stand-ins
-    def _reconstruct(self, cls, shape, typecode):
-        if cls is not self._ndarray or shape != (0,) or typecode not in (b"b", "b"):
-            raise _Refused("numpy _reconstruct with arguments numpy never writes")
-        return _PendingArray(self)
-
-    def _frombuffer(self, buf, dtype, shape, order, axis_order=None):
-        if not isinstance(dtype, _PendingDtype) or order not in ("C", "F", "K"):
-            raise _Refused("numpy _frombuffer with arguments numpy never writes")
-        shape = _valid_shape(shape)
-        if axis_order is not None and (
-            not isinstance(axis_order, tuple) or sorted(axis_order) != list(range(len(shape)))
-            or any(type(a) is not int for a in axis_order)
-        ):
-            raise _Refused("numpy _frombuffer with an invalid axis order")
-        done = _PendingArray(self)
-        done.array = self.array_from_buffer(buf, dtype.resolved(), shape, order, axis_order)
-        return done
-
-    def _dtype(self, name, align=False, copy=True):
-        if not isinstance(name, str) or name not in _PICKLE_DTYPES or align not in (False, 0) or copy not in (True, 1):
-            raise _Refused(f"numpy.dtype({_clip(name, 40)}) is not a dtype this loader reads")
-        return _PendingDtype(name)
-
-    def _encode(self, text, encoding="utf-8"):
-        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-            raise _Refused("_codecs.encode other than of a str to latin1 (how protocols 0-2 write bytes)")
-        self.charge(len(text))
-        return text.encode("latin1")
-
-    def _bytes(self, *args):
-        if args:
-            raise _Refused("bytes() with arguments")
-        return b""
-
-
-class _BoundedReader:
-    """A read-only view of the next ``length`` bytes of a file: never reads (or allocates) past them."""
-
-    def __init__(self, f, length: int):
-        self._f, self._left, self._pos = f, length, 0
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._left if n is None or n < 0 else min(n, self._left)
-        return self._took(_read_exactly(self._f, n))
-
-    def readline(self) -> bytes:
-        return self._took(self._f.readline(self._left))
-
-    def tell(self) -> int:
-        return self._pos
-
-    def _took(self, data: bytes) -> bytes:
-        self._left -= len(data)
-        self._pos += len(data)
-        return data
-
-
-def _prescan_pickle(f, length: int, path: Path) -> None:
-    """Walk the opcodes without running any: refuse what numpy never writes and what would allocate.
-
-    The C unpickler allocates from declared lengths and memo indices before reading; here
-    each length is checked against the bytes that remain and each memo index against
-    how many entries can exist.
-    """
-    reader = _BoundedReader(f, length)
-    memo_next = 0
-    try:
-        for opcode, arg, pos in pickletools.genops(reader):
-            name = opcode.name
-            if name not in _PICKLE_OPCODES:
-                raise DataError(
-                    f"{path}: refusing pickle opcode {name} at byte {pos}; "
-                    "only a dict of numpy arrays ('features', 'target') is accepted"
-                )
-            if name in _PUT_OPCODES:
-                if arg > memo_next:
-                    raise DataError(f"{path}: pickle memo index {arg} out of order (expected at most {memo_next})")
-                memo_next = max(memo_next, arg + 1)
-            elif name == "MEMOIZE":
-                memo_next += 1
-            elif name == "FRAME" and arg > length - pos:
-                raise DataError(f"{path}: pickle frame of {arg:,} bytes runs past the end of the file")
-            elif name == "PROTO" and arg > pickle.HIGHEST_PROTOCOL:
-                raise DataError(f"{path}: pickle protocol {arg} is not supported")
-    except DataError:
-        raise
-    except Exception as exc:  # genops: truncated argument, missing STOP, bad text ...
-        raise DataError(f"{path}: not a readable .npy file (corrupt pickle: {_exc_text(exc)})") from None
 
 
 def load_report_npy(path: Path) -> Dataset:
     """The report's format: a .npy holding a dict with 'features' (N, 28, 28) in [0, 1] and 'target' 1..5."""
     path = Path(path)
-    obj = _read_pickled_npy(path)
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a dict with 'features' and 'target', found {_type_name(obj)}")
-    missing = {"features", "target"} - {k for k in obj if isinstance(k, str) and k in ("features", "target")}
-    if missing:
-        raise DataError(f"{path}: dict lacks {sorted(missing)} (has {_describe_keys(obj)})")
     limit = max_images()
-    features = _materialize(obj["features"], path, "features", limit * PIXELS)
-    target = _materialize(obj["target"], path, "target", limit)
-    x = _check_images(features, path)
-    target = _check_labels(target, path, low=1, high=NUM_CLASSES, what="target")
+    f, size = _open_regular(path, _EXPECTED_NPY)
+    try:
+        with f, tempfile.TemporaryDirectory(prefix="fmnist-npy-") as out:
+            start = _pickle_start(f, size, path, limit)
+            _unpickle_in_child(f, start, size, path, out)
+            arrays = {}
+            for what, most in (("features", limit * PIXELS), ("target", limit)):
+                with open(os.path.join(out, f"{what}.npy"), "rb") as result:
+                    arrays[what] = _read_npy_array(result, os.fstat(result.fileno()).st_size, path, what, most, "its reader's output")
+    except OSError as exc:  # no temporary folder, a full disk
+        raise DataError(f"{path}: cannot read it ({type(exc).__name__}: {_exc_text(exc)})") from None
+    x = _check_images(arrays["features"], path)
+    target = _check_labels(arrays["target"], path, low=1, high=NUM_CLASSES, what="target")
     _check_lengths(x, target, path)
     return Dataset(x, target - 1, str(path))
 
 
+def _pickle_start(f, size: int, path: Path, limit: int) -> int:
+    """Where the pickle starts: after the .npy header of an object array, or at 0 (``ndarray.dump``)."""
+    most = 6 * limit * PIXELS * 8 + (64 << 20)  # float64 pixels at protocol 0: up to 6 bytes a byte
+    if size > most:
+        raise DataError(f"{path}: file is {size:,} bytes, more than any data set under the ceiling; {_ceiling_hint(limit)}")
+    magic = f.read(6)
+    if magic[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(f"{path}: a zip archive, not a .npy (an .npz named .npy?); if it holds arrays 'x' and 'y', rename it to .npz")
+    if magic != b"\x93NUMPY":
+        return 0  # no .npy header: a bare pickle, as numpy's ndarray.dump writes
+    f.seek(0)
+    try:
+        shape, _, dtype = _npy_header(f, path, "its header")
+    except DataError:
+        raise
+    except Exception as exc:  # a corrupt header
+        raise DataError(f"{path}: not a readable .npy file ({type(exc).__name__}: {_exc_text(exc)})") from None
+    if dtype != np.dtype(object):
+        raise DataError(f"{path}: holds a plain {_clip(str(dtype), 40)} array of shape {_clip(shape, 60)}; expected {_EXPECTED_NPY}")
+    if f.tell() >= size:
+        raise DataError(f"{path}: a .npy header with no pickle after it; expected {_EXPECTED_NPY}")
+    return f.tell()
+
+
+def _unpickle_in_child(f, start: int, size: int, path: Path, out: str) -> None:
+    """Run _npy_child on the open file (no path to swap); it writes features.npy and target.npy to ``out``, or says why not."""
+    seconds = _CHILD_SECONDS + size // _CHILD_BYTES_PER_SECOND
+    memory = _CHILD_ALLOWANCE + _CHILD_BYTES_PER_FILE_BYTE * size
+    roots = [str(Path(__file__).resolve().parents[1]), str(Path(np.__file__).resolve().parents[1])]
+    numbers = (f.fileno(), start, size, memory, seconds)
+    command = [sys.executable, "-I", "-c", _CHILD_CODE, *roots, *map(str, numbers), out]
+    threads = dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+    try:
+        done = subprocess.run(command, pass_fds=(f.fileno(),), stdin=subprocess.DEVNULL, capture_output=True,
+                              cwd=out, env={**os.environ, **threads}, timeout=3 * seconds)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"{path}: refusing the pickle: reading it took more than {3 * seconds} s, the limit for its size") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot start a Python process to read it ({exc.strerror or type(exc).__name__})") from None
+    said = done.stdout.decode("ascii", "replace").partition("\n")[0]
+    if done.returncode == 0 and said == "OK":
+        return
+    if said.startswith("ERROR "):
+        raise DataError(f"{path}: {said[6:][:4 * MAX_TEXT]}")
+    if done.returncode == -signal.SIGXCPU:
+        raise DataError(f"{path}: refusing the pickle: reading it took more than {seconds} s of CPU, the limit for its size")
+    if done.returncode < 0:
+        raise DataError(f"{path}: refusing the pickle: the process reading it died of signal {-done.returncode}")
+    last = (done.stderr.decode("ascii", "replace").strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    raise DataError(f"{path}: the process reading it failed ({_clip(last, 2 * MAX_TEXT)})")
+
+
+class _Refused(Exception):
+    """In the child: why the file is refused, without its path; the parent reports it."""
+
+
+def _npy_child(fd: int, start: int, size: int, memory: int, seconds: int, out: str) -> None:
+    """The child: limit itself, unpickle, check, write the two arrays without pickle; print OK or ERROR and why.
+
+    ``memory`` is the address space it may take beyond what it has after start-up, ``seconds`` its CPU time.
+    """
+    import resource  # noqa: PLC0415 - POSIX only, and only the child needs it
+
+    try:
+        with open("/proc/self/statm") as statm:
+            memory += int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        memory += 512 << 20
+    for kind, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CPU, seconds)):
+        soft, hard = resource.getrlimit(kind)
+        value = min(v for v in (value, soft, hard) if v != resource.RLIM_INFINITY)
+        resource.setrlimit(kind, (value, hard))
+        memory = value if kind == resource.RLIMIT_AS else memory
+    try:
+        with os.fdopen(fd, "rb") as f:
+            f.seek(start)
+            payload = f.read(size - start)
+        try:
+            obj = _NumpyOnlyUnpickler(io.BytesIO(payload), encoding="latin1").load()
+        except (_Refused, MemoryError):
+            raise
+        except Exception as exc:  # truncated, unknown opcodes, arguments numpy rejects ...
+            if isinstance(exc, ValueError) and "extension code" in str(exc):  # EXT1/2/4: none registered here
+                raise _never("it uses a copyreg extension code") from None
+            raise _Refused(f"not a readable .npy file (corrupt pickle: {type(exc).__name__}: {_exc_text(exc)})") from None
+        del payload
+        for what, array in _study_arrays(obj).items():
+            np.save(os.path.join(out, f"{what}.npy"), array, allow_pickle=False)
+        said = "OK"
+    except _Refused as exc:
+        said = f"ERROR {exc}"
+    except MemoryError:
+        said = (f"ERROR refusing the pickle: it needs more than {memory >> 20:,} MB of memory to read, the limit for a "
+                f"{size:,}-byte file (it declares or repeats more data than the file holds)")
+    except Exception as exc:  # writing the arrays; anything unforeseen
+        said = f"ERROR not a readable .npy file ({type(exc).__name__}: {_exc_text(exc)})"
+    sys.stdout.buffer.write(said.replace("\n", " ").encode("ascii", "backslashreplace") + b"\n")
+
+
+class _Global:
+    """A global the pickle may name: it may be called (with the arguments ``ok`` admits), nothing else."""
+
+    __slots__ = ("name", "call", "ok")
+
+    def __init__(self, name: str, call, ok=None):
+        self.name, self.call, self.ok = name, call, ok
+
+    def __call__(self, *args):
+        if self.call is None:
+            raise _never(f"it calls {self.name} directly")
+        if self.ok is not None and not self.ok(*args):
+            raise _never(f"it calls {self.name} with other arguments")
+        return self.call(*args)
+
+    def __setstate__(self, state):  # BUILD on it
+        raise _never(f"it sets state on {self.name}")
+
+
+def _never(what: str) -> _Refused:
+    return _Refused(f"refusing the pickle: {what} (numpy's pickles never do); {_ONLY}")
+
+
+# dtypes numpy pickles as dtype(name, False, True); object only for the 0-d wrapper np.save makes.
+_PICKLE_DTYPES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16", "O8"})
+# numpy.ndarray: only an argument of _reconstruct; called, it would be ndarray(shape, dtype, buffer, offset,
+# strides), where zero strides over a few bytes make an array of any size.
+_NDARRAY = _Global("numpy.ndarray", None)
+_GLOBALS = {
+    ("numpy", "ndarray"): _NDARRAY,
+    # A copy, so that BUILD (dtype.__setstate__) changes this one only.
+    ("numpy", "dtype"): _Global("numpy.dtype", lambda name, *_: np.dtype(name, False, True),
+                                lambda name, align=False, copy=True: name in _PICKLE_DTYPES and align is False and copy is True),
+    # Protocols 0-2 write bytes as _codecs.encode(str, 'latin1'), and b'' as bytes().
+    ("_codecs", "encode"): _Global("_codecs.encode", lambda text, _: text.encode("latin1"),
+                                   lambda text, encoding="utf-8": isinstance(text, str) and encoding in ("latin1", "latin-1")),
+    ("builtins", "bytes"): _Global("bytes", bytes, lambda *args: not args),
+    ("__builtin__", "bytes"): _Global("bytes", bytes, lambda *args: not args),
+}
+for _module in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x
+    # _reconstruct(ndarray, (0,), b'b') makes an empty array that BUILD (ndarray.__setstate__) fills, checking sizes.
+    _GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = _Global(
+        "numpy's _reconstruct", lambda *_: np.ndarray((0,), np.int8),
+        lambda cls, shape, typecode: cls is _NDARRAY and shape == (0,) and typecode in (b"b", "b"))
+    # numpy's own, found through its public pickling: views of exactly the bytes given.
+    _GLOBALS[(f"{_module}.multiarray", "scalar")] = _Global("numpy's scalar", np.float64(0).__reduce__()[0])
+    _GLOBALS[(f"{_module}.numeric", "_frombuffer")] = _Global("numpy's _frombuffer", np.zeros(1).__reduce_ex__(5)[0])
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _GLOBALS:
+            raise _Refused(f"refusing to unpickle {_clip(module, 60)}.{_clip(name, 60)}; {_ONLY}")
+        return _GLOBALS[(module, name)]
+
+    def persistent_load(self, pid):
+        raise _never("it uses persistent ids")
+
+
+def _study_arrays(obj: object) -> dict[str, np.ndarray]:
+    """The unpickled object as the report's two arrays: a dict of exactly 'features' and 'target', numbers within the ceiling."""
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+        obj = obj.item()  # np.save's 0-d wrapper around the dict
+    if not isinstance(obj, dict):
+        raise _Refused(f"expected {_EXPECTED_NPY}, found {_type_name(obj)}")
+    missing = [key for key in ("features", "target") if key not in obj]
+    if missing:
+        raise _Refused(f"dict lacks {missing} (has {_describe_keys(obj)})")
+    if len(obj) > 2:
+        others = [key for key in obj if key not in ("features", "target")]
+        raise _Refused(f"refusing the dict's other keys {_describe_keys(others)}; {_ONLY}")
+    limit = max_images()
+    arrays = {}
+    for what, most in (("features", limit * PIXELS), ("target", limit)):
+        value = obj[what]
+        if isinstance(value, (list, tuple)):
+            value = _list_to_array(value, what, most)
+        if not isinstance(value, np.ndarray):
+            raise _Refused(f"{what} is {_type_name(value)}, expected an array")
+        if value.dtype.hasobject:
+            raise _Refused(f"{what} is an object array of shape {_clip(value.shape, 60)}; {_ONLY}")
+        if value.dtype.kind not in "biufc" or value.dtype.fields is not None or value.dtype.subdtype is not None:
+            raise _Refused(f"{what} has dtype {_clip(str(value.dtype), 40)}, expected numbers")
+        if value.size > most:
+            raise _Refused(f"{what} holds {value.size:,} values, more than allowed; {_ceiling_hint(limit)}")
+        arrays[what] = value
+    return arrays
+
+
 def _type_name(obj: object) -> str:
     """What an unpickled object is, for a message (never its repr: it may be huge)."""
-    if isinstance(obj, _PendingArray):
-        if obj.is_wrapper:
-            return "an object array"
-        return f"a {obj.array.dtype} array of shape {obj.array.shape}" if obj.array is not None else "an unfinished array"
-    if isinstance(obj, _PendingDtype):
-        return "a dtype"
-    if isinstance(obj, (_StandIn, _NdarrayClass)):
-        return "a function"
-    return type(obj).__name__
+    if isinstance(obj, np.ndarray):
+        return f"a {obj.dtype} array of shape {_clip(obj.shape, 60)}"
+    return "a function" if isinstance(obj, _Global) else type(obj).__name__
 
 
-def _read_pickled_npy(path: Path) -> object:
-    limit = max_images()
-    f, size = _open_regular(path)
-    with f:
-        try:
-            # float64 pixels, written at protocol 0 (up to 6 bytes a byte: zeros become \u0000).
-            most = 6 * limit * PIXELS * 8 + (64 << 20)
-            if size > most:
-                raise DataError(f"{path}: file is {size:,} bytes, more than any data set under the ceiling; {_ceiling_hint(limit)}")
-            if f.read(6) == b"\x93NUMPY":
-                f.seek(0)
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise DataError(f"{path}: not a readable .npy file (format version {version} is not supported)")
-                if dtype != np.dtype(object):
-                    # A plain numeric array: no pickle involved; not the report's format.
-                    raise DataError(f"{path}: holds a plain {_clip(str(dtype), 40)} array of shape {_clip(shape, 60)}; expected the report's dict")
-            else:
-                f.seek(0)  # no .npy header: a bare pickle, as numpy's ndarray.dump writes
-            start = f.tell()
-            _prescan_pickle(f, size - start, path)
-            f.seek(start)
-            unpickler = _ArraysOnlyUnpickler(f, path, size - start)
-            obj = unpickler.load()
-        except DataError:
-            raise
-        except _Refused as exc:
-            raise DataError(f"{path}: refusing the pickle: {exc}; only a dict of numpy arrays ('features', 'target') is accepted") from None
-        except MemoryError:
-            raise DataError(f"{path}: ran out of memory reading it") from None
-        except Exception as exc:  # anything a corrupt pickle or header raises
-            raise DataError(f"{path}: not a readable .npy file ({type(exc).__name__}: {_exc_text(exc)})") from None
-    if isinstance(obj, _PendingArray) and obj.is_wrapper:
-        return obj.value
-    return obj
-
-
-def _materialize(value: object, path: Path, what: str, max_values: int) -> np.ndarray:
-    """An unpickled array, or nested lists of numbers checked (depth, counts, types) before np.asarray."""
-    if isinstance(value, _PendingArray):
-        if value.array is None:
-            raise DataError(f"{path}: {what} is {_type_name(value)}, expected a numeric array")
-        return value.array
-    if not isinstance(value, (list, tuple)):
-        raise DataError(f"{path}: {what} is {_type_name(value)}, expected an array")
-    sizes: dict[int, int] = {}
-    walking: set[int] = set()
+def _list_to_array(value: list | tuple, what: str, most: int) -> np.ndarray:
+    """Nested lists of numbers (or of arrays) as an array; depth, self-reference and counts checked before np.asarray."""
+    sizes: dict[int, int | None] = {}  # id -> values in it; None while it is being counted
 
     def count(node, depth: int) -> int:
-        key = id(node)
-        if key in sizes:  # the same list again (aliasing): its size is known, no new walk
-            return sizes[key]
-        if key in walking:
-            raise DataError(f"{path}: {what} is a list that contains itself")
+        if id(node) in sizes:  # the same list again: known, no new walk (or a list inside itself)
+            if sizes[id(node)] is None:
+                raise _Refused(f"{what} is a list that contains itself")
+            return sizes[id(node)]
         if depth > _MAX_LIST_DEPTH:
-            raise DataError(f"{path}: {what} is lists nested more than {_MAX_LIST_DEPTH} deep")
-        walking.add(key)
-        if not node:
-            total = 0
-        elif all(type(v) in (int, float) for v in node):
-            total = len(node)
-        elif all(isinstance(v, (list, tuple)) for v in node):
-            total = 0
-            for v in node:
+            raise _Refused(f"{what} is lists nested more than {_MAX_LIST_DEPTH} deep")
+        sizes[id(node)], total = None, 0
+        for v in node:
+            if isinstance(v, (list, tuple)):
                 total += count(v, depth + 1)
-                if total > max_values:
-                    break
-        elif all(isinstance(v, _PendingArray) and v.array is not None for v in node):
-            total = sum(v.array.size for v in node)
-        else:
-            kinds = sorted({_type_name(v) for v in node[:1000]})[:4]
-            raise DataError(f"{path}: {what} mixes {', '.join(kinds)}; expected nested lists of numbers or arrays")
-        if total > max_values:
-            raise DataError(f"{path}: {what} holds more than {max_values:,} values; {_ceiling_hint(max_images())}")
-        walking.discard(key)
-        sizes[key] = total
+            elif isinstance(v, np.ndarray) and not v.dtype.hasobject:
+                total += v.size
+            elif type(v) in (int, float) or isinstance(v, (np.integer, np.floating)):
+                total += 1
+            else:
+                raise _Refused(f"{what} holds {_type_name(v)}; expected nested lists of numbers or arrays")
+            if total > most:
+                raise _Refused(f"{what} holds more than {most:,} values; {_ceiling_hint(max_images())}")
+        sizes[id(node)] = total
         return total
 
     count(value, 1)
-
-    def plain(node):
-        if node and isinstance(node[0], _PendingArray):
-            return [v.array for v in node]
-        if node and isinstance(node[0], (list, tuple)):
-            return [plain(v) for v in node]
-        return node
-
     try:
-        return np.asarray(plain(value))
+        array = np.asarray(value)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise DataError(f"{path}: {what} is not a regular array of numbers ({_exc_text(exc)})") from None
+        raise _Refused(f"{what} is not a regular array of numbers ({_exc_text(exc)})") from None
+    if array.dtype.hasobject:  # whole numbers beyond 64 bits
+        raise _Refused("target must be whole numbers, found dtype object" if what == "target"
+                       else f"images have dtype object, expected real numbers ({ACCEPTED_PIXELS})")
+    return array
 
 
 # --------------------------------------------------------------------------- .npz
@@ -857,78 +731,96 @@ def load_npz(path: Path) -> Dataset:
     """``x`` (N, 28, 28[, 1]) uint8 0..255 or float 0..1, ``y`` ints 0..4."""
     path = Path(path)
     limit = max_images()
-    f, _ = _open_regular(path)
+    f, _ = _open_regular(path, _EXPECTED_NPZ)
     with f:
+        if f.read(6) == b"\x93NUMPY":
+            raise DataError(f"{path}: a .npy file, not a zip archive (a .npy named .npz?); rename it to .npy")
+        f.seek(0)
         try:
             with zipfile.ZipFile(f) as archive:
                 members = {name[:-4] if name.endswith(".npy") else name: name for name in archive.namelist()}
                 missing = {"x", "y"} - set(members)
                 if missing:
                     raise DataError(f"{path}: lacks arrays {sorted(missing)} (has {_describe_keys(members)})")
-                x = _read_npz_member(archive, members["x"], path, "x", limit * PIXELS)
-                y = _read_npz_member(archive, members["y"], path, "y", limit)
+                arrays = {}
+                for what, most in (("x", limit * PIXELS), ("y", limit)):
+                    info = archive.getinfo(members[what])
+                    with archive.open(info) as member:
+                        arrays[what] = _read_npy_array(member, info.file_size, path, what, most, "the archive")
         except DataError:
             raise
         except MemoryError:
             raise DataError(f"{path}: ran out of memory reading it") from None
         except Exception as exc:  # zip, zlib, header and EOF errors
             raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {_exc_text(exc)})") from None
+    x = arrays["x"]
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / np.float32(255.0)
     x = _check_images(x, path)
-    y = _check_labels(y, path, low=0, high=NUM_CLASSES - 1, what="y")
+    y = _check_labels(arrays["y"], path, low=0, high=NUM_CLASSES - 1, what="y")
     _check_lengths(x, y, path)
     return Dataset(x, y, str(path))
 
 
-def _read_npz_member(archive: zipfile.ZipFile, name: str, path: Path, what: str, max_values: int) -> np.ndarray:
-    """One member: its .npy header checked (dtype, shape x itemsize vs the ceiling and the member's size) before reading."""
-    info = archive.getinfo(name)
-    with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-        else:
-            raise DataError(f"{path}: not a readable .npz file ({what} has .npy format version {version}, not supported)")
-        if dtype.hasobject:
-            raise DataError(f"{path}: {what} has dtype object; refusing it (loading it would unpickle)")
-        if dtype.kind not in "biufc" or dtype.itemsize == 0 or dtype.fields is not None or dtype.subdtype is not None:
-            raise DataError(f"{path}: {what} has dtype {_clip(str(dtype), 40)}, expected numbers")
-        if any(type(d) is not int or d < 0 for d in shape) or len(shape) > _MAX_NDIM:
-            raise DataError(f"{path}: {what} has an invalid shape {_clip(shape, 60)}")
-        count = math.prod(shape)
-        nbytes = count * dtype.itemsize
-        if count > max_values:
-            raise DataError(
-                f"{path}: {what} declares shape {_clip(shape, 60)} ({count:,} values), more than allowed; {_ceiling_hint(max_images())}"
-            )
-        held = info.file_size - member.tell()
-        if nbytes != held:
-            raise DataError(f"{path}: {what} declares shape {_clip(shape, 60)} of {dtype} ({nbytes:,} bytes), the archive holds {held:,}")
-        data = _read_exactly(member, nbytes)
-        if len(data) != nbytes:
-            raise DataError(f"{path}: {what} is truncated ({len(data):,} of {nbytes:,} bytes)")
-    array = np.frombuffer(data, dtype=dtype)
-    return array.reshape(shape, order="F" if fortran else "C")
+def _read_npy_array(stream, size: int, path: Path, what: str, max_values: int, holder: str) -> np.ndarray:
+    """One .npy array from a stream of ``size`` bytes, as np.load(allow_pickle=False) would read it.
+
+    Its header is checked (dtype; shape x itemsize against the ceiling and against what the
+    stream holds) before any data is read or allocated. ``holder`` names the stream in messages.
+    """
+    shape, fortran, dtype = _npy_header(stream, path, what)
+    if dtype.hasobject:
+        raise DataError(f"{path}: {what} has dtype object; refusing it (loading it would unpickle)")
+    if dtype.kind not in "biufc" or dtype.itemsize == 0 or dtype.fields is not None or dtype.subdtype is not None:
+        raise DataError(f"{path}: {what} has dtype {_clip(str(dtype), 40)}, expected numbers")
+    if any(type(d) is not int or d < 0 for d in shape) or len(shape) > _MAX_NDIM:
+        raise DataError(f"{path}: {what} has an invalid shape {_clip(shape, 60)}")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if count > max_values:
+        raise DataError(
+            f"{path}: {what} declares shape {_clip(shape, 60)} ({count:,} values), more than allowed; {_ceiling_hint(max_images())}"
+        )
+    held = size - stream.tell()
+    if nbytes != held:
+        raise DataError(f"{path}: {what} declares shape {_clip(shape, 60)} of {dtype} ({nbytes:,} bytes), {holder} holds {held:,}")
+    data = _read_exactly(stream, nbytes)
+    if len(data) != nbytes:
+        raise DataError(f"{path}: {what} is truncated ({len(data):,} of {nbytes:,} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _npy_header(stream, path: Path, what: str) -> tuple[tuple, bool, np.dtype]:
+    """A .npy header: (shape, Fortran order, dtype), parsed by numpy (which bounds the header's length)."""
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise DataError(f"{path}: not a readable .npy file ({what} has format version {version}; 1.0 and 2.0 are read)")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(stream)
 
 
 # --------------------------------------------------------------------------- validation
 
 def _check_images(x: np.ndarray, path: Path) -> np.ndarray:
+    """Pixels as float32 in [0, 1]: uint8 0..255 is scaled by 1/255, float must be in [0, 1] already."""
     if x.dtype.kind not in "uif":
-        raise DataError(f"{path}: images have dtype {x.dtype}, expected real numbers (uint8 0..255 or float 0..1)")
+        raise DataError(f"{path}: images have dtype {x.dtype}, expected real numbers ({ACCEPTED_PIXELS})")
     if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
         raise DataError(f"{path}: images have shape {x.shape}, expected (N, 28, 28)")
-    x = x.astype(np.float32, copy=False)
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: {int((~np.isfinite(x)).sum())} pixels are NaN or infinite")
-    if x.size and (x.min() < 0.0 or x.max() > 1.0):
-        raise DataError(f"{path}: pixels outside [0, 1] (found {x.min():g}..{x.max():g})")
-    return x
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype.kind in "ui":
+        found = f"{int(x.min())}..{int(x.max())}" if x.size else "no values"
+        raise DataError(f"{path}: pixels: found {x.dtype} in {found}; accepted: {ACCEPTED_PIXELS}")
+    x32 = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x32)
+    if not finite.all():
+        raise DataError(
+            f"{path}: pixels: found {x.dtype} with {int((~finite).sum()):,} NaN or infinite values; accepted: {ACCEPTED_PIXELS}"
+        )
+    if x32.size and (x32.min() < 0.0 or x32.max() > 1.0):
+        raise DataError(f"{path}: pixels: found {x.dtype} in {x.min():g}..{x.max():g}; accepted: {ACCEPTED_PIXELS}")
+    return x32
 
 
 def _check_labels(y: np.ndarray, path: Path, low: int, high: int, what: str) -> np.ndarray:

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import h5py
 import keras
 import numpy as np
 import pandas as pd
 
-from trainer.artifacts import Artifacts, ArtifactsError, atomic_path, write_json_atomic, write_text_atomic, writing
+from trainer.artifacts import Artifacts, ArtifactsError, atomic_path, clip, write_json_atomic, writing
 from trainer.config import DEFAULTS, PRECISION_POLICIES, TrainConfig
 from trainer.data import NUM_CLASSES, Dataset, Splits
 from trainer.models import BuiltModel
@@ -129,18 +128,6 @@ class EpochProgress(keras.callbacks.Callback):
         )
 
 
-class Checkpoint(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose failure to write (a full disk) is one line naming the checkpoint folder."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        try:
-            super().on_epoch_end(epoch, logs)
-        except ArtifactsError:
-            raise
-        except OSError as exc:
-            raise ArtifactsError(f"{self.backup_dir}: cannot write the checkpoint ({exc.strerror or exc})") from None
-
-
 class HistoryLogger(keras.callbacks.Callback):
     """Appends each epoch's row to the history CSV (as CSVLogger: ``epoch``, then the logs sorted by name).
 
@@ -154,8 +141,9 @@ class HistoryLogger(keras.callbacks.Callback):
         self.columns: list[str] | None = None
 
     def on_train_begin(self, logs=None):
-        header, _ = _read_history(self.path)  # resumed: the file's columns, whatever order they have
-        self.columns = next(csv.reader([header])) if header else None
+        # Resumed: the checkpoint's copy of the history is in place; keep its columns, whatever their order.
+        with contextlib.suppress(FileNotFoundError), open(self.path, newline="", encoding="utf-8") as f:
+            self.columns = next(csv.reader(f), None)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -203,215 +191,140 @@ def _fmt_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-# --------------------------------------------------------------------------- resume
+# --------------------------------------------------------------------------- checkpoints
 #
-# What keras.callbacks.BackupAndRestore (Keras 3, double_checkpoint=True) writes in the checkpoint
-# folder at the end of every epoch, in this order, none of it atomically:
-#   1. latest.weights.h5 copied to latest.weights.h5.bkp       (from the second epoch on)
-#   2. training_metadata.json copied to training_metadata.json.bkp
-#   3. latest.weights.h5 rewritten (weights and optimizer state)
-#   4. training_metadata.json rewritten: {"epoch": epochs done}
-# then HistoryLogger appends the epoch's row to history/<model>.csv. A kill can stop the run between
-# any two of these writes or in the middle of one; _prepare_resume must find a consistent point from
-# whatever that leaves (tests/test_train_hostile.py kills it at each one).
+# checkpoints/<model>/epoch-0007/ holds all that resuming after epoch 7 needs: state.weights.h5 (the
+# trainable model's weights and its optimizer's state; Keras saves both), history.csv (the rows of
+# epochs 1-7) and state.json (the epoch, the run's identity, the optimizer's step count, each file's
+# sha256). At the end of each epoch, after its history row, it is written in a temporary folder (a
+# name starting with ".") and published with one rename; the one before is then renamed aside and
+# deleted. So whenever a kill comes, each folder with an epoch name is whole, and resuming is a
+# directory listing: the newest checkpoint that is this run's and loads, its history put back.
 
-WEIGHTS, STATE, PREVIOUS, RUN_FILE = "latest.weights.h5", "training_metadata.json", ".bkp", "run.json"
+PREFIX, WEIGHTS, HISTORY, STATE = "epoch-", "state.weights.h5", "history.csv", "state.json"
 
 
-@dataclass(frozen=True)
-class _Pair:
-    """One checkpoint: weights and the epoch count that goes with them."""
+class Checkpoint(keras.callbacks.Callback):
+    """Publishes each finished epoch's checkpoint in ``folder`` and removes the one before."""
 
-    label: str
-    weights: Path
-    state: Path
+    def __init__(self, folder: Path, identity: dict, history: Path):
+        super().__init__()
+        self.folder, self.identity, self.history = folder, identity, history
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not np.isfinite((logs or {}).get("loss", 0.0)):
+            return  # a diverged epoch is nothing to resume from; train_one reports it
+        target = self.folder / f"{PREFIX}{epoch + 1:04d}"
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.folder))
+            try:
+                self.model.save_weights(staging / WEIGHTS)
+                shutil.copyfile(self.history, staging / HISTORY)
+                write_json_atomic(staging / STATE, {
+                    "epoch": epoch + 1, "identity": self.identity, "iterations": _steps(self.model.optimizer),
+                    "sha256": {name: _sha256(staging / name) for name in (WEIGHTS, HISTORY)}})
+                os.replace(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # gone once published; a failed write leaves nothing
+        except OSError as exc:
+            raise ArtifactsError(f"{self.folder}: cannot write the checkpoint of epoch {epoch + 1} "
+                                 f"({exc.strerror or exc})") from None
+        for older in _checkpoints(self.folder)[1:]:
+            _discard(older)
 
 
-def _pairs(backup: Path) -> tuple[_Pair, _Pair]:
-    return (_Pair("latest", backup / WEIGHTS, backup / STATE),
-            _Pair("Keras' copy of the epoch before", backup / (WEIGHTS + PREVIOUS), backup / (STATE + PREVIOUS)))
+def _resume(config: TrainConfig, folder: Path, history: Path, identity: dict, trainable: keras.Model,
+            log: TextIO) -> int:
+    """Load the newest checkpoint of this run into ``trainable`` (compiled) and return its epoch; 0 to start over.
 
-
-def _prepare_resume(artifacts: Artifacts, config: TrainConfig, data_sha256: str, mode: str, trainable: keras.Model,
-                    log: TextIO) -> int:
-    """Return the epoch to resume from, and leave the checkpoint and the history CSV agreeing on it.
-
-    The rule: resume from the newest checkpoint (the latest pair, else Keras' copy of the one before)
-    whose two files are whole and whose epochs all have a whole row in the history; drop the history
-    rows after it. Why each part:
-
-    - the history row of an epoch is written after its checkpoint, so a kill between the two leaves
-      a checkpoint one epoch ahead of the history. Resuming from it would never write that row (the
-      final history would lack an epoch and the metadata count one short); the copy of the epoch
-      before is exactly one behind, so the run resumes there and trains that epoch again.
-    - a kill while Keras rewrites the weights or training_metadata.json damages the latest pair,
-      while the copy made just before is whole; a kill while Keras makes that copy damages only the
-      copy, and the latest pair is whole.
-    - weights are trusted only with the epoch count written after them (the same pair): a copy's
-      weights with the latest count, or the reverse, would train an epoch twice or skip one.
-    - when no pair qualifies (a kill in the first epoch, a foreign or damaged folder) the checkpoint
-      is discarded with one line and the run starts over: slower, never wrong.
-
-    ``trainable`` (compiled) tells what a whole weights file holds. The checkpoint's ``run.json`` guards
-    against resuming another configuration's or data's checkpoint.
+    The history becomes the checkpoint's (a kill between an epoch's row and its checkpoint left one
+    row more: that epoch trains again). The other checkpoints are removed; those passed over are
+    named, with the reason, in one line.
     """
-    backup = artifacts.backup_dir(config.model)
-    history = artifacts.history_file(config.model)
-    # config.identity(): every field, precision included unless fp32 (as before --precision existed),
-    # so a bf16 checkpoint is never resumed as fp32 nor the reverse.
-    identity = {"config": config.identity(), "data_sha256": data_sha256, "mode": mode}
-    _remove_discarded(backup)
-    resume_epoch, reason, pair = 0, "", None
-    if backup.is_dir():
-        reason = _identity_problem(backup / RUN_FILE, identity)
-        if not reason:
-            resume_epoch, reason, pair = _resume_point(backup, history, config.epochs, trainable)
-        if not resume_epoch:
-            print(f"[{config.model}] discarding checkpoint {backup}: {reason}", file=log)
-            _discard(backup)
-    if not resume_epoch:
-        backup.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(backup / RUN_FILE, identity)  # atomic: a kill here cannot leave a run.json cut short
+    _remove_leftovers(folder)
+    found, chosen, problems = _checkpoints(folder), None, []
+    for checkpoint in found:
+        problem = _load(checkpoint, identity, trainable)
+        if not problem:
+            chosen = checkpoint
+            break
+        problems.append(f"{checkpoint}: {problem}")
+    if problems:
+        print(f"[{config.model}] discarding checkpoint {'; '.join(problems)}", file=log)
+    for checkpoint in found:
+        if checkpoint != chosen:
+            _discard(checkpoint)
+    if chosen is None:
         history.unlink(missing_ok=True)
         return 0
-    if pair is not None and pair.label != "latest":
-        print(f"[{config.model}] checkpoint {backup}: {reason}; using {pair.label}", file=log)
-        _restore_previous(backup)
-    header, rows = _read_history(history)
-    _write_history(history, header, rows[:resume_epoch])
-    print(f"[{config.model}] resuming at epoch {resume_epoch + 1}/{config.epochs} from {backup}", file=log)
-    return resume_epoch
-
-
-def _identity_problem(run_file: Path, identity: dict) -> str:
-    """Why the checkpoint may not be resumed by this run; "" when it may."""
-    try:
-        saved = json.loads(run_file.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return f"it has no {RUN_FILE} (a run stopped while it started or finished)"
-    except (OSError, ValueError):  # ValueError: not UTF-8 or not JSON, as a kill mid-write left it
-        return f"its {RUN_FILE} is unreadable"
-    if saved != identity:
-        return "it was made with another configuration or data"
-    return ""
-
-
-def _resume_point(backup: Path, history: Path, epochs: int, trainable: keras.Model) -> tuple[int, str, _Pair | None]:
-    """(epochs done, what was wrong with the pairs passed over, the pair chosen); 0 and no pair if none qualifies."""
-    _, rows = _read_history(history)
-    problems: list[str] = []
-    expected: dict | None = None
-    for pair in _pairs(backup):
-        done = _epochs_done(pair.state, epochs)
-        if done is None:
-            problems.append(f"{pair.state.name} is {'unreadable' if pair.state.exists() else 'missing'}")
-            continue
-        if done > len(rows):
-            problems.append(f"{pair.state.name} counts {done} epoch(s), the history {history.name} has {len(rows)}")
-            continue
-        if expected is None:
-            expected = _expected_layout(trainable, backup)
-        if not pair.weights.exists() or _weights_layout(pair.weights) != expected:
-            problems.append(f"{pair.weights.name} is {'damaged' if pair.weights.exists() else 'missing'}")
-            continue
-        return done, "; ".join(problems), pair
-    return 0, "; ".join(problems) if any(p.state.exists() for p in _pairs(backup)) else "no epoch had finished", None
-
-
-def _epochs_done(state: Path, epochs: int) -> int | None:
-    """The epoch count in a training_metadata.json, or None if it is unreadable or impossible for this run."""
-    try:
-        done = json.loads(state.read_bytes().decode("utf-8"))["epoch"]
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-    if isinstance(done, bool) or not isinstance(done, int) or not 1 <= done <= epochs:
-        return None
+    with writing(history), atomic_path(history) as tmp:
+        shutil.copyfile(chosen / HISTORY, tmp)
+    done = _epoch(chosen)
+    print(f"[{config.model}] resuming at epoch {done + 1}/{config.epochs} from {chosen}" if done < config.epochs
+          else f"[{config.model}] all {done} epochs were done: resuming from {chosen} to evaluate", file=log)
     return done
 
 
-def _weights_layout(path: Path) -> dict[str, tuple] | None:
-    """Every array in a ``.weights.h5`` file by name, with shape and dtype, after reading each; None if damaged.
-
-    A file cut short fails to open or to read; one whose writer died before it was closed may open
-    with arrays missing, which the comparison with the expected layout catches.
-    """
-    layout: dict[str, tuple] = {}
-
-    def visit(name: str, item: object) -> None:
-        if isinstance(item, h5py.Dataset):
-            item[()]
-            layout[name] = (item.shape, str(item.dtype))
-
+def _load(checkpoint: Path, identity: dict, trainable: keras.Model) -> str:
+    """"" when ``checkpoint`` is this run's, whole, and now loaded into ``trainable``; else why not (nothing loaded)."""
     try:
-        with h5py.File(path, "r") as f:
-            f.visititems(visit)
-    except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... for a damaged file
-        return None
-    return layout
+        state = json.loads((checkpoint / STATE).read_bytes().decode("utf-8"))
+        saved, steps, digests = dict(state["identity"]), state["iterations"], dict(state["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):  # ValueError: not UTF-8, not JSON, not an object
+        return f"its {STATE} is missing or unreadable"
+    if saved != identity:  # another precision is another configuration (TrainConfig.identity)
+        changed = sorted(k for k in {**identity, **saved} if identity.get(k) != saved.get(k))
+        return f"it was made with another configuration or data ({clip(', '.join(changed), 60)} " \
+               f"{'differs' if len(changed) == 1 else 'differ'})"
+    if state.get("epoch") != _epoch(checkpoint) or set(digests) != {WEIGHTS, HISTORY}:
+        return f"its {STATE} does not describe it"
+    damaged = [name for name in (WEIGHTS, HISTORY)
+               if not (checkpoint / name).is_file() or _sha256(checkpoint / name) != digests[name]]
+    if damaged:
+        return f"its {' and '.join(damaged)} {'is' if len(damaged) == 1 else 'are'} missing or damaged"
+    return _load_weights(trainable, checkpoint / WEIGHTS, steps)
 
 
-def _expected_layout(model: keras.Model, folder: Path) -> dict[str, tuple] | None:
-    """The layout of a whole checkpoint of ``model``: its weights and its optimizer's, as BackupAndRestore saves them."""
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)  # as BackupAndRestore does before it loads
-    with writing(folder), tempfile.TemporaryDirectory(dir=folder, prefix=".expected-") as tmp:
-        path = Path(tmp) / "expected.weights.h5"
-        model.save_weights(path)
-        return _weights_layout(path)
-
-
-def _restore_previous(backup: Path) -> None:
-    """Make Keras' copy of the epoch before the latest pair, in an order a kill cannot make inconsistent.
-
-    The latest count goes first: until both copies are in place the latest pair has no count, so a
-    rerun chooses the copy again; each file is replaced whole.
-    """
-    (backup / STATE).unlink(missing_ok=True)
-    for name in (WEIGHTS, STATE):
-        with writing(backup / name), atomic_path(backup / name) as tmp:
-            shutil.copyfile(backup / (name + PREVIOUS), tmp)
-
-
-def _read_history(path: Path) -> tuple[str | None, list[str]]:
-    """The history CSV's header line and its whole rows, stopping at the first that is not epoch i on row i.
-
-    A kill during an append leaves a last line without its newline: not whole. Rows after a gap or a
-    repeated epoch (two writers at once, before the locks) are not trusted either.
-    """
+def _load_weights(trainable: keras.Model, path: Path, steps: int) -> str:
+    """Load weights and optimizer state; on failure put back what was there (a fresh start needs the initial weights)."""
+    optimizer = trainable.optimizer
+    if not optimizer.built:  # Keras would skip an unbuilt optimizer's state, with a warning only
+        optimizer.build(trainable.trainable_variables)
+    variables = [*trainable.weights, *optimizer.variables]
+    before = [keras.ops.convert_to_numpy(v) for v in variables]
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return None, []
-    lines = [line.rstrip("\r") for line in text.split("\n")[:-1]]  # the last piece: "" or a line cut short
-    header = next(csv.reader(lines[:1]), [])
-    if not header or header[0] != "epoch":
-        return None, []
-    rows: list[str] = []
-    for line in lines[1:]:
-        cells = next(csv.reader([line]), [])
-        if len(cells) != len(header) or cells[0] != str(len(rows)):
-            break
-        try:
-            [float(cell) for cell in cells[1:]]
-        except ValueError:
-            break
-        rows.append(line)
-    return lines[0], rows
+        trainable.load_weights(path)
+        problem = "" if _steps(optimizer) == steps else "its optimizer state did not load"
+    except Exception as exc:  # noqa: BLE001 - Keras and h5py raise ValueError, OSError, KeyError... for a misfit
+        problem = f"it does not fit this model ({clip(str(exc) or type(exc).__name__, 120)})"
+    if problem:
+        for variable, value in zip(variables, before):
+            variable.assign(value)
+    return problem
 
 
-def _write_history(path: Path, header: str | None, rows: list[str]) -> None:
-    if header is None or not rows:
-        path.unlink(missing_ok=True)
-        return
-    with writing(path):
-        write_text_atomic(path, "\n".join([header, *rows]) + "\n")
+def _checkpoints(folder: Path) -> list[Path]:
+    """The published checkpoints in ``folder``, newest first; temporary and discarded ones start with "."."""
+    return sorted((p for p in folder.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit()), key=_epoch, reverse=True)
+
+
+def _epoch(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(PREFIX):])
+
+
+def _steps(optimizer: keras.optimizers.Optimizer) -> int:
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _discard(folder: Path) -> None:
-    """Remove a checkpoint folder all at once: renamed aside first (atomic), then deleted.
+    """Remove a checkpoint (or a model's folder of them) at once: renamed aside (atomic), then deleted.
 
-    A kill while deleting in place could leave a folder with some files gone, which a rerun would
-    have to make sense of; a folder renamed aside is never read again.
+    A folder renamed aside is never read again, so a kill while deleting leaves nothing half there.
     """
     if not folder.exists():
         return
@@ -421,10 +334,10 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _remove_discarded(folder: Path) -> None:
-    """What a kill during _discard left aside."""
-    for aside in folder.parent.glob(f".{folder.name}.discarded-*"):
-        shutil.rmtree(aside, ignore_errors=True)
+def _remove_leftovers(folder: Path) -> None:
+    """What a kill left: a checkpoint half written or half deleted, or the model's folder half discarded."""
+    for leftover in [*folder.glob(".*"), *folder.parent.glob(f".{folder.name}.*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- features
@@ -479,7 +392,8 @@ def fit(
     report did: the same result, many times slower; kept to measure that claim.
     """
     log = log or sys.stdout
-    artifacts.ensure(artifacts.history_file(config.model).parent, artifacts.backup_dir(config.model).parent)
+    history, folder = artifacts.history_file(config.model), artifacts.backup_dir(config.model)
+    artifacts.ensure(history.parent, folder)
     through_base = built.head is not None and not feature_cache
 
     if built.head is not None and feature_cache:
@@ -496,19 +410,21 @@ def fit(
         x_train, x_val = images(splits.train), images(splits.val)
 
     compile_for_training(trainable, config)
-    # After compiling: a checkpoint's weights are checked against what this model and optimizer save.
-    resume_epoch = _prepare_resume(artifacts, config, dataset.sha256, "through-base" if through_base else "default",
-                                   trainable, log)
+    # Every field of the configuration, precision included unless fp32 (as before --precision existed),
+    # so a bf16 checkpoint is never resumed as fp32 nor the reverse.
+    identity = {**config.identity(), "data_sha256": dataset.sha256, "mode": "through-base" if through_base else "default"}
+    resume_epoch = _resume(config, folder, history, identity, trainable, log)
     extras = list(extra_callbacks or [])
     callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.TerminateOnNaN(),  # a diverged run stops at once; train_one then fails it
         EpochTimer(),
-        # Callbacks that write files an epoch's checkpoint vouches for (the sweep's weight snapshots)
-        # run before it: a kill after the checkpoint then never finds them missing.
+        # What an epoch's checkpoint vouches for is written before it: the sweep's weight snapshots
+        # and the history row. A kill after the checkpoint then never finds them missing.
         *(c for c in extras if getattr(c, "before_checkpoint", False)),
-        # Kept after fit() (delete_checkpoint=False): a kill while evaluating or saving must not lose
-        # the finished epochs. train_one discards it once everything is written.
-        Checkpoint(str(artifacts.backup_dir(config.model)), double_checkpoint=True, delete_checkpoint=False),
-        HistoryLogger(artifacts.history_file(config.model)),
+        HistoryLogger(history),
+        # Kept after fit(): a kill while evaluating or saving must not lose the finished epochs.
+        # train_one discards it once everything is written.
+        Checkpoint(folder, identity, history),
     ]
     if not quiet:
         callbacks.append(EpochProgress(config.model, config.epochs, log))
@@ -518,15 +434,23 @@ def fit(
     # are below 2**32 (the CLI checks); a resumed run's offset must not push one past it.
     keras.utils.set_random_seed((config.seed + resume_epoch) % 2**32)
     start = time.perf_counter()
-    trainable.fit(
-        x_train, one_hot(splits.train.y),
-        validation_data=(x_val, one_hot(splits.val.y)),
-        epochs=config.epochs, batch_size=config.batch_size,
-        callbacks=callbacks, verbose=0,
-    )
+    # TerminateOnNaN's note ("Batch 3: Invalid loss") goes to Keras' log, not stdout: train_one's error
+    # says it with the model, the epoch and what to try.
+    interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        trainable.fit(
+            x_train, one_hot(splits.train.y),
+            validation_data=(x_val, one_hot(splits.val.y)),
+            epochs=config.epochs, initial_epoch=resume_epoch, batch_size=config.batch_size,
+            callbacks=callbacks, verbose=0,
+        )
+    finally:
+        if interactive:
+            keras.config.enable_interactive_logging()
     fit_wall_s = time.perf_counter() - start
     return FitOutcome(
-        history=pd.read_csv(artifacts.history_file(config.model)),
+        history=pd.read_csv(history),
         resumed_from_epoch=resume_epoch,
         feature_extraction_s=feature_s,
         features_cached=cached,
@@ -536,5 +460,5 @@ def fit(
 
 
 def discard_checkpoint(artifacts: Artifacts, name: str) -> None:
-    """Call once the trained model and its metadata are safely written."""
+    """Call once the trained model and its metadata are safely written (or a failed run is set aside)."""
     _discard(artifacts.backup_dir(name))

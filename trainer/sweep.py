@@ -35,7 +35,7 @@ from trainer.evaluation import evaluate
 from trainer.fit import compile_for_training
 from trainer.models import get_spec, load_trained
 from trainer.locks import exclusive
-from trainer.training import model_lock, train_one
+from trainer.training import TrainingFailed, model_lock, train_one
 
 GRID_TYPES = {"optimizer": str, "batch_size": int, "lr": float, "epochs": int, "seed": int}
 MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed takes 0 to 2**32 - 1
@@ -153,6 +153,9 @@ def run_sweep(
     precision (``--precision``) is every row's, and is in each row and its key (fp32 rows keep their old key);
     ``lr_given`` says its lr was the user's, so a swept optimizer keeps it instead of its own default.
 
+    A configuration that trains to no result (trainer/training.py's TrainingFailed) gets no row; the
+    others run, and TrainingFailed names it at the end.
+
     Each run holds the lock of its own folder (``model_lock`` of its run dir) from training to its
     rows, and experiments.csv is rewritten under a lock of its own: two sweeps may share a folder,
     never a run, and neither loses the other's rows.
@@ -184,14 +187,23 @@ def run_sweep(
             _store_rows(artifacts, rows)
             written += rows
         return written
+    failed = []
     for group in pending:
         run_artifacts = Artifacts(experiments.run_dir(artifacts, group.longest, dataset.sha256))
         with model_lock(run_artifacts, model):  # train_one takes it too; held here until the rows are written
             print(f"[sweep] {model} {group.describe()} -> {run_artifacts.root}", file=log, flush=True)
-            rows = train_group(group, name, dataset, splits, run_artifacts, quiet=quiet,
-                               extra_callbacks=extra_callbacks, log=log)
+            try:
+                rows = train_group(group, name, dataset, splits, run_artifacts, quiet=quiet,
+                                   extra_callbacks=extra_callbacks, log=log)
+            except TrainingFailed as exc:  # no row: a diverged run is no result; the others still run
+                print(f"[sweep] {model} {group.describe()}: failed: {exc}", file=log, flush=True)
+                failed.append(f"{group.describe()}: {exc}")
+                continue
             _store_rows(artifacts, rows)
         written += rows
+    if failed:
+        raise TrainingFailed(f"{len(failed)} of {len(pending)} configuration group(s) failed, no row written for "
+                             f"them: {'; '.join(failed)}")
     return written
 
 

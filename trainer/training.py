@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,9 +20,11 @@ from typing import TextIO
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its start-up chatter out
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from trainer import data as data_mod  # noqa: E402
-from trainer.artifacts import Artifacts, atomic_path, writing  # noqa: E402
+from trainer.artifacts import Artifacts, atomic_path, write_json_atomic, writing  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import Dataset, Splits  # noqa: E402
 from trainer.environment import machine_info  # noqa: E402
@@ -32,6 +36,15 @@ from trainer.plots import accuracy_loss_plot  # noqa: E402
 from trainer.reports import RunMetadata  # noqa: E402
 
 SPLIT_PROTOCOL = "train_test_split(test_size=0.2, random_state=0), then 0.5: test first, val second"
+FAILED_DIR = "failed"  # artifacts/failed/<model>-<time>/: a run that trained to no result, kept to look at
+
+
+class TrainingFailed(RuntimeError):
+    """A model trained to no result (a loss or weights not finite); the message says where its files went."""
+
+    def __init__(self, message: str, kept: Path | None = None):
+        super().__init__(message)
+        self.kept = kept  # the folder its history and model were set aside in; None for a summary of several
 
 
 def load_data(
@@ -50,7 +63,7 @@ def load_data(
     log = log or sys.stdout
     artifacts.ensure(artifacts.root, artifacts.reports_dir, artifacts.plot_file("samples").parent)
     dataset = data_mod.load_dataset(data, data_mod.parse_class_map(class_map)).limit(limit)
-    splits = data_mod.split_dataset(dataset)
+    splits = data_mod.split_dataset(dataset).require_every_class()
     if not quiet:
         print(f"data: {dataset.source}, {len(dataset)} images, split {splits.sizes()}", file=log, flush=True)
     return dataset, splits
@@ -80,6 +93,8 @@ def train_one(
 
     Resumes from a checkpoint of the same configuration and data; the checkpoint is discarded only
     once the model and its metadata are written, so a kill at any point loses no finished epoch.
+    A model whose loss or weights are not finite is not published: TrainingFailed names the folder
+    its history and model went to.
     Holds the model's lock (``model_lock``) throughout; a write that fails (a full disk) raises
     ArtifactsError naming the file, and leaves no file half written.
     """
@@ -109,6 +124,9 @@ def _train_one(
 
     outcome = fit(built, dataset, splits, config, artifacts, quiet=quiet, extra_callbacks=extra_callbacks, log=log,
                   feature_cache=feature_cache)
+    problem = _divergence(built.model, outcome.history, config.epochs)
+    if problem:
+        raise _set_aside(config, built, artifacts, problem)
     if built.head is not None and feature_cache:
         compile_for_training(built.model, config)  # the full model (base + head) is what gets evaluated
     result = evaluate(built.model, splits.test)
@@ -132,6 +150,41 @@ def _train_one(
               f"trained in {outcome.training_time_s / 60:.2f} min -> {model_path}", file=log, flush=True)
         print(result.classification_report_text, file=log, flush=True)
     return metadata
+
+
+def _divergence(model: keras.Model, history: pd.DataFrame, epochs: int) -> str:
+    """Why a trained model is no result, "" when it is one: a loss or a weight that is not finite."""
+    last = history.iloc[-1]
+    epoch = f"epoch {int(last['epoch']) + 1}/{epochs}"
+    for name in ("loss", "val_loss"):
+        if not np.isfinite(last[name]):
+            return f"{name} {last[name]} at {epoch}"
+    if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights):
+        return f"weights not finite after {epoch}"
+    return ""
+
+
+def _set_aside(config: TrainConfig, built: BuiltModel, artifacts: Artifacts, problem: str) -> TrainingFailed:
+    """Move a diverged run's history, with its model as it ended, out of the next run's way; the error to raise.
+
+    Its checkpoint goes too: resuming a run that diverged would only diverge again.
+    """
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = artifacts.root / FAILED_DIR / f"{config.model}-{stamp}"
+    artifacts.ensure(aside.parent)
+    with writing(aside):
+        staging = Path(tempfile.mkdtemp(prefix=f".{aside.name}.", suffix=".tmp", dir=aside.parent))
+        try:
+            built.model.save(staging / f"{config.model}.keras")
+            write_json_atomic(staging / "failure.json", {"problem": problem, "config": asdict(config)})
+            shutil.copyfile(artifacts.history_file(config.model), staging / f"{config.model}.csv")
+            os.replace(staging, aside)  # one rename: the folder is there whole or not at all
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    artifacts.history_file(config.model).unlink()
+    discard_checkpoint(artifacts, config.model)
+    return TrainingFailed(f"{config.model} diverged ({problem}): not published; its history and the model as it "
+                          f"ended are in {aside}; try a lower learning rate than {config.lr:g} (--lr)", kept=aside)
 
 
 def build_metadata(
