@@ -8,16 +8,13 @@ as its float32 twin (``float32_model``): the graph never holds a bfloat16 tensor
 
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import onnx
+import tensorflow as tf
+import tf2onnx
 
-import keras  # noqa: E402
-import onnx  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
-
-from exporter.contract import BATCH_DIM, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, ContractError  # noqa: E402
+from exporter.contract import BATCH_DIM, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, ContractError
 
 DEFAULT_OPSET = 17
 # tf2onnx's supported range, and what onnxruntime's quantizer (per-channel QDQ needs 13) accepts.

@@ -47,7 +47,7 @@ def test_run_writes_a_versioned_report_with_honest_providers(tiny_export: Artifa
     path = _latest_report(tiny_export)
     report = load(path)
     assert report.schema_version == 2
-    assert {"cpu", "cores", "versions", "sgemm_gflops", "onnxruntime_providers_available"} <= set(report.machine)
+    assert {"cpu", "cpu_class", "isa", "cores", "versions", "yardsticks", "onnxruntime_providers_available"} <= set(report.machine)
     assert set(report.commit) == {"id", "dirty", "branch"} and len(report.commit["id"]) == 40
     ran = [r for r in report.records if not r.skipped]
     assert {(r.variant, r.operation, r.batch_size) for r in ran if r.provider == "cpu"} >= {
@@ -105,7 +105,7 @@ def test_pytest_benchmark_suite_on_tiny_models(tiny_export: Artifacts, tmp_path:
 
 # Fields whose values are clock readings (or derived from them): present in both records, equal nowhere else.
 TIMING_FIELDS = {"median_s", "min_s", "max_s", "iqr_s", "times_s", "throughput_ips", "gflops", "latency_ms",
-                 "session_create_s", "peak_rss_mb", "first_run_s"}
+                 "session_create_s", "peak_rss_mb", "first_run_s", "overhead_ms", "profile", "tool"}
 
 
 def test_each_case_reports_its_own_peak_memory(tiny_export: Artifacts, tmp_path: Path):
@@ -146,6 +146,8 @@ def test_both_front_doors_give_the_same_record(tiny_export: Artifacts, tmp_path:
         for name in a:
             if name in TIMING_FIELDS:
                 assert (a[name] is None) == (b[name] is None), (case, name)
+                if name == "profile" and a[name]:  # the same op types, their times read off another run
+                    assert {p["op_type"] for p in a[name]} == {p["op_type"] for p in b[name]}, case
             else:
                 assert a[name] == b[name], (case, name, a[name], b[name])
         assert a["rounds"] == (7 if "single-stream" in case else 2) == len(b["times_s"])
@@ -160,7 +162,8 @@ def test_a_tuning_run_writes_its_report_elsewhere(tiny_export: Artifacts, tmp_pa
     assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", "--providers", "cpu", "--variants", "fp32",
                  "--operations", "predict", "--batch-sizes", "128", "--threads", "1", "--report-dir", str(tune), *FAST_RUN]) == 0
     (written,) = tune.glob("bench-*.json")
-    assert load(written).settings["session"]["intra_op_threads"] == 1 and written.with_suffix(".md").exists()
+    run = load(written)
+    assert run.settings["threads"] == [1] and {r.threads for r in run.records} == {1} and written.with_suffix(".md").exists()
     assert sorted(tiny_export.reports_dir.glob("bench-*")) == before  # what fmnist-train report reads is untouched
 
 

@@ -70,11 +70,11 @@ def test_peer_rows_run_through_the_measurement_core(tiny_export: Artifacts, tmp_
             if r.provider == "openvino-f32":
                 assert picked == "f32"
     report = load(next((tmp_path / "first").glob("bench-*.json")))
-    assert report.machine["int8_gemm_gops"] > 0 and report.machine["sgemm_gflops"] > 0
+    assert {y["arithmetic"] for y in report.machine["yardsticks"]} >= {"fp32", "int8"}
 
     # The conversion is cached: a second run converts nothing and leaves the files as they were.
-    cached = {p: p.stat().st_mtime_ns for p in litert_dir.glob("*.tflite")}
-    assert len(cached) == 2
+    cached = {p: p.stat().st_mtime_ns for p in litert_dir.glob("model1.*.tflite")}
+    assert len(cached) == 2 and (litert_dir / "trivial.r1.tflite").is_file()  # the call-overhead model beside them
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again instead of reusing artifacts/litert/")
@@ -82,18 +82,18 @@ def test_peer_rows_run_through_the_measurement_core(tiny_export: Artifacts, tmp_
     monkeypatch.setattr(peers, "convert_litert", no_conversion)
     again = _run(tiny_export, tmp_path / "second", "--providers", "litert", "--variants", "fp32,int8", "--operations", "predict")
     assert len(again) == 2 and not [r for r in again if r.skipped]
-    assert {p: p.stat().st_mtime_ns for p in litert_dir.glob("*.tflite")} == cached
+    assert {p: p.stat().st_mtime_ns for p in litert_dir.glob("model1.*.tflite")} == cached
 
     capsys.readouterr()
     assert main(["summary", str(next((tmp_path / "first").glob("bench-*.json")))]) == 0
     out = capsys.readouterr().out
-    assert "large int8 GEMM" in out and "% of peak" in out
+    assert "yardsticks (the fastest large GEMM an installed runtime reaches here): " in out and "% of peak" in out
     names = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| model1")]
     picked = by_id["model1-fp32-openvino-predict-b128"].provider_options["inference_precision"]
     assert names == [f"OpenVINO default ({picked})", "OpenVINO int8", "OpenVINO f32", "OpenVINO int8 (f32 hint)",
                      "LiteRT fp32", "LiteRT int8"]  # the registry's order (bench/runtimes/__init__.py)
     assert "**model1**" in out  # no onnxruntime or Keras row: the bound is not known, and says so
-    assert "large int8 GEMM (u8 x s8)" in next((tmp_path / "first").glob("bench-*.md")).read_text()
+    assert "int8 " in next((tmp_path / "first").glob("bench-*.md")).read_text().split("yardsticks", 1)[1].splitlines()[0]
 
 
 def test_peer_outputs_match_onnxruntime(tiny_export: Artifacts):
@@ -142,18 +142,18 @@ from bench.cli import main
 assert main({run!r} + ['--providers', 'cpu,openvino,litert', '--report-dir', {str(tmp_path / 'a')!r}]) == 0
 del sys.modules['ai_edge_litert']
 sys.modules['tensorflow'] = None  # LiteRT installed, but nothing cached to run and no TensorFlow to convert
-assert main({run!r} + ['--providers', 'litert', '--report-dir', {str(tmp_path / 'b')!r}]) == 0
+assert main({run!r} + ['--providers', 'litert', '--report-dir', {str(tmp_path / 'b')!r}]) == 1  # measured nothing
 """, forbid=(), block=("openvino", "ai_edge_litert"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert ("every case was skipped, nothing was measured:\n  model1 fp32 litert: converting model1.keras for LiteRT needs "
+            "TensorFlow: tensorflow is not installed (pip install 'fmnist-edge[train]')") in result.stderr
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("bench-*"))
     first = {r.provider: r for r in load(next((tmp_path / "a").glob("bench-*.json"))).records}
     # The onnxruntime row ran and judged the whole test split: the accuracy the export measured for that file.
     exported_accuracy = read_exports(art)[1].files["model1.onnx"].validation["accuracy_onnx"]
     assert first["cpu"].skipped is None and first["cpu"].quality["accuracy"] == exported_accuracy
     assert first["openvino"].skipped == "openvino is not installed (pip install openvino)"
     assert first["litert"].skipped == "ai-edge-litert is not installed (pip install ai-edge-litert)"
-    (litert,) = load(next((tmp_path / "b").glob("bench-*.json"))).records
-    assert litert.skipped == ("converting model1.keras for LiteRT needs TensorFlow: tensorflow is not installed "
-                              "(pip install 'fmnist-edge[train]')")
     assert not (art.root / "litert").exists()
 
 

@@ -84,4 +84,4 @@ def test_reports_from_two_machines_stand_side_by_side(tmp_path: Path, capsys):
     assert by_machine[("edge-b", "onnxruntime CPU fp32")][3] == "500.0"
     assert by_machine[("edge-b", "onnxruntime CPU fp32")][6] == "6.00"  # 3.0 s Keras on edge-b / 0.5 s: never edge-a's Keras
     assert "shown side by side (the machine column), never merged" in out
-    assert "On edge-a: test CPU (2 cores): **model4**" in out and "On edge-b: test CPU (2 cores): **model4**" in out
+    assert "On edge-a: test CPU, 2 cores: **model4**" in out and "On edge-b: test CPU, 2 cores: **model4**" in out

@@ -17,23 +17,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its start-up chatter out
+import keras
+import numpy as np
+import pandas as pd
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from trainer import data as data_mod  # noqa: E402
-from trainer.artifacts import Artifacts, atomic_path, write_json_atomic, writing  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import Dataset, Splits  # noqa: E402
-from trainer.environment import machine_info  # noqa: E402
-from trainer.evaluation import Evaluation, evaluate  # noqa: E402
-from trainer.fit import FitOutcome, compile_for_training, discard_checkpoint, dtype_policy, fit  # noqa: E402
-from trainer.locks import exclusive  # noqa: E402
-from trainer.models import BuiltModel, create_model, get_spec  # noqa: E402
-from trainer.plots import accuracy_loss_plot  # noqa: E402
-from trainer.reports import RunMetadata  # noqa: E402
+from trainer import data as data_mod
+from trainer.artifacts import Artifacts, atomic_path, write_json_atomic, writing
+from trainer.config import TrainConfig
+from trainer.data import Dataset, Splits
+from trainer.environment import machine_info
+from trainer.evaluation import Evaluation, evaluate
+from trainer.fit import FitOutcome, compile_for_training, discard_checkpoint, dtype_policy, fit
+from trainer.locks import exclusive
+from trainer.models import BuiltModel, create_model, get_spec
+from trainer.plots import accuracy_loss_plot
+from trainer.reports import RunMetadata
 
 SPLIT_PROTOCOL = "train_test_split(test_size=0.2, random_state=0), then 0.5: test first, val second"
 FAILED_DIR = "failed"  # artifacts/failed/<model>-<time>/: a run that trained to no result, kept to look at
