@@ -27,7 +27,7 @@ from exporter.contract import VARIANTS  # noqa: E402
 from exporter.variants import (CALIBRATION_METHODS, FP32_GRAPHS, INT8_ACTIVATIONS, INT8_FORMATS, INT8_TARGETS,  # noqa: E402
                                Int8Config, int8_target)
 from trainer.environment import cpu_flags  # noqa: E402
-from trainer.artifacts import Artifacts, ArtifactsError  # noqa: E402
+from trainer.artifacts import Artifacts, ArtifactsError, check_folder, check_source  # noqa: E402
 from trainer.data import DataError  # noqa: E402
 from trainer.locks import LockedError  # noqa: E402
 from trainer.models import UnknownModelError, get_spec, list_models  # noqa: E402
@@ -101,18 +101,11 @@ def _models(names: list[str], artifacts: Artifacts) -> list[str]:
 def _check_paths(args: argparse.Namespace, artifacts: Artifacts, onnx_dir: Path) -> None:
     """Each path option (or the default it stands for) names something of the right kind."""
     root = f"--artifacts {artifacts.root}" if args.artifacts else f"artifacts folder {artifacts.root}"
-    if not artifacts.root.exists():
-        raise ExportError(f"{root}: no such folder; train into it first: fmnist-train MODEL --artifacts {artifacts.root}")
-    if not artifacts.root.is_dir():
-        raise ExportError(f"{root}: is a file, not a folder; give the artifacts folder fmnist-train wrote")
+    check_folder(artifacts.root, root, fix=f"train into it first: fmnist-train MODEL --artifacts {artifacts.root}")
     # The onnx folder is made when missing; what is there, or the nearest folder above it that is, must be a folder.
-    there = next(p for p in (onnx_dir, *onnx_dir.parents) if p.exists())
-    if not there.is_dir():
-        what = "is a file" if there == onnx_dir else f"cannot be made: {there} is a file"
-        raise ExportError(f"{'--onnx-dir' if args.onnx_dir else 'artifacts folder'} {onnx_dir}: {what}, not a folder")
-    data = Path(args.data) if args.data is not None else None
-    if data is not None and not (data.is_dir() or data.is_file()):  # which files it reads, trainer/data.py says
-        raise ExportError(f"--data {data}: {'not a file or folder' if data.exists() else 'no such file or folder'}")
+    check_folder(onnx_dir, f"{'--onnx-dir' if args.onnx_dir else 'artifacts folder'} {onnx_dir}", make=True)
+    if args.data is not None:  # which files it reads, trainer/data.py says
+        check_source(Path(args.data), f"--data {args.data}")
 
 
 def _int8_config(args: argparse.Namespace) -> Int8Config:
@@ -137,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_paths(args, artifacts, options.onnx_dir or artifacts.onnx_dir)
         check_manifest(options.onnx_dir or artifacts.onnx_dir)
         names = _models(args.models, artifacts)
-    except (ExportError, UnknownModelError, ContractError) as exc:
+    except (ExportError, UnknownModelError, ContractError, ArtifactsError) as exc:
         print(f"fmnist-export: error: {exc}", file=sys.stderr)
         return 2
     # Every model is tried: one that fails does not stop the others; the exit code reports the worst.

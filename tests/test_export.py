@@ -306,7 +306,7 @@ def test_a_file_given_as_the_artifacts_folder_is_called_a_file(tmp_path: Path, c
     a_file.write_text("not a folder")
     assert main(["model1", "--artifacts", str(a_file), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err == f"fmnist-export: error: --artifacts {a_file}: is a file, not a folder; give the artifacts folder fmnist-train wrote\n"
+    assert err == f"fmnist-export: error: --artifacts {a_file}: is a file, not a folder\n"
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [

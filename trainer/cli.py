@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import math
 import os
+from pathlib import Path
 import re
 import sys
 import time
@@ -32,7 +33,7 @@ quiet.import_tensorflow()  # here, before the modules below import it: its impor
 
 from trainer import cluster  # noqa: E402
 from trainer import data as data_mod  # noqa: E402
-from trainer.artifacts import Artifacts, ArtifactsError, clip, writing  # noqa: E402
+from trainer.artifacts import Artifacts, ArtifactsError, check_folder, clip, writing  # noqa: E402
 from trainer.config import DEFAULTS, TrainConfig, resolve_config  # noqa: E402
 from trainer.data import DataError, Dataset, Splits  # noqa: E402
 from trainer.locks import LockedError, exclusive  # noqa: E402
@@ -178,8 +179,8 @@ def check_options(args: argparse.Namespace, names: list[str]) -> None:
     if source is not None and source.is_file() and source.suffix.lower() not in DATA_FILE_SUFFIXES:
         raise DataError(f"{source}: unsupported data file; expected a folder of IDX .gz files, a .npy dict or a .npz")
     data_mod.parse_class_map(args.class_map)
-    if args.artifacts is not None and os.path.exists(args.artifacts) and not os.path.isdir(args.artifacts):
-        raise OptionError(f"--artifacts {args.artifacts}: is a file, not a folder")
+    if args.artifacts is not None:
+        check_folder(Path(args.artifacts), f"--artifacts {args.artifacts}", make=True)
 
 
 def config_from_args(name: str, args: argparse.Namespace) -> TrainConfig:
