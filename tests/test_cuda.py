@@ -1,4 +1,4 @@
-"""bench.providers: CUDA is used only where it really runs, and every reason it does not is named.
+"""bench.runtimes.cuda: CUDA is used only where it really runs, and every reason it does not is named.
 
 Runs without a GPU. Tests that need the `cuda` extra (`make setup-cuda`) skip without it; those that
 load CUDA libraries do it in a subprocess so this process stays clean (LD_LIBRARY_PATH is read once

@@ -462,7 +462,7 @@ def test_huge_user_text_is_never_echoed_whole(argv, tmp_path: Path, capsys: pyte
 # --------------------------------------------------------------------------- 4. one line where one line is promised
 
 def _report(argv: list[str]) -> int:
-    from bench.report_md import main as report_main
+    from bench.report.document import main as report_main
 
     return report_main(argv)
 
@@ -482,12 +482,12 @@ def test_report_out_in_an_unwritable_folder_is_one_line(trained: Path, tmp_path:
     out = tmp_path / "locked"
     out.mkdir()
     if os.geteuid() == 0:  # root writes anywhere: the refusal the OS gives anyone else, where it would come
-        import bench.report_md
+        import bench.report.document
 
         def refused(path: Path, text: str) -> None:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path.with_name(f".{path.name}.tmp")))
 
-        monkeypatch.setattr(bench.report_md, "write_text_atomic", refused)
+        monkeypatch.setattr(bench.report.document, "write_text_atomic", refused)
     else:
         out.chmod(0o555)
     try:
