@@ -1,10 +1,15 @@
 """The measurement math, pinned: the core is handed a clock that reads known times, and every figure it and
 the summary derive from them is checked exactly (median, IQR, percentiles, throughput, GFLOP/s, share of
-peak, the ratios to Keras). A p99 computed as a p90, or throughput from the fastest round, fails here."""
+peak, the ratios to Keras). A p99 computed as a p90, or throughput from the fastest round, fails here.
+
+Single-stream is MLPerf LoadGen's: LoadGen issues and times the queries, the clock times only the warm-up. So
+its figures are pinned two ways: ``latency_figures`` on known latencies, and a LoadGen run whose record must
+say exactly what LoadGen's own detail log says (p50/p90/p99 of the very per-query latencies in its trace)."""
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +19,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.measure.cases import HeldOutSplit
 from bench.measure.core import latency_figures, measure, round_figures
+from bench.measure.loadgen import Engine
 from bench.measure.work import multiply_adds_per_image
 from bench.results.record import BenchRecord, BenchRun
 from bench.results.summary import latest_records, summary
 from bench.runtimes.base import SUT, Case
-from bench.settings import RunSettings, SingleStreamSettings
+from bench.settings import LoadGenSettings, RunSettings
 
 CLASSES = tuple(f"Class {i}" for i in range(1, 6))
 
@@ -49,6 +55,17 @@ class Constant(SUT):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.tile(np.float32([0.1, 0.6, 0.1, 0.1, 0.1]), (len(batch), 1))
+
+
+class Sleeper(Constant):
+    """Takes at least ``seconds`` per query: a duration LoadGen's clock cannot read as shorter."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return super().__call__(batch)
 
 
 def _dense_model(path: Path) -> Path:
@@ -91,26 +108,39 @@ def test_batch_rounds_give_the_median_spread_throughput_and_gflops_of_the_clock(
     assert record.quality["per_class"]["Class 2"]["recall"] == 1.0
 
 
-def test_single_stream_percentiles_are_the_ranked_queries_of_the_clock(case: Case):
-    warm = [0.002] * 4
-    queries = [i / 1000 for i in range(100, 0, -1)]  # 100 queries of 100 ms .. 1 ms, slowest first
-    settings = RunSettings(single_stream=SingleStreamSettings(warmup_queries=4, min_queries=100, min_duration_s=0))
-    record = measure(Constant(), case, _split(50), "single-stream", 1, settings, clock=StepClock(warm + queries))
-    latency = record.latency_ms
-    assert latency["queries"] == 100 and record.rounds == 100
-    # Linear interpolation between ranks: p50 between the 50th and 51st (50.5 ms), p90 at 90.1, p99 at 99.01.
-    assert latency["p50"] == pytest.approx(50.5) and latency["p90"] == pytest.approx(90.1)
-    assert latency["p99"] == pytest.approx(99.01) and latency["mean"] == pytest.approx(50.5)
-    assert record.median_s == pytest.approx(0.0505) and record.throughput_ips == pytest.approx(1 / 0.0505)
+def test_single_stream_figures_are_loadgens_own(case: Case, tmp_path: Path):
+    """LoadGen issues the queries; the record's per-query latencies are LoadGen's (its trace), and the figures
+    derived from them are exactly the ones LoadGen's detail log states, query count included."""
+    warm = [0.002, 0.004, 0.003, 0.003]
+    settings = RunSettings(loadgen=LoadGenSettings(warmup_queries=4, min_queries=300, min_duration_s=0))
+    clock = StepClock(warm)
+    record = measure(Constant(), case, _split(50), "single-stream", 1, settings, clock=clock,
+                     engine=Engine(settings.loadgen, tmp_path / "logs"))
+    assert clock.unread == 0  # the clock timed the warm-up, nothing else
     assert record.first_run_s == pytest.approx(0.002)
+    lg = record.loadgen
+    assert lg["scenario"] == "SingleStream" and lg["result"] == "VALID" and lg["logs"] == "model9-fp32-cpu-single-stream-b1"
+    assert record.rounds == len(record.times_s) == lg["queries"] == record.latency_ms["queries"] == 300
+    assert record.latency_ms == latency_figures(record.times_s)
+    for key in ("p50", "p90", "p99"):  # LoadGen's whole-nanosecond figures, in ms
+        assert record.latency_ms[key] == pytest.approx(lg["latency_ms"][key], rel=1e-12)
+    assert record.latency_ms["mean"] == pytest.approx(lg["latency_ms"]["mean"], abs=1e-6)  # LoadGen truncates its mean
+    assert record.median_s == pytest.approx(lg["latency_ms"]["p50"] / 1000) and record.throughput_ips == pytest.approx(1 / record.median_s)
+    assert lg["early_stopping_met"] and 0 < lg["early_stopping_ms"] and "90.0th percentile estimate" in lg["early_stopping"]
+    assert {"p50", "p90", "p99"} <= set(lg["noop_latency_ms"]) and lg["noop_latency_ms"]["p50"] > 0
+    summary = (tmp_path / "logs" / lg["logs"] / "mlperf_log_summary.txt").read_text()
+    assert "Result is : VALID" in summary and f"90.00 percentile latency (ns)   : {round(lg['latency_ms']['p90'] * 1e6)}" in summary
 
 
 def test_single_stream_runs_long_enough_for_both_minimums(case: Case):
-    """The warm-up's median plans the run: 2 s at 10 ms a query is 200 queries, more than the 50 asked for."""
-    settings = RunSettings(single_stream=SingleStreamSettings(warmup_queries=3, min_queries=50, min_duration_s=2.0))
-    clock = StepClock([0.01] * 3 + [0.01] * 200)
-    record = measure(Constant(), case, _split(50), "single-stream", 1, settings, clock=clock)
-    assert record.latency_ms["queries"] == 200 and clock.unread == 0
+    """The warm-up plans the run (LoadGen generates enough 2 ms queries for 0.3 s, more than the 50 asked for) and
+    LoadGen ends it once both minimums are met: at least 50 queries, which together last at least 0.3 s."""
+    settings = RunSettings(loadgen=LoadGenSettings(warmup_queries=3, min_queries=50, min_duration_s=0.3))
+    clock = StepClock([0.002] * 3)
+    record = measure(Sleeper(0.002), case, _split(50), "single-stream", 1, settings, clock=clock)
+    assert clock.unread == 0 and record.latency_ms["queries"] > 50 and sum(record.times_s) >= 0.3
+    assert record.loadgen["min_duration_met"] and record.loadgen["min_queries_met"] and record.loadgen["result"] == "VALID"
+    assert record.loadgen["logs"] is None  # no engine handed in: LoadGen's logs were not kept
 
 
 def test_the_figures_on_their_own():
@@ -118,8 +148,10 @@ def test_the_figures_on_their_own():
     assert figures["median_s"] == 2.5 and figures["iqr_s"] == pytest.approx(1.5)
     assert figures["throughput_ips"] == 4.0 and figures["gflops"] == pytest.approx(2 * 1e6 * 10 / 2.5 / 1e9)
     assert round_figures([1.0], 1, None)["gflops"] is None
-    latency = latency_figures([0.001, 0.003])
-    assert latency == pytest.approx({"p50": 2.0, "p90": 2.8, "p99": 2.98, "mean": 2.0, "queries": 2})
+    # LoadGen's ranks, no interpolation: the query at int(n * p) of the sorted n, here of 1 .. 100 ms.
+    latency = latency_figures([i / 1000 for i in range(100, 0, -1)])
+    assert latency == pytest.approx({"p50": 51.0, "p90": 91.0, "p99": 100.0, "mean": 50.5, "queries": 100})
+    assert latency_figures([0.001, 0.003]) == pytest.approx({"p50": 3.0, "p90": 3.0, "p99": 3.0, "mean": 2.0, "queries": 2})
 
 
 def _record(provider: str, variant: str, median_s: float, gflops: float, accuracy: float) -> BenchRecord:
