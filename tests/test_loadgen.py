@@ -16,14 +16,17 @@ import pytest
 
 from bench.cli import main
 from bench.measure.cases import discover, load_test_split
+from bench.measure.core import measure
 from bench.measure.loadgen import Engine, import_loadgen
 from bench.measure.server import MAX_HALVINGS, BudgetTooShort, search
-from bench.results.record import SCHEMA_VERSION, BenchRecord, BenchRun, SchemaError
+from bench.results.record import SCHEMA_VERSION, BenchRecord, BenchRun, SchemaError, ServerTrial
 from bench.results.store import load, loadgen_folder
 from bench.results.summary import latest_records, summary
+from bench.runtimes.base import Case
 from bench.runtimes.ort import OrtSUT
-from bench.settings import LoadGenSettings
+from bench.settings import LoadGenSettings, RunSettings
 from tests.conftest import train_and_export_model1
+from tests.test_measure import Constant, _dense_model, _split
 from trainer.artifacts import Artifacts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,8 +155,6 @@ def test_a_runtime_that_cannot_meet_the_bound_at_any_rate_is_said(exported: Arti
 @pytest.mark.parametrize("cut_by", ["nothing", "budget", "halvings"])
 def test_the_search_goes_coarse_then_fine_within_its_budget(cut_by: str):
     """Made-up trials: VALID up to 730 queries/s."""
-    from bench.results.record import ServerTrial
-
     def trial(rate: float) -> ServerTrial:
         ok = rate <= (730 if cut_by != "halvings" else 0)
         return ServerTrial(rate, ok, rate, 1.0, 5.0 if ok else 50.0, 1024, 1.0, "" if ok else "p99 over the latency bound")
@@ -248,3 +249,24 @@ assert sys.modules.get('mlperf_loadgen') is None
     for operation in ("single-stream", "server"):
         assert records[operation].skipped.startswith("mlcommons-loadgen is not installed, so LoadGen's scenarios are skipped")
     assert not loadgen_folder(path).exists() and not list(tmp_path.glob(".loadgen-*"))
+
+
+class WithoutTrace(LoadGenSettings):
+    """LoadGen's trace off, as --mlperf-rules runs (without its ten-minute tests)."""
+
+    @property
+    def trace(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("operation", ["single-stream", "offline"])
+def test_without_loadgens_trace_the_record_keeps_loadgens_percentiles(operation: str, tmp_path: Path):
+    """No per-query latencies: LoadGen's own figures, no rounds kept (compare then judges on the threshold)."""
+    case = Case("model9", "fp32", "cpu", _dense_model(tmp_path / "dense.onnx"))
+    settings = RunSettings(loadgen=WithoutTrace(min_queries=100, min_duration_s=0))
+    record = measure(Constant(), case, _split(64), operation, 1 if operation == "single-stream" else 16, settings)
+    assert record.times_s is None and record.median_s > 0 and record.throughput_ips > 0
+    if operation == "single-stream":
+        assert record.latency_ms["p90"] == record.loadgen["latency_ms"]["p90"] and record.rounds == 100
+    else:
+        assert record.rounds == 4 and record.throughput_ips == record.loadgen["samples_per_s"]
