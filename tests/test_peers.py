@@ -154,17 +154,17 @@ sys.modules['ai_edge_litert'] = None
 assert main({run!r} + ['--providers', 'cpu,openvino,litert', '--report-dir', {str(tmp_path / 'a')!r}]) == 0
 del sys.modules['ai_edge_litert']
 sys.modules['tensorflow'] = None  # LiteRT installed, but nothing cached to run and no TensorFlow to convert
-assert main({run!r} + ['--providers', 'litert', '--report-dir', {str(tmp_path / 'b')!r}]) == 0
+assert main({run!r} + ['--providers', 'litert', '--report-dir', {str(tmp_path / 'b')!r}]) == 1  # measured nothing
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert ("every case was skipped, nothing was measured:\n  model1 fp32 litert: converting model1.keras for LiteRT needs "
+            "TensorFlow: tensorflow is not installed (pip install 'fmnist-edge[train]')") in result.stderr
+    assert not list((tmp_path / "b").glob("bench-*"))
     first = {r.provider: r for r in load(next((tmp_path / "a").glob("bench-*.json"))).records}
     assert first["cpu"].skipped is None and first["cpu"].quality["accuracy"] >= 0
     assert first["openvino"].skipped == "openvino is not installed (pip install openvino)"
     assert first["litert"].skipped == "ai-edge-litert is not installed (pip install ai-edge-litert)"
-    (litert,) = load(next((tmp_path / "b").glob("bench-*.json"))).records
-    assert litert.skipped == ("converting model1.keras for LiteRT needs TensorFlow: tensorflow is not installed "
-                              "(pip install 'fmnist-edge[train]')")
     assert not (art.root / "litert").exists()
 
 
@@ -277,4 +277,4 @@ def test_reports_from_two_machines_stand_side_by_side(tmp_path: Path, capsys):
     assert by_machine[("edge-b", "onnxruntime CPU fp32")][3] == "500.0"
     assert by_machine[("edge-b", "onnxruntime CPU fp32")][6] == "6.00"  # 3.0 s Keras on edge-b / 0.5 s: never edge-a's Keras
     assert "shown side by side (the machine column), never merged" in out
-    assert "On edge-a: test CPU (2 cores): **model4**" in out and "On edge-b: test CPU (2 cores): **model4**" in out
+    assert "On edge-a: test CPU, 2 cores: **model4**" in out and "On edge-b: test CPU, 2 cores: **model4**" in out
