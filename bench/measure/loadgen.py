@@ -262,7 +262,7 @@ def why_invalid(result: LoadGenResult) -> str:
                                      ("minimum duration not met", result.min_duration_met),
                                      ("minimum query count not met", result.min_queries_met)) if met is False]
     if result.invalid_reason:
-        unmet.append(result.invalid_reason)
+        unmet.append(f"LoadGen: {result.invalid_reason.rstrip('.')}")
     return "; ".join(unmet) or "INVALID"
 
 

@@ -120,15 +120,16 @@ def _verdict(found: ServerSearch, chosen: ServerTrial, ended: str, alone_ms: flo
                  else "; the budget ended the search before an INVALID rate",
                  "doublings": f"; VALID up to {2 ** MAX_DOUBLINGS}x its single-stream capacity, the most tried"}[ended]
         return f"max {found.max_qps:,.0f} queries/s with {bound}: p99 {_ms(found.p99_ms)} at that rate{above}"
-    lowest = f"at {chosen.target_qps:,.0f} queries/s, p99 {_ms(chosen.p99_ms)}" + (f" ({chosen.why})" if chosen.why else "")
+    lowest = f"{chosen.target_qps:,.0f} queries/s, p99 {_ms(chosen.p99_ms)}" + (f": {chosen.why}" if chosen.why else "")
     if ended == "alone":
         return (f"cannot meet {bound} at any rate: a query alone takes {_ms(alone_ms)} (single-stream median); "
-                f"LoadGen {lowest}")
+                f"LoadGen at {lowest}")
     if ended == "halvings":
         return (f"cannot meet {bound} at any rate: INVALID down to {chosen.target_qps:,.0f} queries/s, "
-                f"1/{start_qps / chosen.target_qps:.0f} of its single-stream capacity, where queries barely queue; LoadGen {lowest}")
-    return (f"no rate tried meets {bound} (the lowest: LoadGen {lowest}); the search's budget ended before lower rates "
-            "(raise --server-search-s)")
+                f"1/{start_qps / chosen.target_qps:.0f} of its single-stream capacity, where queries barely queue; "
+                f"LoadGen at {lowest}")
+    return (f"no rate tried meets {bound}; the search's budget ended before lower rates (raise --server-search-s); "
+            f"the lowest tried, LoadGen at {lowest}")
 
 
 def _ms(value: float | None) -> str:

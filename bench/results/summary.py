@@ -260,4 +260,9 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
                  f"{' or '.join(f'{b:g}' for b in bounds)} ms (one worker, queries in arrival order); server p99 ms: "
                  "LoadGen's p99 at that rate; none: no rate tried met the bound.\n")
     advice = "".join(f"\n{line}\n" for line in recommendations(records, batch_size))
-    return header + "\n\n" + frame.to_markdown(index=False, floatfmt=formats, missingval="") + "\n" + peak + notes + advice
+    shown = frame.copy()
+    if "server max q/s" in shown:  # a rate or "none": one text column, the rates written as the other figures are
+        shown["server max q/s"] = [f"{v:,.0f}" if isinstance(v, float) and v == v else v for v in shown["server max q/s"]]
+    # tabulate's missingval replaces None only: a figure a row does not have (NaN) becomes None first.
+    shown = shown.astype(object).where(shown.notna(), None)
+    return header + "\n\n" + shown.to_markdown(index=False, floatfmt=formats, missingval="") + "\n" + peak + notes + advice
