@@ -2,6 +2,7 @@
 
     fmnist-bench run                                  # every exported model, variant and runtime
     fmnist-bench run --models model4 --providers cpu --rounds 5
+    fmnist-bench run --operations single-stream,multi-stream,server,offline --latency-bound-ms 5   # MLPerf LoadGen
     fmnist-bench summary artifacts/reports/bench-*.json
     fmnist-bench compare OLD.json NEW.json --fail-on-regression 10%
     fmnist-bench report                               # REPORT.md from everything in the artifacts folder
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,12 +23,14 @@ from trainer import quiet
 from bench.results import store
 from bench.runtimes import REFERENCES, RUNTIMES, Case
 from bench.measure.cases import NothingToBench, discover
+from bench.measure.loadgen_log import LoadGenError
 from bench.pack import PackError, pack
 from bench.results.compare import CompareError, compare, format_table, parse_threshold
 from bench.results.record import SchemaError
 from bench.measure.run import run
-from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MEMORY, OPERATIONS, PROFILE, WHOLE_SPLIT, RunSettings, SessionSettings,
-                            SettingsError, SingleStreamSettings)
+from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MAX_QUERIES, MEMORY, MLPERF_BENCHMARK,
+                            MULTI_STREAM_MIN_QUERIES, OPERATIONS, PROFILE, SERVER_MIN_QUERIES, WHOLE_SPLIT,
+                            LoadGenSettings, RunSettings, SessionSettings, SettingsError)
 from exporter.contract import VARIANTS, ContractError
 from trainer.artifacts import Artifacts, ArtifactsError, check_folder, check_source
 from trainer.data import DataError
@@ -81,21 +85,33 @@ def _threads(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmnist-bench", description="Benchmark exported models; summarise and compare results.")
     sub = parser.add_subparsers(dest="command", required=True)
-    single, session = DEFAULT.single_stream, DEFAULT.session
+    loadgen, session = DEFAULT.loadgen, DEFAULT.session
 
     r = sub.add_parser("run", help="measure accuracy and latency; write reports/bench-<timestamp>.json and .md")
     r.add_argument("--models", type=_list(), help="comma-separated model names (default: every exported one)")
     r.add_argument("--variants", type=_list(VARIANTS), help=f"default {','.join(VARIANTS)}")
     r.add_argument("--providers", type=_list(tuple(RUNTIMES)), help=f"default {','.join(RUNTIMES)} (cuda, cpu: onnxruntime; the others: the runtimes a user would pick instead)")
-    r.add_argument("--operations", type=_list(OPERATIONS), default=list(DEFAULT.operations), help=f"default {','.join(OPERATIONS)}")
+    r.add_argument("--operations", type=_list(OPERATIONS), default=list(DEFAULT.operations),
+                   help=f"any of {','.join(OPERATIONS)} (default {','.join(DEFAULT.operations)}); single-stream, multi-stream, "
+                        "server, offline and accuracy (AccuracyOnly) are driven by MLPerf LoadGen")
     r.add_argument("--batch-sizes", type=_batch_sizes, default=DEFAULT.batch_sizes,
                    help="default 128,all (all: the whole split as one batch)")
     r.add_argument("--rounds", type=_number(int, 1, 1000), default=DEFAULT.rounds,
                    help=f"timed rounds per batch operation, after {DEFAULT.warmup_rounds} warm-up (default {DEFAULT.rounds})")
-    r.add_argument("--min-queries", type=_number(int, 1, single.max_queries), default=single.min_queries,
-                   help=f"single-stream: at least this many queries (default {single.min_queries})")
-    r.add_argument("--min-duration", type=_number(float, 0, 3600), default=single.min_duration_s,
-                   help=f"single-stream: and at least this many seconds (default {single.min_duration_s:g})")
+    r.add_argument("--min-queries", type=_number(int, 1, MAX_QUERIES),
+                   help=f"each LoadGen test: at least this many queries (LoadGen's min_query_count; default {loadgen.min_queries}; "
+                        f"multi-stream at least {MULTI_STREAM_MIN_QUERIES} and server at least {SERVER_MIN_QUERIES}, what "
+                        "LoadGen's early stopping needs to call them VALID)")
+    r.add_argument("--min-duration", type=_number(float, 0, 3600),
+                   help=f"each LoadGen test: and at least this many seconds (LoadGen's min_duration; default {loadgen.min_duration_s:g})")
+    r.add_argument("--latency-bound-ms", type=_number(float, 1e-6, 60_000), default=loadgen.latency_bound_ms,
+                   help=f"server: the p99 latency bound the max rate is searched under (default {loadgen.latency_bound_ms:g})")
+    r.add_argument("--server-search-s", type=_number(float, 1e-3, 86_400), default=loadgen.server_search_s,
+                   help=f"server: seconds the search for the max rate may take per case (default {loadgen.server_search_s:g})")
+    r.add_argument("--mlperf-rules", action="store_true",
+                   help=f"MLPerf's own durations and query counts for every LoadGen test (LoadGen's mlperf.conf, "
+                        f"{MLPERF_BENCHMARK}'s: 10 minutes each), for a submission-grade run; instead of --min-duration "
+                        "and --min-queries")
     r.add_argument("--threads", type=_threads, default=DEFAULT.threads,
                    help="intra-op threads, one row per count, e.g. 1,2 (default 0: each runtime's own choice)")
     r.add_argument("--graph-optimization", choices=tuple(GRAPH_OPTIMIZATION), default=session.graph_optimization)
@@ -147,11 +163,18 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
     providers = args.providers or list(RUNTIMES)
     if args.no_reference:
         providers = [p for p in providers if p not in REFERENCES]
+    if args.mlperf_rules:
+        given = [option for option, value in (("--min-duration", args.min_duration), ("--min-queries", args.min_queries))
+                 if value is not None]
+        if given:
+            raise SettingsError(f"{given[0]}: --mlperf-rules sets LoadGen's minimum duration and query count (MLPerf's); "
+                                f"drop {' and '.join(given)}")
+    limits = {"min_queries": args.min_queries, "min_duration_s": args.min_duration}
     settings = RunSettings(
         batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations), memory=args.memory,
-        profile=args.profile, tools=args.tools,
-        single_stream=SingleStreamSettings(min_queries=args.min_queries, min_duration_s=args.min_duration),
-        threads=args.threads,
+        profile=args.profile, tools=args.tools, threads=args.threads,
+        loadgen=LoadGenSettings(**{k: v for k, v in limits.items() if v is not None}, latency_bound_ms=args.latency_bound_ms,
+                                server_search_s=args.server_search_s, mlperf_rules=args.mlperf_rules),
         session=SessionSettings(graph_optimization=args.graph_optimization,
                                 cudnn_conv_algo_search=args.cudnn_algo_search),
     )
@@ -175,15 +198,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     artifacts, cases, settings = selection(args)
     report_dir = Path(args.report_dir) if args.report_dir else artifacts.reports_dir
     artifacts.ensure(report_dir)  # before the run: a results folder that cannot be written fails now, not after it
-    results = run(artifacts, cases, settings, args.data, log=None if args.quiet else sys.stdout)
-    if all(record.skipped for record in results.records):
-        # A run that measured nothing is a failure, and writes nothing a script could take for a measurement.
-        reasons = dict.fromkeys(f"{r.model} {r.variant} {r.provider}: {r.skipped}" for r in results.records)
-        print("fmnist-bench run: error: every case was skipped, nothing was measured:\n  " + "\n  ".join(reasons),
-              file=sys.stderr)
-        return 1
-    path = store.save(results, report_dir)
-    print(f"wrote {path} and {path.with_suffix('.md').name}")
+    staging = store.loadgen_staging(report_dir)  # LoadGen's logs, until the results file has its name
+    try:
+        results = run(artifacts, cases, settings, args.data, log=None if args.quiet else sys.stdout, loadgen_logs=staging)
+        if all(record.skipped for record in results.records):
+            # A run that measured nothing is a failure, and writes nothing a script could take for a measurement.
+            reasons = dict.fromkeys(f"{r.model} {r.variant} {r.provider}{'' if r.operation == 'all' else ' ' + r.operation}: "
+                                    f"{r.skipped}" for r in results.records)
+            print("fmnist-bench run: error: every case was skipped, nothing was measured:\n  " + "\n  ".join(reasons),
+                  file=sys.stderr)
+            return 1
+        path = store.save(results, report_dir, loadgen_logs=staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # moved beside the results file when there was one
+    logs = store.loadgen_folder(path)
+    print(f"wrote {path} and {path.with_suffix('.md').name}" + (f"; LoadGen's logs in {logs.name}/" if logs.is_dir() else ""))
     return 0
 
 
@@ -224,7 +253,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "summary": cmd_summary, "compare": cmd_compare, "doctor": cmd_doctor, "pack": cmd_pack}
-ERRORS = (NothingToBench, SchemaError, DataError, ArtifactsError, ContractError, CompareError, SettingsError, PackError)
+ERRORS = (NothingToBench, SchemaError, DataError, ArtifactsError, ContractError, CompareError, SettingsError, PackError,
+          LoadGenError)
 
 
 def main(argv: list[str] | None = None) -> int:

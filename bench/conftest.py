@@ -25,7 +25,9 @@ from exporter.contract import ContractError
 from trainer.artifacts import Artifacts
 
 OPTIONS = ("artifacts", "models", "variants", "providers", "operations", "batch-sizes", "rounds", "min-queries",
-           "min-duration", "threads", "graph-optimization", "cudnn-algo-search", "memory", "profile", "tools", "data")
+           "min-duration", "latency-bound-ms", "server-search-s", "mlperf-rules", "threads", "graph-optimization",
+           "cudnn-algo-search", "memory", "profile", "tools", "data", "report-dir")
+FLAGS = ("mlperf-rules",)  # given as --fmnist-mlperf-rules=1 (or $FMNIST_BENCH_MLPERF_RULES=1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,6 +56,7 @@ class Selection:
     cases: list[Case]
     settings: RunSettings
     data: str | None
+    report_dir: str | None = None  # LoadGen's logs go to <report dir>/pytest-<UTC time>.loadgen/
 
 
 def selected(config: pytest.Config) -> Selection:
@@ -62,11 +65,13 @@ def selected(config: pytest.Config) -> Selection:
         argv = ["run"]
         for name in OPTIONS:
             value = config.getoption(f"--fmnist-{name}")
-            if value is not None:
+            if name in FLAGS:
+                argv += [f"--{name}"] if value not in (None, "", "0", "false", "no") else []
+            elif value is not None:
                 argv += [f"--{name}", str(value)]
         try:
             args = build_parser().parse_args(argv)
-            cached = Selection(*selection(args), data=args.data)
+            cached = Selection(*selection(args), data=args.data, report_dir=args.report_dir)
         except SystemExit:
             raise pytest.UsageError(f"bad --fmnist-* option in: {' '.join(argv[1:])}") from None
         except (NothingToBench, ContractError, SettingsError) as exc:

@@ -20,6 +20,7 @@ from bench.results.compare import compare
 from bench.measure.core import device_median_s
 from bench.measure.work import multiply_adds_per_image
 from bench.results.record import BenchRecord, BenchRun, SchemaError
+from bench.results import store
 from bench.results.store import load, load_any
 from bench.runtimes.base import InterfaceError
 from bench.runtimes.ort import OrtSUT
@@ -46,7 +47,7 @@ def test_run_writes_a_versioned_report_with_honest_providers(tiny_export: Artifa
     assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", *FAST_RUN]) == 0
     path = _latest_report(tiny_export)
     report = load(path)
-    assert report.schema_version == 2
+    assert report.schema_version == 3
     assert {"cpu", "cpu_class", "isa", "cores", "versions", "yardsticks", "onnxruntime_providers_available"} <= set(report.machine)
     assert set(report.commit) == {"id", "dirty", "branch"} and len(report.commit["id"]) == 40
     ran = [r for r in report.records if not r.skipped]
@@ -126,20 +127,34 @@ def test_each_case_reports_its_own_peak_memory(tiny_export: Artifacts, tmp_path:
     assert off == {"int8-cpu": None}
 
 
-def test_both_front_doors_give_the_same_record(tiny_export: Artifacts, tmp_path: Path):
-    """One case through ``fmnist-bench run`` and through ``pytest bench``: the same record, field by field."""
-    options = {"providers": "cpu,keras", "variants": "fp32", "operations": "predict,single-stream", "batch-sizes": "128",
-               "rounds": "2", "min-queries": "7", "min-duration": "0"}
+# What LoadGen said that does not depend on the clock: the same through either door.
+LOADGEN_STABLE = ("scenario", "mode", "samples_per_query", "latency_bound_ms")
+# Each LoadGen test's size is set by the settings alone when --min-duration is 0: the queries (or offline batches).
+ROUNDS = {"predict": 2, "single-stream": 7, "multi-stream": 662, "server": 1024, "offline": 4, "accuracy": 4}
+
+
+@pytest.mark.parametrize("selection", [
+    {"providers": "cpu,keras", "operations": "predict,single-stream"},
+    {"providers": "cpu", "operations": "predict,single-stream,multi-stream,server,offline,accuracy"},
+], ids=["predict-and-single-stream", "loadgen-scenarios"])
+def test_both_front_doors_give_the_same_record(tiny_export: Artifacts, tmp_path: Path, selection: dict):
+    """One case through ``fmnist-bench run`` and through ``pytest bench``: the same record, field by field, for
+    the batch operations and for every scenario MLPerf LoadGen drives."""
+    options = {**selection, "variants": "fp32", "batch-sizes": "32" if "offline" in selection["operations"] else "128",
+               "rounds": "2", "min-queries": "7", "min-duration": "0", "server-search-s": "20", "latency-bound-ms": "100"}
     out = tmp_path / "pb.json"
-    result = _pytest_suite(tiny_export, out, *(f"--fmnist-{k}={v}" for k, v in options.items()))
+    result = _pytest_suite(tiny_export, out, *(f"--fmnist-{k}={v}" for k, v in options.items()),
+                           f"--fmnist-report-dir={tmp_path / 'pytest-logs'}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report_dir = tmp_path / "reports"
     assert main(["run", "--artifacts", str(tiny_export.root), "--report-dir", str(report_dir), "--quiet",
                  *(f"--{k}={v}" for k, v in options.items())]) == 0
-    ours = {r.id: r.to_dict() for r in load(max(report_dir.glob("bench-*.json"))).records}
+    path = max(report_dir.glob("bench-*.json"))
+    ours = {r.id: r.to_dict() for r in load(path).records}
     theirs = {r.id: r.to_dict() for r in load_any(out).records}
-    assert set(ours) == set(theirs) == {"model1-fp32-cpu-predict-b128", "model1-fp32-cpu-single-stream-b1",
-                                        "model1-fp32-keras-predict-b128", "model1-fp32-keras-single-stream-b1"}
+    operations = selection["operations"].split(",")
+    assert set(ours) == set(theirs) == {f"model1-fp32-{provider}-{operation}-b{ {'multi-stream': 8, 'single-stream': 1, 'server': 1}.get(operation, int(options['batch-sizes'])) }"
+                                        for provider in selection["providers"].split(",") for operation in operations}
     for case in ours:
         a, b = ours[case], theirs[case]
         assert set(a) == set(b)
@@ -148,12 +163,26 @@ def test_both_front_doors_give_the_same_record(tiny_export: Artifacts, tmp_path:
                 assert (a[name] is None) == (b[name] is None), (case, name)
                 if name == "profile" and a[name]:  # the same op types, their times read off another run
                     assert {p["op_type"] for p in a[name]} == {p["op_type"] for p in b[name]}, case
+            elif name in ("loadgen", "server"):
+                assert (a[name] is None) == (b[name] is None), (case, name)
+                if name == "loadgen" and a[name]:
+                    assert {k: a[name][k] for k in LOADGEN_STABLE} == {k: b[name][k] for k in LOADGEN_STABLE}, case
+                    # The record's own folder; a server record's trial in it is the one its search chose.
+                    assert a[name]["logs"].split("/")[0] == b[name]["logs"].split("/")[0] == case
+                    assert a[name]["noop_latency_ms"] and b[name]["noop_latency_ms"]  # LoadGen's own cost, in both
             else:
                 assert a[name] == b[name], (case, name, a[name], b[name])
-        assert a["rounds"] == (7 if "single-stream" in case else 2) == len(b["times_s"])
+        assert a["rounds"] == ROUNDS[a["operation"]] == len(b["times_s"]), case
     # The size of what ran: the .keras file for Keras, the .onnx file for onnxruntime.
-    assert ours["model1-fp32-keras-predict-b128"]["model_bytes"] == tiny_export.model_file("model1").stat().st_size
-    assert ours["model1-fp32-cpu-predict-b128"]["model_bytes"] == (tiny_export.onnx_dir / "model1.onnx").stat().st_size
+    if "keras" in selection["providers"]:
+        assert ours["model1-fp32-keras-predict-b128"]["model_bytes"] == tiny_export.model_file("model1").stat().st_size
+        assert ours["model1-fp32-cpu-predict-b128"]["model_bytes"] == (tiny_export.onnx_dir / "model1.onnx").stat().st_size
+    else:  # LoadGen's logs of each door: beside our results file, and in the pytest suite's report folder
+        (pytest_logs,) = (tmp_path / "pytest-logs").glob("pytest-*.loadgen")
+        for folder, records in ((pytest_logs, theirs), (store.loadgen_folder(path), ours)):
+            for record in records.values():
+                if record["loadgen"]:
+                    assert (folder / record["loadgen"]["logs"] / "mlperf_log_summary.txt").is_file(), (folder, record["operation"])
 
 
 def test_a_tuning_run_writes_its_report_elsewhere(tiny_export: Artifacts, tmp_path: Path):
@@ -186,7 +215,7 @@ def test_compare_flags_a_20_percent_regression_and_passes_5(tmp_path: Path, slow
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda p: p.update(schema_version=99), "schema_version '99', expected 2"),
+        (lambda p: p.update(schema_version=99), "schema_version '99', expected 3 \\(or 1 or 2\\)"),
         (lambda p: p.pop("machine"), "missing 'machine'"),
         (lambda p: p["records"][0].pop("median_s"), r"record 0 lacks \['median_s'\]"),
         (lambda p: p["records"][0].update(speed=1), r"record 0 has unknown \['speed'\]"),

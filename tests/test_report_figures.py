@@ -119,6 +119,42 @@ def test_report_opens_with_a_headline_and_three_figures(art: Artifacts, tmp_path
     assert "Not drawn (no accuracy measured): model4-int8-cpu-predict-b128" in glance
     front = glance.split("The front, fastest first:")[1].split("one query at a time")[0]
     assert "LiteRT int8" in front and "onnxruntime CPU int8" in front and "Keras" not in front
+    assert ("_No server curve: no server results for Model 4._ Make them with "
+            "`fmnist-bench run --models model4 --operations server`") in glance
+    assert not list((out / "plots").glob("server-*.png"))
+
+
+def _server(provider: str, variant: str, capacity_qps: float | None) -> BenchRecord:
+    """A server search as bench/measure/server.py records it: VALID up to ``capacity_qps`` (None: never), the
+    latency climbing towards the knee."""
+    trials = []
+    for rate in (2000.0, 1000.0, 500.0, 707.0, 841.0, 771.0):
+        valid = capacity_qps is not None and rate <= capacity_qps
+        load = rate / (capacity_qps or 100.0)
+        trials.append({"target_qps": rate, "valid": valid, "completed_qps": rate * 0.99, "p50_ms": 0.2 + load,
+                       "p99_ms": (2 + 7 * load ** 4 if valid else 12 + 40 * load ** 2) if capacity_qps else 50.0, "queries": 1024, "duration_s": 1.0,
+                       "why": "" if valid else "p99 over the latency bound"})
+    best = max((t for t in trials if t["valid"]), key=lambda t: t["target_qps"], default=min(trials, key=lambda t: t["target_qps"]))
+    found = {"latency_bound_ms": 10.0, "max_qps": best["target_qps"] if best["valid"] else None,
+             "invalid_above_qps": 841.0, "p50_ms": best["p50_ms"], "p99_ms": best["p99_ms"], "trials": trials,
+             "search_s": 6.0, "budget_s": 30.0, "verdict": "test"}
+    return BenchRecord("model4", variant, provider, "server", 1, [provider], 1, 1024, best["p50_ms"] / 1000,
+                       times_s=[best["p50_ms"] / 1000] * 3, throughput_ips=best["completed_qps"] if best["valid"] else None,
+                       latency_ms={"p50": best["p50_ms"], "p90": best["p99_ms"], "p99": best["p99_ms"], "mean": best["p50_ms"],
+                                   "queries": 1024}, server=found)
+
+
+def test_report_draws_the_server_curve_with_its_bound(art: Artifacts, tmp_path: Path):
+    _write_bench(art, _records() + [_server("cpu", "fp32", 780.0), _server("cpu", "int8", 1200.0),
+                                    _server("keras", "fp32", None)])
+    out = tmp_path / "docs"
+    report = build(art, out).read_text()
+    _assert_figure(report, out, "server-model4.png")
+    glance = report.split("## At a glance")[1].split("## Data")[0]
+    assert "whose p99 stays within 10 ms (the dotted line)" in glance
+    assert "Max rate under the bound: onnxruntime CPU int8 1,000 queries/s; onnxruntime CPU fp32 771 queries/s." in glance
+    assert "No rate tried met the bound: Keras." in glance
+    assert "server max q/s" in report.split("## Latency")[1]
 
 
 def test_report_without_bench_results_says_which_command_makes_the_figures(art: Artifacts, tmp_path: Path):

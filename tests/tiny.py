@@ -4,6 +4,7 @@ exported model, and helpers several test modules share. Imported as ``tiny`` (py
 from __future__ import annotations
 
 import gzip
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     import onnx
+
+    from bench.measure.cases import HeldOutSplit
 
     from trainer.artifacts import Artifacts
 
@@ -110,3 +113,34 @@ def crash_after(epoch: int):
                 raise KeyboardInterrupt
 
     return Crash()
+
+
+# Systems under test that the measurement tests time with a clock of their own (the bench's SUT interface).
+from bench.runtimes.base import SUT  # noqa: E402
+
+
+class Constant(SUT):
+    """Answers every image with the same probabilities, instantly: the clock alone decides every time."""
+
+    name, providers_used, session_create_s, model_bytes = "constant", ["test"], 0.5, 1234
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.tile(np.float32([0.1, 0.6, 0.1, 0.1, 0.1]), (len(batch), 1))
+
+
+class Sleeper(Constant):
+    """Takes at least ``seconds`` per query: a duration LoadGen's clock cannot read as shorter."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return super().__call__(batch)
+
+
+def held_out_split(images: int) -> "HeldOutSplit":
+    """A test split of ``images`` blank images, their labels cycling through the five classes."""
+    from bench.measure.cases import HeldOutSplit  # noqa: PLC0415
+    y = np.arange(images) % 5  # a fifth of them class 2, which Constant always answers
+    return HeldOutSplit(np.zeros((images, 28, 28, 1), np.float32), y, tuple(f"Class {i}" for i in range(1, 6)), "test")

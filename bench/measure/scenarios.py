@@ -1,9 +1,10 @@
-"""The load generator: how queries reach a system under test, whichever system it is.
+"""How the bench's own calls reach a system under test, whichever system it is (their parameters are in
+``bench/settings.py``):
 
-Scenarios, as in MLPerf LoadGen (their parameters are in ``bench/settings.py``):
 - ``predict``: the whole test split at a batch size, to class probabilities (the report's predict);
 - ``evaluate``: the same pass plus loss and accuracy (the report's evaluate);
-- ``single-stream``: one image per query, one query at a time, after warm-up; per-query latencies.
+- the warm-up of MLPerf's scenarios (single-stream, multi-stream, server, offline, accuracy), whose queries
+  MLPerf LoadGen then issues itself (``bench/measure/loadgen.py``).
 
 A scenario never times itself: it returns the call to time, and ``bench/measure/core.py`` times it.
 """
@@ -30,10 +31,11 @@ def evaluate(model: SUT, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple
     return cross_entropy(y, probabilities), float(accuracy_score(y, probabilities.argmax(-1)))
 
 
-def one_query_at_a_time(model: SUT, x: np.ndarray) -> Callable[[], np.ndarray]:
-    """A call that sends the next test image, alone, cycling through the split."""
-    images = itertools.cycle(x[:, np.newaxis])
-    return lambda: model(next(images))
+def warm_up_call(model: SUT, x: np.ndarray, batch: int) -> Callable[[], np.ndarray]:
+    """A call that sends the next ``batch`` test images as one query, cycling through the split: the warm-up
+    before LoadGen's test, which also tells LoadGen what a query costs."""
+    starts = itertools.cycle(range(0, max(1, len(x) - batch + 1), batch))
+    return lambda: model(x[(start := next(starts)):start + batch])
 
 
 def batch_call(operation: str, model: SUT, x: np.ndarray, y: np.ndarray, batch_size: int) -> Callable[[], object]:

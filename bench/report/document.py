@@ -3,8 +3,9 @@
     fmnist-bench report                         # artifacts/reports/REPORT.md
     fmnist-bench report --out docs/results      # a copy to commit: Markdown and small PNGs, no models
 
-It opens with "At a glance": a headline and three figures (bench/report/figures.py) in ``<out>/plots/``: accuracy
-against speed and size with the Pareto front, one model's single-stream latency per runtime, and the best
+It opens with "At a glance": a headline and figures (bench/report/figures.py) in ``<out>/plots/``: accuracy
+against speed and size with the Pareto front, one model's single-stream latency per runtime, its server
+latency against offered rate (MLPerf LoadGen's Server scenario, with the latency bound), and the best
 model's confusion matrix and per-class scores. Sections and figures whose inputs do not exist yet (no
 sweep, no bench run, no single-stream records) are replaced by a note that says which command makes them.
 It lives in bench, the top layer, because it reads what every layer wrote: the trainer's metadata and
@@ -234,7 +235,7 @@ def profile_section(records: dict[tuple[str, str], tuple[BenchRecord, dict]], to
 
 BENCH_COMMAND = "fmnist-export all && fmnist-bench run"
 # Our figures in <out>/plots/: one not drawn this time is removed, so a copied report never shows an old one.
-FIGURE_GLOBS = ("tradeoff.png", "latency-*.png", "confusion-*.png")
+FIGURE_GLOBS = ("tradeoff.png", "latency-*.png", "server-*.png", "confusion-*.png")
 
 
 def _display_name(model: str) -> str:
@@ -300,6 +301,29 @@ def _confusion_source(best: RunMetadata, records: dict[str, tuple[BenchRecord, d
     return None
 
 
+def _server_part(records: dict[str, tuple[BenchRecord, dict]], model: str, name: str, plots: Path, written: list[Path]) -> str:
+    """The server curve of ``model`` (drawn into ``plots``, appended to ``written``), or a note naming the command."""
+    curves = figures.server_series(records, model)
+    if not curves:
+        return (f"_No server curve: no server results for {name}._ Make them with "
+                f"`fmnist-bench run --models {model} --operations server`.\n")
+    target = plots / f"server-{model}.png"
+    figures.server_figure(curves, target, f"{name}: latency against offered rate, server scenario (MLPerf LoadGen)")
+    written.append(target)
+    bounds = " or ".join(f"{b:g}" for b in sorted({c.latency_bound_ms for c in curves}))
+    served = [f"{c.runtime} {c.max_qps:,.0f} queries/s" for c in curves if c.max_qps is not None]
+    unserved = [c.runtime for c in curves if c.max_qps is None]
+    caption = (f"{name} as a server: queries of one image arriving at random (Poisson) at each offered rate MLPerf LoadGen "
+               f"ran while searching for the highest rate whose p99 stays within {bounds} ms (the dotted line), one worker "
+               f"answering in arrival order. p99 solid, p50 dashed; filled points LoadGen called VALID; the star is each "
+               f"runtime's max rate under the bound.")
+    if served:
+        caption += f" Max rate under the bound: {'; '.join(served)}."
+    if unserved:
+        caption += f" No rate tried met the bound: {', '.join(unserved)}."
+    return f"{caption}\n\n![{name}: server latency against offered rate](plots/server-{model}.png)\n"
+
+
 def glance_section(artifacts: Artifacts, out: Path, metas: dict[str, RunMetadata]) -> str:
     """A headline paragraph and the figures; a note naming the command for each figure that cannot be drawn."""
     plots = out / "plots"
@@ -354,6 +378,9 @@ def glance_section(artifacts: Artifacts, out: Path, metas: dict[str, RunMetadata
                      f"Make them with `fmnist-bench run --models {model} --operations single-stream`.\n")
     else:
         parts.append(f"_No latency figure: no bench results yet._ Make them with `{BENCH_COMMAND}`.\n")
+
+    if model:
+        parts.append(_server_part(records, model, names.get(model) or _display_name(model), plots, written))
 
     source = _confusion_source(best, records)
     if source is not None:

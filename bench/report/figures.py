@@ -3,10 +3,13 @@
 - :func:`tradeoff_figure`: test accuracy against predict time per image (and against model size), one
   point per model x variant x runtime, with the Pareto front (:func:`pareto_front`) marked and labelled;
 - :func:`latency_figure`: the single-stream latency of one model per runtime, from every query's time;
+- :func:`server_figure`: the server scenario's latency against offered rate (p50 and p99 of each rate
+  MLPerf LoadGen ran), one line per runtime, the latency bound drawn and each max rate under it marked;
 - :func:`confusion_figure`: a model's confusion matrix as a heat map, beside its per-class precision,
   recall and F1.
 
-The data come in as plain values (:func:`tradeoff_points`, :func:`latency_series` read the records), so
+The data come in as plain values (:func:`tradeoff_points`, :func:`latency_series`, :func:`server_series` read
+the records), so
 each figure can be drawn, and each rule tested, without a bench run. matplotlib runs headless (Agg).
 """
 
@@ -132,6 +135,37 @@ def latency_series(records: Mapping[str, tuple[BenchRecord, dict]], model: str) 
         series.append(LatencySeries(record.provider, record.variant, runtime_name(record.provider, record.variant, record),
                                     times, float(p50), float(p99)))
     return sorted(series, key=lambda s: s.p50)
+
+
+@dataclass(frozen=True)
+class ServerCurve:
+    """One runtime's server search: each offered rate LoadGen ran, with its p50 and p99 and LoadGen's verdict."""
+
+    provider: str
+    variant: str
+    runtime: str
+    latency_bound_ms: float
+    rates_qps: tuple[float, ...]  # offered, ascending
+    p50_ms: tuple[float, ...]
+    p99_ms: tuple[float, ...]
+    valid: tuple[bool, ...]
+    max_qps: float | None  # the highest VALID rate; None: no rate met the bound
+
+
+def server_series(records: Mapping[str, tuple[BenchRecord, dict]], model: str) -> list[ServerCurve]:
+    """The model's measured server searches, highest max rate first (none last)."""
+    curves = []
+    for record, _ in records.values():
+        if record.model != model or record.operation != "server" or record.skipped or not record.server:
+            continue
+        trials = sorted((t for t in record.server["trials"] if t["p50_ms"] and t["p99_ms"]), key=lambda t: t["target_qps"])
+        if not trials:
+            continue
+        curves.append(ServerCurve(record.provider, record.variant, runtime_name(record.provider, record.variant, record),
+                                  float(record.server["latency_bound_ms"]), tuple(t["target_qps"] for t in trials),
+                                  tuple(t["p50_ms"] for t in trials), tuple(t["p99_ms"] for t in trials),
+                                  tuple(bool(t["valid"]) for t in trials), record.server["max_qps"]))
+    return sorted(curves, key=lambda c: (c.max_qps is None, -(c.max_qps or 0), _runtime_order(c.provider, c.variant)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,6 +321,53 @@ def latency_figure(series: Sequence[LatencySeries], target: Path, title: str) ->
                         Line2D([], [], color="crimson", marker="D", linestyle="", markersize=5, label="p99"),
                         Line2D([], [], color="0.5", linewidth=6, alpha=0.6, label="box: p25-p75; whisker: p1-p99")],
                loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
+    _save(fig, target)
+
+
+def server_figure(curves: Sequence[ServerCurve], target: Path, title: str) -> None:
+    """Latency against offered rate, one colour per runtime: p99 solid, p50 dashed, each rate LoadGen ran a point
+    (filled: VALID, hollow: INVALID), the latency bound a horizontal line and each runtime's max rate under it a
+    star on its p99. Both axes logarithmic where the values span more than a decade: a knee is read at a glance."""
+    colours = _colours([(c.provider, c.variant) for c in curves])
+    fig, ax = plt.subplots(figsize=(11, 6.2))
+    for curve in curves:
+        colour = colours[(curve.provider, curve.variant)]
+        label = f"{curve.runtime}: " + (f"max {curve.max_qps:,.0f} q/s" if curve.max_qps is not None else "no rate meets the bound")
+        ax.plot(curve.rates_qps, curve.p99_ms, color=colour, linewidth=1.8, label=label, zorder=3)
+        ax.plot(curve.rates_qps, curve.p50_ms, color=colour, linewidth=1.2, linestyle="--", zorder=3)
+        for rate, p50, p99, valid in zip(curve.rates_qps, curve.p50_ms, curve.p99_ms, curve.valid):
+            face = colour if valid else "white"
+            ax.scatter([rate, rate], [p99, p50], s=[34, 18], facecolors=face, edgecolors=colour, linewidths=1.2, zorder=4)
+        if curve.max_qps is not None:
+            at = curve.rates_qps.index(curve.max_qps) if curve.max_qps in curve.rates_qps else None
+            if at is not None:
+                ax.scatter([curve.max_qps], [curve.p99_ms[at]], marker="*", s=220, color=colour, edgecolors="black",
+                           linewidths=0.6, zorder=5)
+    bounds = sorted({c.latency_bound_ms for c in curves})
+    for bound in bounds:
+        ax.axhline(bound, color="crimson", linewidth=1.2, linestyle=":", zorder=2)
+        ax.annotate(f"bound: p99 ≤ {bound:g} ms", (0.005, bound), xycoords=("axes fraction", "data"), xytext=(0, 4),
+                    textcoords="offset points", color="crimson", fontsize=8)
+    rates = [r for c in curves for r in c.rates_qps]
+    latencies = [v for c in curves for v in (*c.p50_ms, *c.p99_ms)] + bounds
+    if max(rates) / max(min(rates), 1e-9) > 10:
+        ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
+    if max(latencies) / max(min(latencies), 1e-9) > 10:
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("Offered rate (queries/s, Poisson arrivals; one image per query)")
+    ax.set_ylabel("Latency per query (ms, LoadGen's: scheduled issue to completion)")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", linewidth=1.8, label="p99"),
+                Line2D([], [], color="0.3", linewidth=1.2, linestyle="--", label="p50"),
+                Line2D([], [], color="0.3", marker="o", linestyle="", label="LoadGen: VALID"),
+                Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="", label="INVALID"),
+                Line2D([], [], color="0.3", marker="*", markersize=12, linestyle="", label="max rate under the bound")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
     _save(fig, target)
 
 

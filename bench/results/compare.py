@@ -11,10 +11,17 @@ case is a **regression** only when both hold:
 A case that exceeds the threshold inside the noise is reported as such, never silently passed or
 failed. Results without stored rounds (schema 1) can only be judged on the threshold, and say so.
 A comparison that compared nothing is an error, not a pass.
+
+A server record (MLPerf LoadGen's Server scenario) compares by its max rate under the latency bound, old/new
+(above 1: the new one serves less), with the p99 at that rate beside it; its interval is the search's own
+bracket (the true maximum lies between the highest VALID and the lowest INVALID rate tried), so it is a
+regression only when even the most favourable reading of both brackets is slower. An accuracy-mode record
+is not timed: its accuracy is shown.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +48,8 @@ class Row:
     low: float | None = None  # bootstrap interval of the ratio
     high: float | None = None
     verdict: str = ""  # regression | slower, within noise | faster | same | only in old | only in new | skipped
+    unit: str = "ms"  # what old/new show: ms (a median) or q/s (a server's max rate)
+    judged: bool = False  # compared in both (what a comparison must have at least one of)
 
     @property
     def old_s(self) -> float | None:
@@ -49,6 +58,15 @@ class Row:
     @property
     def new_s(self) -> float | None:
         return self.new.median_s if self.new else None
+
+    def shown(self, record: BenchRecord | None) -> str:
+        """The old or new column: the median in ms, a server's max rate, or '-'."""
+        if record is None or record.skipped:
+            return f"{'-':>10}"
+        if self.unit == "q/s":
+            found = record.server or {}
+            return f"{found['max_qps']:>10,.0f}" if found.get("max_qps") is not None else f"{'none':>10}"
+        return f"{record.median_s * 1000:10.3f}" if record.median_s is not None else f"{'-':>10}"
 
 
 def parse_threshold(text: str) -> float:
@@ -82,6 +100,13 @@ def judge(row: Row, threshold: float) -> Row:
     if old.skipped or new.skipped:
         row.verdict = f"skipped in {'old' if old.skipped else 'new'}"
         return row
+    if old.server or new.server:
+        return judge_server(row, threshold)
+    if old.operation == "accuracy":
+        before, after = ((r.quality or {}).get("accuracy") for r in (old, new))
+        row.verdict = f"not timed: accuracy {_fraction(before)} -> {_fraction(after)}"
+        return row
+    row.judged = True
     row.ratio = new.median_s / old.median_s
     if old.times_s and new.times_s:
         row.low, row.high = ratio_interval(old.times_s, new.times_s)
@@ -97,6 +122,41 @@ def judge(row: Row, threshold: float) -> Row:
     return row
 
 
+def judge_server(row: Row, threshold: float) -> Row:
+    """A server record: old max rate / new max rate (above 1: slower), the interval from both searches' brackets."""
+    row.unit = "q/s"
+    old, new = row.old.server, row.new.server
+    if not old or not new:
+        row.verdict = "not compared: a server record without its search"
+        return row
+    if old["latency_bound_ms"] != new["latency_bound_ms"]:
+        row.verdict = f"not compared: latency bounds differ ({old['latency_bound_ms']:g} vs {new['latency_bound_ms']:g} ms)"
+        return row
+    row.judged = True
+    bound = f"p99 ≤ {new['latency_bound_ms']:g} ms"
+    if old["max_qps"] is None or new["max_qps"] is None:
+        row.verdict = ("same: no rate meets " + bound + " in either" if old["max_qps"] is None and new["max_qps"] is None
+                       else "REGRESSION: no rate meets " + bound + " now" if new["max_qps"] is None
+                       else "faster: a rate meets " + bound + " now")
+        return row
+    row.ratio = old["max_qps"] / new["max_qps"]
+    # Each maximum lies in [highest VALID, lowest INVALID); no INVALID rate reached: unbounded above.
+    old_high, new_high = (found["invalid_above_qps"] or math.inf for found in (old, new))
+    row.low, row.high = old["max_qps"] / new_high, old_high / new["max_qps"]
+    if row.ratio > 1 + threshold:
+        row.verdict = "REGRESSION" if row.low > 1 else "slower, within the search's resolution"
+    elif row.ratio < 1 / (1 + threshold) and row.high < 1:
+        row.verdict = "faster"
+    else:
+        row.verdict = "same"
+    row.verdict += f" (p99 {_fraction(old['p99_ms'], '.3g')} -> {_fraction(new['p99_ms'], '.3g')} ms at the max rate)"
+    return row
+
+
+def _fraction(value: float | None, fmt: str = ".4f") -> str:
+    return "?" if value is None else format(value, fmt)
+
+
 @dataclass
 class Comparison:
     old: Results
@@ -107,7 +167,7 @@ class Comparison:
 
     @property
     def regressions(self) -> list[Row]:
-        return [r for r in self.rows if r.verdict == "REGRESSION"]
+        return [r for r in self.rows if r.verdict.startswith("REGRESSION")]
 
 
 def compare(old_path: Path, new_path: Path, threshold: float = 0.10) -> Comparison:
@@ -115,7 +175,7 @@ def compare(old_path: Path, new_path: Path, threshold: float = 0.10) -> Comparis
     by_old = {r.id: r for r in old.records}
     by_new = {r.id: r for r in new.records}
     rows = [judge(Row(key, by_old.get(key), by_new.get(key)), threshold) for key in dict.fromkeys([*by_old, *by_new])]
-    if not any(r.ratio is not None for r in rows):
+    if not any(r.judged for r in rows):
         timed_old = sum(1 for r in old.records if not r.skipped)
         timed_new = sum(1 for r in new.records if not r.skipped)
         raise CompareError(f"{old_path} and {new_path}: no case was timed in both ({timed_old} timed in old, "
@@ -124,7 +184,7 @@ def compare(old_path: Path, new_path: Path, threshold: float = 0.10) -> Comparis
     machines = differences(old.machine, new.machine)
     if machines:
         notes.append("different machines or software: " + "; ".join(machines) + " (ratios compare the machines too)")
-    if not all(r.old.times_s and r.new.times_s for r in rows if r.ratio is not None):
+    if not all(r.old.times_s and r.new.times_s for r in rows if r.ratio is not None and r.unit == "ms"):
         notes.append("some results keep no rounds (schema 1): those are judged on the threshold alone, without noise")
     return Comparison(old, new, rows, threshold, notes)
 
@@ -132,14 +192,14 @@ def compare(old_path: Path, new_path: Path, threshold: float = 0.10) -> Comparis
 def format_table(comparison: Comparison) -> str:
     rows = comparison.rows
     width = max([len(row.id) for row in rows] + [4])
-    lines = [f"{'case':<{width}}  {'old ms':>10}  {'new ms':>10}  {'new/old':>8}  {'95% interval':>15}  verdict",
+    lines = [f"{'case':<{width}}  {'old':>10}  {'new':>10}  {'new/old':>8}  {'interval':>15}  verdict",
              "-" * (width + 70)]
     for row in rows:
-        old = f"{row.old_s * 1000:10.3f}" if row.old_s is not None and not row.old.skipped else f"{'-':>10}"
-        new = f"{row.new_s * 1000:10.3f}" if row.new_s is not None and not row.new.skipped else f"{'-':>10}"
         ratio = f"{row.ratio:8.3f}" if row.ratio is not None else f"{'-':>8}"
         interval = f"{row.low:6.3f} - {row.high:6.3f}" if row.low is not None else f"{'-':>15}"
-        lines.append(f"{row.id:<{width}}  {old}  {new}  {ratio}  {interval}  {row.verdict}")
+        lines.append(f"{row.id:<{width}}  {row.shown(row.old)}  {row.shown(row.new)}  {ratio}  {interval}  {row.verdict}")
+    lines.append("old, new: median ms per call; server rows: the max queries/s under the latency bound, compared as "
+                 "old/new (above 1: it serves less), interval from the searches' brackets")
     lines.append(f"regression: new/old over {1 + comparison.threshold:.2f} and its {CONFIDENCE:.0%} bootstrap interval "
                  "above 1 (beyond the runs' own noise)")
     lines += [f"note: {note}" for note in comparison.notes]

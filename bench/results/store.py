@@ -1,7 +1,8 @@
 """Where bench results live, what they are called and how they are read back: one module, as
 pytest-benchmark's ``storage/file.py``.
 
-- naming: ``bench-<UTC timestamp>.json`` (and ``.md``) in a results folder, never overwriting one;
+- naming: ``bench-<UTC timestamp>.json`` (and ``.md``) in a results folder, never overwriting one, with MLPerf
+  LoadGen's logs beside them in ``bench-<UTC timestamp>.loadgen/`` (:func:`loadgen_folder`), one folder per record;
 - lookup: :func:`find_results`, :func:`load` (ours), :func:`load_any` (ours or a pytest-benchmark save);
 - :func:`differences` between the machines two results came from (``bench/measure/machine.py`` records them).
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,8 +28,22 @@ IDENTITY = ("host", "cpu", "cores", "gpu")
 VERSIONS = ("python", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorflow")
 
 
-def save(run: BenchRun, report_dir: Path) -> Path:
-    """Write ``run`` as JSON and Markdown under a new name (two runs in the same second both keep theirs)."""
+def loadgen_folder(results: Path) -> Path:
+    """Where MLPerf LoadGen's logs of a results file are: beside it, named like it (a record's ``loadgen.logs``
+    is a folder in there)."""
+    return Path(results).with_suffix(".loadgen")
+
+
+def loadgen_staging(report_dir: Path) -> Path:
+    """A hidden folder in ``report_dir`` for LoadGen's logs while a run lasts (its results file has no name yet);
+    :func:`save` moves it to the results file's :func:`loadgen_folder`."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".loadgen-", dir=report_dir))
+
+
+def save(run: BenchRun, report_dir: Path, loadgen_logs: Path | None = None) -> Path:
+    """Write ``run`` as JSON and Markdown under a new name (two runs in the same second both keep theirs), and move
+    ``loadgen_logs`` (LoadGen's logs of the run, when it wrote any) beside them."""
     report_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.fromisoformat(run.created_at).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
@@ -42,6 +59,8 @@ def save(run: BenchRun, report_dir: Path) -> Path:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        if loadgen_logs is not None and Path(loadgen_logs).is_dir() and any(Path(loadgen_logs).iterdir()):
+            shutil.move(str(loadgen_logs), loadgen_folder(path))
         return path
     raise SchemaError(f"{report_dir}: no free results name for {stamp}")
 

@@ -4,9 +4,11 @@
 
 Reports are read oldest first and a case measured twice keeps its newest result, so the CNNs can
 come from one run and the transfer models from another. Speed-ups are against Keras ``predict`` of
-the same model in the same report, the ratio the study's readers care about. The table ends with one
-recommendation line per model: the fastest row within 0.5 accuracy points of fp32, for batch processing
-and for single-stream latency. pandas is imported here only: running a benchmark needs onnxruntime,
+the same model in the same report, the ratio the study's readers care about. The MLPerf LoadGen scenarios
+show as single-stream p50/p90/p99 (beside LoadGen's own cost where a row is under a millisecond) and the
+server's max rate under its latency bound with the p99 at that rate. The table ends with one
+recommendation line per model: the fastest row within 0.5 accuracy points of fp32, for batch processing,
+for single-stream latency and for serving under the bound. pandas is imported here only: running a benchmark needs onnxruntime,
 numpy and scikit-learn, summarising it does not happen on the edge device.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.results.record import BenchRecord, record_id
+from bench.results.record import SUB_MILLISECOND, BenchRecord, record_id
 from bench.results.store import differences, load
 from bench.measure.peaks import describe_yardsticks, peak_gops
 from bench.runtimes import ROWS, RUNTIMES, arithmetic, row_name
@@ -98,20 +100,26 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
         for provider, variant, threads in _row_keys(by_id):
             predict = get(provider, variant, "predict", batch_size, threads)
             single = get(provider, variant, "single-stream", 1, threads)
-            if predict is None and single is None:
+            server = get(provider, variant, "server", 1, threads)
+            if predict is None and single is None and server is None:
                 continue
             accuracy = (predict.quality or {}).get("accuracy") if predict else None
             kind, peak = _peak(predict, machines[predict.id]) if predict else (None, None)
+            latency = single.latency_ms if single and single.latency_ms else {}
             rows.append({
                 "model": model,
-                "runtime": runtime_name(provider, variant, predict or single),
+                "runtime": runtime_name(provider, variant, predict or single or server),
                 f"predict ms (b{batch_size})": predict.median_s * 1000 if predict else None,
                 "IQR ms": predict.iqr_s * 1000 if predict and predict.iqr_s is not None else None,
                 "images/s": predict.throughput_ips if predict else None,
                 "x Keras predict": keras.median_s / predict.median_s if predict and keras else None,
-                "single-stream p50 ms": single.latency_ms["p50"] if single and single.latency_ms else None,
+                "single-stream p50 ms": latency.get("p50"),
                 "of it call overhead ms": single.overhead_ms if single else None,
-                "p99 ms": single.latency_ms["p99"] if single and single.latency_ms else None,
+                "p90 ms": latency.get("p90"),
+                "p99 ms": latency.get("p99"),
+                "LoadGen's own µs": _own_cost_us(single),
+                "server max q/s": _server_rate(server),
+                "server p99 ms": server.server.get("p99_ms") if server and server.server and server.server.get("max_qps") else None,
                 "GFLOP/s": predict.gflops if predict else None,
                 "% of peak": 100 * predict.gflops / peak if predict and predict.gflops and peak else None,
                 "peak of": kind if peak else None,
@@ -119,6 +127,25 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
                 "vs fp32 (points)": 100 * (accuracy - fp32_accuracy) if accuracy is not None and fp32_accuracy is not None else None,
             })
     return pd.DataFrame(rows)
+
+
+def _own_cost_us(single: BenchRecord | None) -> float | None:
+    """LoadGen's own p50 (a no-op system under test, same run), shown beside a single-stream row under 1 ms."""
+    if single is None or not single.loadgen or not single.latency_ms:
+        return None
+    noop = single.loadgen.get("noop_latency_ms") or {}
+    return noop["p50"] * 1000 if "p50" in noop and single.latency_ms["p50"] < SUB_MILLISECOND else None
+
+
+def _server_rate(server: BenchRecord | None) -> float | str | None:
+    """The max rate LoadGen called VALID under the bound; "none" when the search found none."""
+    if server is None or not server.server:
+        return None
+    return server.server["max_qps"] if server.server.get("max_qps") is not None else "none"
+
+
+def _bounds(records: Records) -> list[float]:
+    return sorted({r.server["latency_bound_ms"] for r, _ in records.values() if r.server and not r.skipped})
 
 
 Getter = Callable[..., BenchRecord | None]  # (provider, variant, operation, batch, threads=0) -> record
@@ -173,30 +200,36 @@ def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch
         for provider, variant, threads in _row_keys(by_id):
             predict = get(provider, variant, "predict", batch_size, threads)
             single = get(provider, variant, "single-stream", 1, threads)
+            server = get(provider, variant, "server", 1, threads)
             accuracy = (predict.quality or {}).get("accuracy") if predict else None
-            if predict is None and single is None:
+            if predict is None and single is None and server is None:
                 continue
-            name = runtime_name(provider, variant, predict or single)
+            name = runtime_name(provider, variant, predict or single or server)
             if accuracy is None:
                 excluded.append(f"{name} (accuracy not measured)")
             elif 100 * (baseline - accuracy) > MAX_ACCURACY_LOSS_POINTS + 1e-9:
                 excluded.append(f"{name} ({100 * (accuracy - baseline):+.2f} points)")
             else:
-                eligible.append((name, predict, single))
+                eligible.append((name, predict, single, server))
         keras_predict, keras_single = get("keras", "fp32", "predict", batch_size), get("keras", "fp32", "single-stream", 1)
         parts = []
-        batched = [(name, p) for name, p, _ in eligible if p is not None]
+        batched = [(name, p) for name, p, _, _ in eligible if p is not None]
         if batched:
             name, best = min(batched, key=lambda row: row[1].median_s)
             ratio = f", {keras_predict.median_s / best.median_s:.2f}x Keras predict" if keras_predict else ""
             parts.append(f"batch processing (predict, batch {batch_size}): **{name}**, {best.median_s * 1000:.1f} ms{ratio}")
-        streamed = [(name, s) for name, _, s in eligible if s is not None and s.latency_ms]
+        streamed = [(name, s) for name, _, s, _ in eligible if s is not None and s.latency_ms]
         if streamed:
             name, best = min(streamed, key=lambda row: row[1].latency_ms["p50"])
             p50 = best.latency_ms["p50"]
             ratio = (f", {keras_single.latency_ms['p50'] / p50:.2f}x Keras single-stream"
                      if keras_single and keras_single.latency_ms else "")
             parts.append(f"single-stream: **{name}**, p50 {p50:.3f} ms{ratio}")
+        served = [(name, v) for name, _, _, v in eligible if v is not None and v.server and v.server.get("max_qps")]
+        if served:
+            name, best = max(served, key=lambda row: row[1].server["max_qps"])
+            parts.append(f"serving (server, p99 ≤ {best.server['latency_bound_ms']:g} ms): **{name}**, "
+                         f"{best.server['max_qps']:,.0f} queries/s (p99 {best.server['p99_ms']:.3g} ms)")
         standing = _against_peers(eligible, batch_size)
         if standing:
             parts.append(standing)
@@ -208,7 +241,8 @@ def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch
     return lines
 
 
-def _against_peers(eligible: list[tuple[str, BenchRecord | None, BenchRecord | None]], batch_size: int) -> str:
+def _against_peers(eligible: list[tuple[str, BenchRecord | None, BenchRecord | None, BenchRecord | None]],
+                   batch_size: int) -> str:
     """The best onnxruntime row against the best peer row (every other runtime), both within the accuracy bound,
     in both scenarios, as speed ratios (above 1: onnxruntime is faster), and which is ahead."""
     def ours(record: BenchRecord) -> bool:
@@ -246,7 +280,9 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
         header = (f"**These reports come from one machine with different software, and the rows mix them:** "
                   f"{' / '.join(described)} ({'; '.join(differences(machines[0], machines[1]))}); "
                   f"from {', '.join(Path(p).name for p in paths)}")
-    formats = ([""] if machine_count > 1 else []) + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".3f", ".1f", ".1f", "", ".4f", "+.2f"]
+    formats = (([""] if machine_count > 1 else [])
+               + ["", "", ".1f", ".2f", ".0f", ".2f", ".3f", ".3f", ".3f", ".3f", ".1f", ",.0f", ".3g", ".1f", ".1f", "",
+                  ".4f", "+.2f"])
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():
         if record.skipped:
@@ -259,5 +295,19 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
             "% of peak: GFLOP/s as a share of the fastest large matrix product that an installed runtime reaches on "
             "the same machine in the row's own arithmetic (the 'peak of' column: fp32, fp16, bf16 or int8); none for "
             "CUDA rows, nor where that arithmetic has no yardstick.\n")
+    if frame.get("single-stream p50 ms") is not None and frame["single-stream p50 ms"].notna().any():
+        peak += ("\nsingle-stream p50/p90/p99: MLPerf LoadGen's, from a query's scheduled issue to its completion; "
+                 "LoadGen's own µs: its latency with a system under test that does nothing (same run), part of every "
+                 f"such latency, shown for rows under {SUB_MILLISECOND:g} ms.\n")
+    bounds = _bounds(records)
+    if bounds:
+        peak += (f"\nserver max q/s: the highest rate of Poisson arrivals MLPerf LoadGen called VALID with p99 ≤ "
+                 f"{' or '.join(f'{b:g}' for b in bounds)} ms (one worker, queries in arrival order); server p99 ms: "
+                 "LoadGen's p99 at that rate; none: no rate tried met the bound.\n")
     advice = "".join(f"\n{line}\n" for line in recommendations(records, batch_size))
-    return header + "\n\n" + frame.to_markdown(index=False, floatfmt=formats, missingval="") + "\n" + peak + notes + advice
+    shown = frame.copy()
+    if "server max q/s" in shown:  # a rate or "none": one text column, the rates written as the other figures are
+        shown["server max q/s"] = [f"{v:,.0f}" if isinstance(v, float) and v == v else v for v in shown["server max q/s"]]
+    # tabulate's missingval replaces None only: a figure a row does not have (NaN) becomes None first.
+    shown = shown.astype(object).where(shown.notna(), None)
+    return header + "\n\n" + shown.to_markdown(index=False, floatfmt=formats, missingval="") + "\n" + peak + notes + advice
