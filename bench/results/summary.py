@@ -20,6 +20,7 @@ import pandas as pd
 from bench.results.record import BenchRecord
 from bench.results.store import differences, load
 from bench.runtimes import ROWS, row_name
+from trainer.catalog import label, model_order
 from trainer.environment import describe_machine
 
 # A row is recommended only if it loses at most this many accuracy points against fp32; the others stay in
@@ -80,7 +81,7 @@ def summary(records: Records, batch_size: int = 128) -> pd.DataFrame:
 def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: int) -> pd.DataFrame:
     by_id = {key: record for key, (record, _) in records.items()}
     machines = {key: machine for key, (_, machine) in records.items()}
-    models = sorted({record.model for record in by_id.values()})  # model1..model4, resnet50, vgg16: the registry's order
+    models = sorted({record.model for record in by_id.values()}, key=model_order)  # the six in the report's order, then yours
     rows = []
     for model in models:
         get = _getter(by_id, model)
@@ -94,7 +95,7 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
             accuracy = (predict.quality or {}).get("accuracy") if predict else None
             peak = _peak(provider, variant, machines[predict.id]) if predict else None
             rows.append({
-                "model": model,
+                "model": label(model),  # a model of the user's is marked "(yours)"
                 "runtime": runtime_name(provider, variant, predict or single),
                 f"predict ms (b{batch_size})": predict.median_s * 1000 if predict else None,
                 "IQR ms": predict.iqr_s * 1000 if predict and predict.iqr_s is not None else None,
@@ -146,11 +147,11 @@ def recommendations(records: Records, batch_size: int = 128) -> list[str]:
 def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch_size: int) -> list[str]:
     by_id = {key: record for key, (record, _) in records.items()}
     lines = []
-    for model in sorted({record.model for record in by_id.values()}):
+    for model in sorted({record.model for record in by_id.values()}, key=model_order):
         get = _getter(by_id, model)
         baseline = _fp32_accuracy(get, batch_size)
         if baseline is None:
-            lines.append(f"**{model}**: no recommendation (no fp32 accuracy at batch {batch_size} to bound the others by)")
+            lines.append(f"**{label(model)}**: no recommendation (no fp32 accuracy at batch {batch_size} to bound the others by)")
             continue
         eligible, excluded = [], []
         for provider, variant in ROWS:
@@ -179,7 +180,7 @@ def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch
             ratio = (f", {keras_single.latency_ms['p50'] / p50:.2f}x Keras single-stream"
                      if keras_single and keras_single.latency_ms else "")
             parts.append(f"single-stream: **{name}**, p50 {p50:.3f} ms{ratio}")
-        line = f"**{model}** (rows within {MAX_ACCURACY_LOSS_POINTS} points of fp32 accuracy {baseline:.4f}): "
+        line = f"**{label(model)}** (rows within {MAX_ACCURACY_LOSS_POINTS} points of fp32 accuracy {baseline:.4f}): "
         line += "; ".join(parts) if parts else "no row qualifies"
         if excluded:
             line += f". Never recommended here: {', '.join(excluded)}"
@@ -211,7 +212,7 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():
         if record.skipped:
-            skipped.setdefault((record.provider, record.skipped), []).append(f"{record.model} {record.variant}")
+            skipped.setdefault((record.provider, record.skipped), []).append(f"{label(record.model)} {record.variant}")
     notes = "".join(f"\nNot timed on {provider} ({', '.join(cases)}): {reason}\n"
                     for (provider, reason), cases in skipped.items())
     peak = ("\n% of peak: GFLOP/s as a share of the large SGEMM (float rows) or of the large int8 GEMM (int8 rows) "
