@@ -1,16 +1,20 @@
-"""``fmnist-export``: trained Keras models -> validated ONNX (fp32, fp16, int8).
+"""``fmnist-export``: trained Keras models -> validated ONNX (fp32, fp16, int8); or an ONNX file of yours.
 
     fmnist-export model4
     fmnist-export all --variants fp32,int8
+    fmnist-export mynet --model-file mynet.py                 # a model of yours, trained with the same file
+    fmnist-export --onnx net.onnx --name mynet --output logits  # an ONNX file from anywhere (exporter/onnx_import.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from trainer import extras, quiet  # standard library only
@@ -22,6 +26,7 @@ quiet.import_tensorflow()  # here, before the modules below import it: its impor
 from exporter.contract import ContractError, shown  # noqa: E402
 from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: E402
 from exporter.export import ExportError, ExportOptions, check_manifest, export_model  # noqa: E402
+from exporter.onnx_import import LAYOUTS, OUTPUTS, ImportRequest, import_onnx  # noqa: E402
 from exporter.validate import ParityError, Tolerances  # noqa: E402
 from exporter.contract import VARIANTS  # noqa: E402
 from exporter.variants import (CALIBRATION_METHODS, FP32_GRAPHS, INT8_ACTIVATIONS, INT8_FORMATS, INT8_TARGETS,  # noqa: E402
@@ -30,7 +35,8 @@ from trainer.environment import cpu_flags  # noqa: E402
 from trainer.artifacts import Artifacts, ArtifactsError, check_folder, check_source  # noqa: E402
 from trainer.data import DataError  # noqa: E402
 from trainer.locks import LockedError  # noqa: E402
-from trainer.models import UnknownModelError, get_spec, list_models  # noqa: E402
+from trainer import userfile  # noqa: E402
+from trainer.models import ModelFileError, UnknownModelError, get_spec, list_models  # noqa: E402
 
 
 def _variants(text: str) -> tuple[str, ...]:
@@ -56,11 +62,12 @@ def _bounded(kind: type, low: float, high: float | None = None):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmnist-export", description="Export trained models to validated ONNX.")
-    parser.add_argument("models", nargs="+", metavar="MODEL", help=f"'all' (every trained model) or any of: {', '.join(list_models())}")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help=f"'all' (every trained model) or any of: {', '.join(list_models())}")
     parser.add_argument("--variants", type=_variants, default=VARIANTS, help="comma-separated, default fp32,fp16,int8")
     parser.add_argument("--opset", type=_bounded(int, MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET})")
     parser.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
-    parser.add_argument("--data", help="where the training data is now, if it moved (its hash must match)")
+    parser.add_argument("--data", help="where the training data is now, if it moved (its hash must match); with --onnx, the data "
+                                       "to judge and calibrate on (default: $FMNIST_DATA, then Debian's dataset-fashion-mnist)")
     parser.add_argument("--parity-images", type=_bounded(int, 1), default=1000, help="test images compared with Keras (default 1000)")
     parser.add_argument("--calibration-images", type=_bounded(int, 1), default=512, help="training images for int8 calibration, in batches of 32 (default 512)")
     parser.add_argument("--int8-max-drop", type=_bounded(float, 0.0, 100.0), default=1.0, help="test-accuracy points int8 may lose against fp32 (default 1.0)")
@@ -81,9 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
                              "depthwise 1x1 Conv on feature maps, folded into Dense layers; fold: also into the next Conv; "
                              "converted: tf2onnx's graph); all compute the same function")
     parser.add_argument("--onnx-dir", help="where the .onnx files and manifest go (default: the artifacts' onnx/); for trying export settings side by side")
+    parser.add_argument("--model-file", action="append", metavar="PATH.py",
+                        help="the Python file that registers your model (as fmnist-train took it); it is run, so give "
+                             "only files you trust; repeatable")
+    yours = parser.add_argument_group("an ONNX file of yours (instead of MODEL names)")
+    yours.add_argument("--onnx", metavar="PATH", help="an ONNX classifier: NHWC (N, 28, 28, 1) or NCHW (N, 1, 28, 28) "
+                                                      "float32 input, 5 probabilities or logits out")
+    yours.add_argument("--name", help="what to call it (a new name: letters, digits, '_' or '-')")
+    yours.add_argument("--input-layout", choices=sorted(LAYOUTS), help="its input layout, when its shape does not say")
+    yours.add_argument("--output", choices=OUTPUTS, help="what it outputs, when its graph does not end in a Softmax")
+    yours.add_argument("--class-map", help="10->5 class mapping of the data, as fmnist-train's (default 'pairs')")
+    yours.add_argument("--limit", type=_bounded(int, 1), help="use only the first N images (smoke runs)")
     parser.add_argument("--quiet", action="store_true")
     quiet.add_flag(parser)
     return parser
+
+
+ONNX_ONLY = ("name", "input_layout", "output", "class_map", "limit")
+
+
+def _import_request(args: argparse.Namespace) -> ImportRequest | None:
+    """The --onnx request, or None for MODEL names; options of the other mode are refused, not ignored."""
+    given = [f"--{option.replace('_', '-')}" for option in ONNX_ONLY if getattr(args, option) is not None]
+    if args.onnx is None:
+        if given:
+            raise ExportError(f"{', '.join(given)}: go with --onnx PATH (an ONNX file of yours)")
+        if not args.models:
+            raise ExportError("nothing to export: give MODEL names (or 'all'), or --onnx PATH --name NAME")
+        return None
+    if args.models:
+        raise ExportError(f"--onnx {args.onnx}: give either MODEL names or --onnx, not both ({' '.join(args.models)[:80]})")
+    if args.model_file:
+        raise ExportError("--model-file: goes with MODEL names (Keras models of yours), not with --onnx")
+    if args.name is None:
+        raise ExportError(f"--onnx {args.onnx}: needs --name NAME, the name it gets in the manifest, the bench and the report")
+    return ImportRequest(Path(args.onnx), args.name, args.input_layout, args.output, args.class_map, args.limit)
 
 
 def _models(names: list[str], artifacts: Artifacts) -> list[str]:
@@ -101,7 +140,10 @@ def _models(names: list[str], artifacts: Artifacts) -> list[str]:
 def _check_paths(args: argparse.Namespace, artifacts: Artifacts, onnx_dir: Path) -> None:
     """Each path option (or the default it stands for) names something of the right kind."""
     root = f"--artifacts {artifacts.root}" if args.artifacts else f"artifacts folder {artifacts.root}"
-    check_folder(artifacts.root, root, fix=f"train into it first: fmnist-train MODEL --artifacts {artifacts.root}")
+    if args.onnx is None:  # an imported file needs no training: its folder is made
+        check_folder(artifacts.root, root, fix=f"train into it first: fmnist-train MODEL --artifacts {artifacts.root}")
+    else:
+        check_folder(artifacts.root, root, make=True)
     # The onnx folder is made when missing; what is there, or the nearest folder above it that is, must be a folder.
     check_folder(onnx_dir, f"{'--onnx-dir' if args.onnx_dir else 'artifacts folder'} {onnx_dir}", make=True)
     if args.data is not None:  # which files it reads, trainer/data.py says
@@ -127,18 +169,24 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = Artifacts.at(args.artifacts)
     try:
         # Every path, and the manifest the exports merge into at their end, before any work: one line if one is wrong.
+        request = _import_request(args)
         _check_paths(args, artifacts, options.onnx_dir or artifacts.onnx_dir)
         check_manifest(options.onnx_dir or artifacts.onnx_dir)
-        names = _models(args.models, artifacts)
-    except (ExportError, UnknownModelError, ContractError, ArtifactsError) as exc:
+        jobs: dict[str, Callable] = {}
+        if request is not None:
+            jobs[request.name] = functools.partial(import_onnx, request, artifacts, options)
+        else:
+            userfile.load_model_files(args.model_file)
+            jobs = {name: functools.partial(export_model, name, artifacts, options) for name in _models(args.models, artifacts)}
+    except (ExportError, UnknownModelError, ContractError, ModelFileError, ArtifactsError) as exc:
         print(f"fmnist-export: error: {exc}", file=sys.stderr)
         return 2
     # Every model is tried: one that fails does not stop the others; the exit code reports the worst.
     exit_code = 0
     with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stdout) as log:
-        for name in names:
+        for name, job in jobs.items():
             try:
-                export_model(name, artifacts, options, log)
+                job(log)
             except ParityError as exc:
                 print(f"fmnist-export: error: {exc}; nothing was written for {name}", file=sys.stderr)
                 exit_code = max(exit_code, 1)

@@ -169,6 +169,27 @@ def check_file_identity(metadata_props: dict[str, str], entry: ManifestFile, pat
                             f"the manifest lists it as {entry.model} {entry.variant}")
 
 
+# An imported ONNX file (exporter/onnx_import.py) names its original here; a Keras export names its .keras file's
+# sha256 under "source_keras_sha256" instead.
+SOURCE_ONNX_PROP = "source_onnx_sha256"
+
+
+def read_metadata_props(path: Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` (its weights left unread), or ContractError for a damaged file."""
+    import onnx  # noqa: PLC0415 - numpy alone for the rest of the contract
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a damaged file
+        raise ContractError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def is_imported(metadata_props: dict[str, str]) -> bool:
+    """Whether a file came from ``fmnist-export --onnx`` (no Keras source: no .keras file to run or convert)."""
+    return SOURCE_ONNX_PROP in metadata_props
+
+
 def shown(path: Path) -> Path:
     """``path`` as a message names it: a file of the live export under the ``onnx/`` folder the user knows, not
     under the generation the reader resolved that link to (exporter/publish.py)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata as pkg_metadata
@@ -24,8 +25,10 @@ from exporter.variants import FP32_GRAPHS, Int8Config, cpu_fp32, to_fp16, to_int
 from trainer.artifacts import Artifacts, write_json_atomic, write_text_atomic
 from trainer.data import reload_dataset, split_dataset
 from trainer.fit import images
-from trainer.models import get_spec, list_models, load_trained
+from trainer.catalog import is_yours, label, model_info, model_order
+from trainer.models import get_spec, load_trained
 from trainer.reports import MetadataError, RunMetadata
+
 
 class ExportError(RuntimeError):
     """A model cannot be exported; the message names the file and the fix."""
@@ -78,9 +81,11 @@ def _metadata_props(source: SourceModel, variant: str, opset: int) -> dict[str, 
     input_text = "image: float32 [batch, 28, 28, 1], grey pixels in [0, 1] (Fashion-MNIST / 255)"
     if spec.transfer:
         input_text += "; padded to 32x32x3 inside the graph as the report's np.pad((2,2),(2,2),(1,1))"
+    yours = {"model_file": spec.source_file, "model_file_sha256": spec.source_sha256} if spec.source_file else {}
     return {
         "model": source.name,
         "display_name": spec.display_name,
+        **yours,
         "variant": variant,
         "class_names": json.dumps(source.meta.data["class_names"]),
         "input": input_text,
@@ -143,42 +148,87 @@ def export_variants(
     log: TextIO | None = None,
     trained_reference: np.ndarray | None = None,
 ) -> list[ManifestFile]:
-    """Convert, check and validate every variant into temporary files; rename them all only if all pass.
+    """Convert, check and validate every variant of a Keras model; publish them all only if all pass.
 
     ``reference`` are the Keras model's probabilities for ``parity_x``, taken before conversion.
     ``trained_reference``: for a mixed-precision model, its own (bf16-computed) probabilities for
     ``parity_x``, when ``reference`` comes from its float32 twin; compared and recorded, not gated.
     """
-    log = log or sys.stdout
-    onnx_dir = options.onnx_dir or artifacts.onnx_dir
-    artifacts.ensure(onnx_dir.parent)
     converted = keras_to_onnx(source.model, options.opset)
     fp32 = cpu_fp32(converted, options.fp32_graph)
-    builders = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32),
-                "int8": lambda: to_int8(converted, calibration_x, options.int8)}
+    graphs = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32),
+              "int8": lambda: to_int8(converted, calibration_x, options.int8)}
+
+    def props(variant: str) -> dict[str, str]:
+        extra = options.int8.metadata() if variant == "int8" else {"graph": FP32_GRAPHS[options.fp32_graph]}
+        return {**_metadata_props(source, variant, options.opset), **extra}
+
+    trained = None
+    if trained_reference is not None:
+        trained = TrainedReference(trained_reference, str(source.meta.config.get("precision", "fp32")))
+    return publish_variants(
+        Publication(source.name, graphs, props, _model_record(source), options.opset),
+        ParityCheck(reference, parity_x, test_x, test_y, trained=trained), artifacts, options, log)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One model's export: a graph builder per variant (fp32 is always built: the others are judged against
+    it), each file's ``metadata_props``, and the model's record in the manifest (what bench needs)."""
+
+    name: str
+    graphs: dict[str, Callable[[], onnx.ModelProto]]
+    props: Callable[[str], dict[str, str]]
+    record: dict
+    opset: int
+
+
+@dataclass(frozen=True)
+class TrainedReference:
+    """A mixed-precision model's own probabilities (bf16-computed) for the parity images: compared, recorded, not gated."""
+
+    probabilities: np.ndarray
+    precision: str
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """What every variant is judged against: ``reference``, the source's probabilities for ``parity_x``
+    (Keras, or an imported file's original ONNX), and the labelled test split for accuracy."""
+
+    reference: np.ndarray
+    parity_x: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    reference_name: str = "keras"  # as the parity failure names it: max |p_onnx - p_keras|
+    trained: TrainedReference | None = None
+
+
+def publish_variants(publication: Publication, check: ParityCheck, artifacts: Artifacts, options: ExportOptions,
+                     log: TextIO | None = None) -> list[ManifestFile]:
+    """Write, check and validate every variant into a new generation; publish it only if all pass."""
+    log = log or sys.stdout
+    name = publication.name
+    onnx_dir = options.onnx_dir or artifacts.onnx_dir
+    artifacts.ensure(onnx_dir.parent)
     fp32_accuracy = None
     exported: list[ManifestFile] = []
     # Everything is written into a new generation; it replaces the live one in one step, or not at all.
     with generation(onnx_dir) as stage:
         for variant in ("fp32", *[v for v in options.variants if v != "fp32"]):
-            proto = builders[variant]()
-            props = _metadata_props(source, variant, options.opset)
-            if variant == "int8":
-                props.update(options.int8.metadata())
-            else:
-                props["graph"] = FP32_GRAPHS[options.fp32_graph]
-            onnx.helper.set_model_props(proto, props)
+            proto = publication.graphs[variant]()
+            onnx.helper.set_model_props(proto, publication.props(variant))
             keep = variant in options.variants
-            path = stage / (variant_filename(source.name, variant) if keep else f".{source.name}.fp32-reference.onnx")
+            path = stage / (variant_filename(name, variant) if keep else f".{name}.fp32-reference.onnx")
             path.unlink(missing_ok=True)  # a hard link into the live generation: never write through it
             onnx.save(proto, path)
             try:
                 check_model(path)
                 session = cpu_session(path)
-                onnx_p = run_probabilities(session, parity_x)
-                parity = compare(reference, onnx_p)
-                trained_parity = compare(trained_reference, onnx_p) if trained_reference is not None else None
-                accuracy = float(np.mean(run_probabilities(session, test_x).argmax(-1) == test_y))
+                onnx_p = run_probabilities(session, check.parity_x)
+                parity = compare(check.reference, onnx_p)
+                trained_parity = compare(check.trained.probabilities, onnx_p) if check.trained is not None else None
+                accuracy = float(np.mean(run_probabilities(session, check.test_x).argmax(-1) == check.test_y))
             finally:
                 if not keep:
                     path.unlink(missing_ok=True)
@@ -186,41 +236,52 @@ def export_variants(
             parity.accuracy_onnx, parity.accuracy_fp32_onnx = accuracy, fp32_accuracy
             # Rounded: 100 * (0.39 - 0.40) is -1.0000000000000009, which must not fail a 1.0 threshold.
             parity.accuracy_change_points = round(100 * (accuracy - fp32_accuracy), 6)
-            enforce(source.name, variant, parity, options.tolerances)
+            enforce(name, variant, parity, options.tolerances, check.reference_name)
             if not keep:
                 continue
             validation = parity.to_dict()
+            if check.reference_name != "keras":
+                validation["reference"] = check.reference_name
             trained_text = ""
             if trained_parity is not None:
-                precision = source.meta.config.get("precision", "fp32")
+                precision = check.trained.precision
                 validation["trained_precision"] = {"precision": precision, "max_abs_diff": trained_parity.max_abs_diff,
                                                    "argmax_agreement": trained_parity.argmax_agreement}
                 trained_text = (f" (vs the {precision} Keras model itself: max|diff| {trained_parity.max_abs_diff:.2e}, "
                                 f"argmax agreement {trained_parity.argmax_agreement:.2%})")
-            print(f"[{source.name}] {variant:>4}: max|diff| {parity.max_abs_diff:.2e}, argmax agreement {parity.argmax_agreement:.2%}"
+            print(f"[{name}] {variant:>4}: max|diff| {parity.max_abs_diff:.2e}, argmax agreement {parity.argmax_agreement:.2%}"
                   f"{trained_text}, test accuracy {accuracy:.4f} ({parity.accuracy_change_points:+.2f} pt vs fp32), "
                   f"{path.stat().st_size / 1e6:.2f} MB -> {onnx_dir / path.name}", file=log, flush=True)
-            exported.append(ManifestFile(file=path.name, model=source.name, variant=variant, opset=options.opset,
+            exported.append(ManifestFile(file=path.name, model=name, variant=variant, opset=publication.opset,
                                          bytes=path.stat().st_size, sha256=sha256_of(path), validation=validation))
-        _update_manifest(stage, exported, source)
+        _update_manifest(stage, exported, name, publication.record)
     return exported
 
 
-def _update_manifest(stage: Path, exported: list[ManifestFile], source: SourceModel) -> None:
-    """Merge ``exported`` into the stage's manifest; its ``models`` section lets bench find the test data without Keras."""
-    manifest = read_manifest(stage) or Manifest()
-    for entry in exported:
-        manifest.files[entry.file] = entry
-    manifest.models[source.name] = {
+def _model_record(source: SourceModel) -> dict:
+    """A Keras model's record in the manifest: its data (bench finds the test split without Keras) and origin."""
+    spec = get_spec(source.name)
+    record = {
         "data": source.meta.data,
         "limit": source.meta.config.get("limit"),
         "base_weights": source.meta.base_weights,
         "keras_file": str(source.path),
         "keras_test_accuracy": source.meta.test["accuracy"],
     }
+    if spec.source_file:  # a model of the user's, from its model file
+        record["origin"] = {"kind": "model-file", "path": spec.source_file, "sha256": spec.source_sha256}
+    return record
+
+
+def _update_manifest(stage: Path, exported: list[ManifestFile], name: str, record: dict) -> None:
+    """Merge ``exported`` into the stage's manifest; its ``models`` section lets bench find the test data without Keras."""
+    manifest = read_manifest(stage) or Manifest()
+    for entry in exported:
+        manifest.files[entry.file] = entry
+    manifest.models[name] = record
     # Drop rows whose file is gone (deleted by hand).
-    manifest.files = {name: row for name, row in manifest.files.items() if (stage / name).exists()}
-    manifest.models = {name: row for name, row in manifest.models.items() if manifest.file_for_model(name)}
+    manifest.files = {file: row for file, row in manifest.files.items() if (stage / file).exists()}
+    manifest.models = {model: row for model, row in manifest.models.items() if manifest.file_for_model(model)}
     write_json_atomic(manifest_path(stage), manifest.to_dict())
     write_text_atomic(stage / "manifest.md", manifest_table(manifest).to_markdown(index=False, disable_numparse=True) + "\n")
 
@@ -228,14 +289,16 @@ def _update_manifest(stage: Path, exported: list[ManifestFile], source: SourceMo
 def manifest_table(manifest: Manifest) -> pd.DataFrame:
     """The manifest as the README's export table: one row per file, its parity figures and size."""
     rows = []
-    for row in sorted(manifest.files.values(), key=lambda r: (list_models().index(r.model), VARIANTS.index(r.variant))):
+    for row in sorted(manifest.files.values(), key=lambda r: (model_order(r.model), VARIANTS.index(r.variant))):
         v = row.validation
+        transfer = not is_yours(row.model) and model_info(row.model).transfer
         rows.append({
-            "model": row.model, "variant": row.variant, "MB": round(row.bytes / 1e6, 2),
-            f"max abs diff vs Keras ({v['images']} images)": f"{v['max_abs_diff']:.1e}",
+            "model": label(row.model), "variant": row.variant, "MB": round(row.bytes / 1e6, 2),
+            # An imported file's reference is its original ONNX file, not Keras: the cell says so.
+            f"max abs diff vs Keras ({v['images']} images)": f"{v['max_abs_diff']:.1e}" + (" (vs its source ONNX)" if "reference" in v else ""),
             "argmax agreement": f"{v['argmax_agreement']:.2%}",
             "test accuracy": f"{v['accuracy_onnx']:.4f}",
             "vs fp32 (points)": f"{v['accuracy_change_points']:+.2f}",
-            "base weights": manifest.models[row.model]["base_weights"] if get_spec(row.model).transfer else "n/a",
+            "base weights": manifest.models[row.model]["base_weights"] if transfer else "n/a",
         })
     return pd.DataFrame(rows)

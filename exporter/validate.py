@@ -71,14 +71,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     )
 
 
-def enforce(model: str, variant: str, parity: Parity, tol: Tolerances) -> None:
-    """Raise ParityError with the figures when ``parity`` is outside ``tol`` for ``variant``."""
+def enforce(model: str, variant: str, parity: Parity, tol: Tolerances, reference: str = "keras") -> None:
+    """Raise ParityError with the figures when ``parity`` is outside ``tol`` for ``variant``; ``reference``
+    names what the probabilities were compared with (the Keras model, or an imported file's original)."""
     problems = []
     if variant in ("fp32", "fp16"):
         max_abs = getattr(tol, f"{variant}_max_abs")
         min_agree = getattr(tol, f"{variant}_min_agreement")
         if not parity.max_abs_diff <= max_abs:
-            problems.append(f"max |p_onnx - p_keras| {parity.max_abs_diff:.3g} > {max_abs:g}")
+            problems.append(f"max |p_onnx - p_{reference}| {parity.max_abs_diff:.3g} > {max_abs:g}")
         if parity.argmax_agreement < min_agree:
             problems.append(f"argmax agreement {parity.argmax_agreement:.2%} < {min_agree:.2%}")
     if variant == "int8" and parity.accuracy_change_points is not None:

@@ -3,15 +3,27 @@
 The bench and its report run on an edge device without the training stack (``pip install fmnist-edge``
 without ``[train]``), yet they name models the way the report does. They ask here; ``trainer/models.py``
 adds the Keras builders to these same records, and checks that every entry has one.
+
+A model of the user's own (a builder in a ``--model-file``, or an ONNX file given to ``fmnist-export
+--onnx``) is any name that is not one of the six: it is shown with :data:`YOURS` after it everywhere. Its
+name is checked here (:func:`name_problem`), so that it can never stand for one of the six, nor collide
+with a file or a lock of the artifacts folder.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from trainer.data import IMAGE_SHAPE, NUM_CLASSES
 
 INPUT_SHAPE = (*IMAGE_SHAPE, 1)
+YOURS = "(yours)"
+# Words the commands or the artifacts folder use themselves: 'all' and 'sweep' on the command line, the
+# locks and files of Table 1, the experiment store and the sample grid (trainer/artifacts.py).
+RESERVED_NAMES = ("all", "sweep", "report", "table1", "experiments", "samples")
+# A model name becomes file names (NAME.keras, NAME.onnx, NAME.int8.onnx): no dots, no separators.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,9 @@ class ModelInfo:
     # What the built model takes (float32 in [0, 1], without the batch axis) and how many classes it scores.
     input_shape: tuple[int, int, int] = INPUT_SHAPE
     num_classes: int = NUM_CLASSES
+    # A model of the user's: the model file that registered it and its sha256 (None for the six).
+    source_file: str | None = None
+    source_sha256: str | None = None
 
 
 CATALOG: dict[str, ModelInfo] = {info.name: info for info in (
@@ -35,6 +50,8 @@ CATALOG: dict[str, ModelInfo] = {info.name: info for info in (
     ModelInfo("resnet50", "ResNet50", transfer=True),
     ModelInfo("vgg16", "VGG16", transfer=True),
 )}
+# The user's models registered in this process (trainer/models.py, while a model file loads).
+_YOURS: dict[str, ModelInfo] = {}
 
 
 class UnknownModelError(KeyError):
@@ -42,12 +59,72 @@ class UnknownModelError(KeyError):
         return self.args[0]
 
 
-def list_models() -> list[str]:
+class ModelFileError(ValueError):
+    """A model file (``--model-file``) cannot register its models; the message names the file and what is wrong."""
+
+
+def study_models() -> list[str]:
+    """The report's six, in its order."""
     return list(CATALOG)
+
+
+def list_models() -> list[str]:
+    """The six, then the user's models registered in this process (``--model-file``)."""
+    return [*CATALOG, *_YOURS]
 
 
 def model_info(name: str) -> ModelInfo:
     try:
-        return CATALOG[name]
+        return CATALOG.get(name) or _YOURS[name]
     except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; choose from {', '.join(list_models())}") from None
+        raise UnknownModelError(f"unknown model {name!r}; choose from {', '.join(list_models())}, "
+                                "or register your own with --model-file PATH.py") from None
+
+
+def add_yours(info: ModelInfo) -> None:
+    """Record a user's model (trainer/models.py does, when a model file registers one)."""
+    _YOURS[info.name] = info
+
+
+def remove_yours(name: str) -> None:
+    _YOURS.pop(name, None)
+
+
+def source_sha256(name: str) -> str | None:
+    """The sha256 of the model file that defines ``name``, when it is the user's and loaded here; else None."""
+    info = _YOURS.get(name)
+    return info.source_sha256 if info else None
+
+
+def is_yours(name: str) -> bool:
+    """Whether ``name`` is a model of the user's (anything but the six)."""
+    return name not in CATALOG
+
+
+def label(name: str) -> str:
+    """How tables name a model by its key: ``model4``, or ``mynet (yours)``."""
+    return f"{name} {YOURS}" if is_yours(name) else name
+
+
+def display_name(name: str) -> str:
+    """The report's name of one of the six (``Model 4``); the user's own marked (``mynet (yours)``)."""
+    return CATALOG[name].display_name if name in CATALOG else label(name)
+
+
+def model_order(name: str) -> tuple[int, int, str]:
+    """A sort key: the six in the report's order, then the user's by name."""
+    six = list(CATALOG)
+    return (0, six.index(name), "") if name in CATALOG else (1, 0, name)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model of the user's (None when it can): it must be a file-name token and
+    must not be, or differ only in case from, one of the six or a reserved word."""
+    if not NAME_PATTERN.fullmatch(name):
+        return ("is not a safe name: use 1 to 64 letters, digits, '_' or '-', starting with a letter or digit "
+                "(it becomes file names)")
+    if name.lower() in CATALOG:
+        return f"is one of the study's models ({', '.join(CATALOG)}); choose another name"
+    if name.lower() in RESERVED_NAMES:
+        return f"is reserved ({', '.join(RESERVED_NAMES)}); choose another name"
+    return None

@@ -31,15 +31,15 @@ extras.require("train", "fmnist-train")  # a bench-only install: one line naming
 quiet.configure(quiet.verbose_requested())
 quiet.import_tensorflow()  # here, before the modules below import it: its import-time lines are filtered
 
-from trainer import cluster  # noqa: E402
+from trainer import cluster, userfile  # noqa: E402
 from trainer import data as data_mod  # noqa: E402
 from trainer.artifacts import Artifacts, ArtifactsError, check_folder, clip, writing  # noqa: E402
 from trainer.config import DEFAULTS, TrainConfig, resolve_config  # noqa: E402
 from trainer.data import DataError, Dataset, Splits  # noqa: E402
 from trainer.locks import LockedError, exclusive  # noqa: E402
-from trainer.models import BaseWeightsError, UnknownModelError, get_spec, list_models  # noqa: E402
+from trainer.models import BaseWeightsError, ModelFileError, UnknownModelError, get_spec, list_models  # noqa: E402
 from trainer.plots import sample_grid  # noqa: E402
-from trainer.reports import MetadataError, RunMetadata, table1, write_table  # noqa: E402
+from trainer.reports import MetadataError, RunMetadata, table1, trained_models, write_table  # noqa: E402
 from trainer.sweep import MAX_COUNT, MAX_SEED, SweepError, parse_grid, run_sweep  # noqa: E402
 from trainer.training import TrainingFailed, load_data, model_lock, train_one  # noqa: E402
 
@@ -89,7 +89,15 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", help="output folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--limit", type=_positive_int, help="use only the first N images (smoke runs)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    add_model_file_option(parser)
     quiet.add_flag(parser)
+
+
+def add_model_file_option(parser: argparse.ArgumentParser) -> None:
+    """``--model-file PATH.py``: a Python file registering models of your own (trainer/userfile.py). It runs."""
+    parser.add_argument("--model-file", action="append", metavar="PATH.py",
+                        help="a Python file that registers your own models with @register('NAME') "
+                             "(from trainer.models import register); it is run, so give only files you trust; repeatable")
 
 
 def build_sweep_parser() -> argparse.ArgumentParser:
@@ -201,6 +209,7 @@ def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata
     TrainingFailed (ClusterError for a Ray task that failed otherwise) names it at the end.
     """
     log = log or sys.stdout
+    userfile.load_model_files(args.model_file)
     names = expand_models(args.models)
     check_options(args, names)
     configs = [config_from_args(name, args) for name in names]
@@ -213,7 +222,7 @@ def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata
             held.enter_context(model_lock(artifacts, name))
         # Table 1 is written at the end from every model's metadata: a damaged file of another model
         # is named now, before any training, not after it. The models trained here rewrite theirs.
-        table1(artifacts, [name for name in list_models() if name not in names])
+        table1(artifacts, [name for name in trained_models(artifacts) if name not in names])
         dataset, splits = _load_data(args, artifacts, log)
         samples = artifacts.plot_file("samples")
         with writing(samples):
@@ -229,7 +238,7 @@ def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata
         # Runs of other models may finish at the same moment: each rewrites the table from every model's
         # metadata under a short lock, so the last one to write it has read them all.
         with exclusive(artifacts.lock_file("table1"), f"Table 1 in {artifacts.reports_dir}", wait_s=60), writing(stem):
-            table = table1(artifacts, list_models())
+            table = table1(artifacts, trained_models(artifacts))
             _, md_path = write_table(table, stem, "Table 1: model performance (ours beside the report's; training time on this machine)")
         print(f"trained {len(results)} model(s) in {(time.perf_counter() - start) / 60:.1f} min; Table 1: {md_path}", file=log)
     if failure is not None:
@@ -255,6 +264,7 @@ def _train_each(configs: list[TrainConfig], dataset: Dataset, splits: Splits, ar
 def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> list[dict]:
     """``fmnist-train sweep MODEL --grid ...``: the grid's rows not in experiments.csv yet."""
     log = log or sys.stdout
+    userfile.load_model_files(args.model_file)
     get_spec(args.model)
     grid = parse_grid(args.grid)
     check_options(args, [args.model])
@@ -268,7 +278,7 @@ def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> li
 
 # MetadataError and ArtifactsError name the file, LockedError the lock and its holder.
 ERRORS = (DataError, ArtifactsError, MetadataError, UnknownModelError, BaseWeightsError, SweepError, LockedError,
-          cluster.ClusterError, OptionError)
+          cluster.ClusterError, OptionError, ModelFileError)
 
 
 def main(argv: list[str] | None = None) -> int:

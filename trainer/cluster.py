@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from trainer import userfile
 from trainer.artifacts import Artifacts, atomic_path, writing
 from trainer.data import Dataset, split_dataset
 
@@ -254,7 +255,8 @@ def _install_model(archive: bytes, model: str, artifacts: Artifacts) -> None:
 def _task_and_data(address: str, function: Callable, dataset: Dataset) -> tuple[object, object, object]:
     """``ray`` connected, ``function`` as a retried one-CPU task, and the data set in the object store (once)."""
     ray = connect(address)
-    return ray, ray.remote(num_cpus=CPUS_PER_TASK, max_retries=MAX_RETRIES)(function), ray.put(dataset)
+    task = userfile.carried(function)  # the workers run the user's model files (--model-file) first
+    return ray, ray.remote(num_cpus=CPUS_PER_TASK, max_retries=MAX_RETRIES)(task), ray.put(dataset)
 
 
 def _as_completed(ray, futures: dict) -> Iterator[tuple[object, object]]:

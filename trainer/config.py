@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from trainer.catalog import source_sha256
+
 # Keras' own default learning rate per optimizer; also the optimizers the toolkit knows.
 _KERAS_LR_BY_OPTIMIZER = MappingProxyType({"adam": 1e-3, "sgd": 1e-2})
 # ``--precision``: the Keras dtype policy each name trains under (trainer/fit.py's ``dtype_policy``).
@@ -96,6 +98,10 @@ class TrainConfig:
         values = asdict(self)
         if self.precision == "fp32":
             del values["precision"]
+        # A model of the user's (--model-file) is what its file says now: an edited file is another model,
+        # whose checkpoint must not be resumed and whose experiment rows are not the old ones.
+        if source_sha256(self.model):
+            values["model_file_sha256"] = source_sha256(self.model)
         return values
 
 

@@ -9,21 +9,28 @@ Every model built here takes the trainer's canonical input, float32 ``(batch, 28
 [0, 1]. The transfer models' 32x32x3 input is made inside the model by their input adapter
 (the report's ``np.pad(x, ((0,0),(2,2),(2,2),(1,1)))``), so the saved ``.keras`` file, the ONNX
 graph and every benchmark see the same tensor without guessing.
+
+A model of your own is registered the same way, from a model file (trainer/userfile.py, ``--model-file``):
+``@register("mynet")`` above a builder that returns a ``keras.Model`` (or a ``BuiltModel``) taking
+``(N, 28, 28, 1)`` in [0, 1] and giving 5 softmax probabilities.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import keras
 from keras import layers, regularizers
 
-from trainer.catalog import INPUT_SHAPE, ModelInfo, UnknownModelError, list_models, model_info  # noqa: F401 - re-exported
+from trainer import catalog
+from trainer.catalog import INPUT_SHAPE, ModelFileError, ModelInfo, UnknownModelError, list_models, model_info  # noqa: F401 - re-exported
 
 TRANSFER_INPUT_SHAPE = (32, 32, 3)
 # The report's padding of (N, 28, 28, 1) to (N, 32, 32, 3): 2 pixels each side, and the
@@ -41,26 +48,94 @@ class ModelSpec(ModelInfo):
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+Builder = Callable[..., "BuiltModel | keras.Model"]
+Adapter = Callable[[], list[keras.layers.Layer]]
 
 
-def register(name: str, builder: Callable[..., "BuiltModel"], input_adapter: Callable[[], list[keras.layers.Layer]]) -> ModelSpec:
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is registered twice")
-    info = model_info(name)
+@dataclass(frozen=True)
+class ModelSource:
+    """The model file being run (trainer/userfile.py): what it registers is the user's."""
+
+    path: str
+    sha256: str
+
+
+# Set while a model file runs: its registrations are the user's models, checked as such.
+_LOADING: contextvars.ContextVar[ModelSource | None] = contextvars.ContextVar("fmnist_model_file", default=None)
+
+
+def register(name: str, *, input_adapter: Adapter | None = None, display_name: str | None = None) -> Callable[[Builder], Builder]:
+    """Register a builder under ``name``: ``@register("model1")`` above ``def build(spec, base_weights="none")``.
+
+    The builder gets its ``ModelSpec`` (name, input shape, classes) and returns a ``BuiltModel`` or a
+    bare ``keras.Model``. The six are registered so here; a model file registers the user's the same way,
+    where ``name`` must not be one of the six (trainer/catalog.py's ``name_problem``) and
+    ``display_name`` (default: the name) is shown with "(yours)" after it.
+    """
+    def decorate(builder: Builder) -> Builder:
+        _add(name, builder, input_adapter or no_adapter, display_name)
+        return builder
+    return decorate
+
+
+def _add(name: str, builder: Builder, input_adapter: Adapter, display_name: str | None) -> ModelSpec:
+    source = _LOADING.get()
+    if source is None:
+        info = model_info(name)  # one of the six: its catalogue entry must exist
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+    else:
+        problem = catalog.name_problem(name) if isinstance(name, str) else "is not text"
+        if problem:
+            raise ModelFileError(f"{source.path}: model name {str(name)[:80]!r} {problem}")
+        if name in _REGISTRY:
+            raise ModelFileError(f"{source.path}: model {name!r} is registered already (twice in this file, or by another model file)")
+        shown = f"{str(display_name or name)[:80]} {catalog.YOURS}"
+        info = ModelInfo(name, shown, source_file=source.path, source_sha256=source.sha256)
+        catalog.add_yours(info)
     spec = ModelSpec(**{f.name: getattr(info, f.name) for f in fields(ModelInfo)}, builder=builder, input_adapter=input_adapter)
     _REGISTRY[name] = spec
     return spec
 
 
+@contextlib.contextmanager
+def registering_from(source: ModelSource) -> Iterator[None]:
+    """Run a model file's code inside this block: what it registers is the user's, from ``source``. If the
+    block fails, the models it registered are unregistered again (nothing half-registered)."""
+    token = _LOADING.set(source)
+    try:
+        yield
+    except BaseException:
+        for name in registered_from(source):
+            unregister(name)
+        raise
+    finally:
+        _LOADING.reset(token)
+
+
+def registered_from(source: ModelSource) -> list[str]:
+    """The models a model file registered, in its order."""
+    return [name for name, spec in _REGISTRY.items() if spec.source_sha256 == source.sha256 and spec.source_file == source.path]
+
+
+def unregister(name: str) -> None:
+    """Forget a user's model (a model file that failed half-way); the six cannot be unregistered."""
+    if catalog.is_yours(name):
+        _REGISTRY.pop(name, None)
+        catalog.remove_yours(name)
+
+
 def get_spec(name: str) -> ModelSpec:
-    model_info(name)  # an unknown name is named with the choices
+    if name not in _REGISTRY:
+        model_info(name)  # an unknown name is named with the choices
     return _REGISTRY[name]
 
 
 def create_model(name: str, base_weights: str = "none") -> "BuiltModel":
     """Build a registered model (uncompiled) on the canonical 28x28x1 input."""
     spec = get_spec(name)
-    return spec.builder(spec, base_weights=base_weights)
+    built = spec.builder(spec, base_weights=base_weights)
+    return built if isinstance(built, BuiltModel) else BuiltModel(built)
 
 
 @dataclass
@@ -111,6 +186,7 @@ def _cnn(spec: ModelSpec, body: list[keras.layers.Layer]) -> keras.Model:
     return model
 
 
+@register("model1")
 def build_model1(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
     return BuiltModel(_cnn(spec, [
         layers.Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_normal"),
@@ -124,6 +200,7 @@ def build_model1(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
     ]))
 
 
+@register("model2")
 def build_model2(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
     return BuiltModel(_cnn(spec, [
         layers.Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_normal"),
@@ -145,6 +222,7 @@ def build_model2(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
     ]))
 
 
+@register("model3")
 def build_model3(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
     return BuiltModel(_cnn(spec, [
         layers.Conv2D(32, (3, 3), activation="relu"),
@@ -171,6 +249,7 @@ def build_model3(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
     ]))
 
 
+@register("model4")
 def build_model4(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
     def conv(filters: int, **kwargs) -> layers.Conv2D:
         return layers.Conv2D(filters, (3, 3), padding="same", activation="relu",
@@ -262,14 +341,10 @@ def _transfer(application: Callable[..., keras.Model]) -> Callable[..., BuiltMod
     return build
 
 
-register("model1", build_model1, no_adapter)
-register("model2", build_model2, no_adapter)
-register("model3", build_model3, no_adapter)
-register("model4", build_model4, no_adapter)
-register("resnet50", _transfer(keras.applications.ResNet50), report_padding_adapter)
-register("vgg16", _transfer(keras.applications.VGG16), report_padding_adapter)
-if set(_REGISTRY) != set(list_models()):  # a catalogue entry without a builder is a bug here, found at import
-    raise ImportError(f"trainer/catalog.py and trainer/models.py disagree on {sorted(set(list_models()) ^ set(_REGISTRY))}")
+register("resnet50", input_adapter=report_padding_adapter)(_transfer(keras.applications.ResNet50))
+register("vgg16", input_adapter=report_padding_adapter)(_transfer(keras.applications.VGG16))
+if set(_REGISTRY) != set(catalog.study_models()):  # a catalogue entry without a builder is a bug here, found at import
+    raise ImportError(f"trainer/catalog.py and trainer/models.py disagree on {sorted(set(catalog.study_models()) ^ set(_REGISTRY))}")
 
 
 def load_trained(path: Path) -> keras.Model:

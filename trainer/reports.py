@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from trainer.artifacts import Artifacts, ArtifactsError, atomic_path, clip, write_json_atomic, write_text_atomic
+from trainer.catalog import NAME_PATTERN, model_order
 
 METADATA_SCHEMA_VERSION = 1
 # What the readers (Table 1, REPORT.md, the exporter) take from a metadata file without asking again:
@@ -143,6 +144,14 @@ class RunMetadata:
         if not isinstance(payload.get("extra", {}), dict):
             raise MetadataError(f"{path}: not this toolkit's run metadata (extra is not an object)")
         return cls(**payload)
+
+
+def trained_models(artifacts: Artifacts) -> list[str]:
+    """Every model with run metadata in ``artifacts``: the six in the report's order, then the user's by name
+    (trained with ``--model-file``; found by their files, so a report needs no model file to list them)."""
+    folder = artifacts.metadata_file("model1").parent
+    found = {path.stem for path in folder.glob("*.json") if NAME_PATTERN.fullmatch(path.stem)} if folder.is_dir() else set()
+    return sorted(found, key=model_order)
 
 
 def table1(artifacts: Artifacts, model_names: list[str]) -> pd.DataFrame:

@@ -228,5 +228,7 @@ def build_metadata(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # config["precision"] is what was asked; the policy is what the model's layers were built with
         # (mixed_bfloat16: float32 variables, bfloat16 compute, the softmax output in float32).
-        extra={"conv_layers": spec.conv_layers, "precision": config.precision, "dtype_policy": model.dtype_policy.name},
+        extra={"conv_layers": spec.conv_layers, "precision": config.precision, "dtype_policy": model.dtype_policy.name,
+               # A model of the user's: the model file that built it (--model-file).
+               **({"model_file": {"path": spec.source_file, "sha256": spec.source_sha256}} if spec.source_file else {})},
     )

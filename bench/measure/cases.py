@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from bench.runtimes import RUNTIMES, Case
-from exporter.contract import (VARIANTS, ContractError, Manifest, check_file_identity, read_manifest, sha256_of,
-                               shown, verify_file)
+from exporter.contract import (VARIANTS, ContractError, Manifest, check_file_identity, is_imported, read_manifest,
+                               read_metadata_props, sha256_of, verify_file)
 from exporter.publish import current
 from trainer.artifacts import Artifacts
 from trainer.data import reload_dataset, source_location, split_dataset
@@ -63,10 +62,11 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
         if models and entry.model not in models or variants and entry.variant not in variants:
             continue
         path = verify_file(onnx_dir, entry)
-        props = _metadata_props(path)
+        props = read_metadata_props(path)
         check_file_identity(props, entry, path)
         chosen = [runtime for runtime in runtimes if entry.variant in runtime.variants]
-        if any(runtime.from_keras for runtime in chosen):
+        # An imported file has no .keras source: its Keras rows are skipped with that reason (bench/runtimes).
+        if any(runtime.from_keras for runtime in chosen) and not is_imported(props):
             _check_keras_source(artifacts, entry.model, props, path)
         cases += [Case(entry.model, entry.variant, runtime.key, path, count) for runtime in chosen
                   for count in (threads if runtime.threads else (0,))]
@@ -74,14 +74,6 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
         raise NothingToBench(f"{artifacts.onnx_dir}: no exported file matches models={models} variants={variants} "
                              f"providers={providers} (keras and tflite need the fp32 file; peers the fp32 or int8 one)")
     return cases
-
-
-def _metadata_props(path: Path) -> dict[str, str]:
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for a damaged file
-        raise ContractError(f"{shown(path)}: not a readable ONNX file ({type(exc).__name__})") from None
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def _check_keras_source(artifacts: Artifacts, model: str, props: dict[str, str], onnx_path: Path) -> None:

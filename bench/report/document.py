@@ -33,8 +33,11 @@ from trainer.artifacts import Artifacts, write_text_atomic
 from trainer.config import DEFAULTS
 from trainer.environment import describe_machine, machine_info
 from trainer.experiments import read_experiments
-from trainer.catalog import UnknownModelError, list_models, model_info
-from trainer.reports import REPORT_EXPERIMENTS, REPORT_MODEL4_EVALUATE_MS, REPORT_MODEL4_PREDICT_MS, RunMetadata, table1
+from exporter.contract import read_manifest
+from exporter.publish import current
+from trainer.catalog import display_name, is_yours, label, model_info, model_order, study_models
+from trainer.reports import (REPORT_EXPERIMENTS, REPORT_MODEL4_EVALUATE_MS, REPORT_MODEL4_PREDICT_MS, RunMetadata, table1,
+                             trained_models)
 
 PROG = "fmnist-bench report"
 
@@ -53,7 +56,8 @@ def _md(frame: pd.DataFrame) -> str:
 
 
 def _metadata(artifacts: Artifacts) -> dict[str, RunMetadata]:
-    return {name: RunMetadata.read(artifacts.metadata_file(name)) for name in list_models() if artifacts.metadata_file(name).exists()}
+    """Every trained model's metadata: the six's, then the user's (trained with --model-file)."""
+    return {name: RunMetadata.read(artifacts.metadata_file(name)) for name in trained_models(artifacts)}
 
 
 def data_section(metas: dict[str, RunMetadata]) -> str:
@@ -66,10 +70,44 @@ def data_section(metas: dict[str, RunMetadata]) -> str:
 
 
 def table1_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
-    frame = table1(artifacts, list_models())
+    frame = table1(artifacts, list(metas))
     machine = next(iter(metas.values())).machine
-    return (f"## Table 1: the six models\n\nOurs beside the report's (test accuracy and training time). "
-            f"Training time on {describe_machine(machine)}; the report's on its own machine.\n\n{_md(frame)}\n")
+    yours = any(is_yours(name) for name in metas)
+    title = "the six models and yours" if yours else "the six models"
+    mine = " Models marked (yours) are your own, trained under the same protocol; the report has no figures for them." if yours else ""
+    return (f"## Table 1: {title}\n\nOurs beside the report's (test accuracy and training time). "
+            f"Training time on {describe_machine(machine)}; the report's on its own machine.{mine}\n\n{_md(frame)}\n")
+
+
+def yours_section(artifacts: Artifacts, metas: dict[str, RunMetadata]) -> str:
+    """The user's own models: where each came from, what was done to it, and what its exported variants scored.
+    Empty when there are none."""
+    manifest = read_manifest(current(artifacts.onnx_dir)) if artifacts.onnx_dir.exists() else None
+    records = manifest.models if manifest else {}
+    names = sorted({n for n in metas if is_yours(n)} | {n for n in records if is_yours(n)}, key=model_order)
+    if not names:
+        return ""
+    rows = []
+    for name in names:
+        origin, meta = records.get(name, {}).get("origin") or {}, metas.get(name)
+        if origin.get("kind") == "onnx":
+            kind, accuracy = "ONNX file (`fmnist-export --onnx`)", origin.get("test_accuracy")
+            done = "; ".join(origin.get("added") or []) or "nothing: it kept to the contract already"
+        else:
+            origin = (meta.extra.get("model_file") if meta else None) or origin
+            kind, accuracy = "Keras model file (`--model-file`)", meta.test["accuracy"] if meta else None
+            epochs = meta.config["epochs"] if meta else 0
+            done = (f"trained {epochs} epoch{'s' if epochs != 1 else ''}, {meta.config['optimizer']}, batch {meta.config['batch_size']}"
+                    if meta else "trained elsewhere")
+        source = f"`{Path(origin['path']).name}` (sha256 `{origin['sha256'][:12]}…`)" if origin.get("path") else "unknown"
+        variants = [manifest.files[f] for f in manifest.files if manifest.files[f].model == name] if manifest else []
+        exported = ", ".join(f"{f.variant} {f.validation['accuracy_onnx']:.4f}" for f in variants) or "not exported yet"
+        rows.append({"Model": label(name), "Kind": kind, "Source": source, "What was done": done,
+                     "Source test accuracy": accuracy, "Exported (ONNX test accuracy)": exported})
+    return ("## Your models\n\nModels of your own, on the same data split, exporter gates and bench as the study's six, "
+            "and marked (yours) in every table. An imported ONNX file is judged against itself (the original file run "
+            "with onnxruntime) where a Keras model is judged against Keras; it has no `.keras` source, so its Keras, "
+            f"TF Lite and LiteRT rows are skipped and say so.\n\n{_md(pd.DataFrame(rows))}\n")
 
 
 def experiment_section(artifacts: Artifacts, model: str = "model4") -> str:
@@ -146,7 +184,7 @@ def figures_section(artifacts: Artifacts, out: Path, metas: dict[str, RunMetadat
         if source.exists():
             if source.resolve() != (out / "plots" / source.name).resolve():
                 shutil.copyfile(source, out / "plots" / source.name)
-            lines.append(f"### {model_info(name).display_name}\n\n![{model_info(name).display_name}](plots/{source.name})\n")
+            lines.append(f"### {metas[name].display_name}\n\n![{metas[name].display_name}](plots/{source.name})\n")
     return "\n".join(lines)
 
 
@@ -239,10 +277,7 @@ FIGURE_GLOBS = ("tradeoff.png", "latency-*.png", "server-*.png", "confusion-*.pn
 
 
 def _display_name(model: str) -> str:
-    try:
-        return model_info(model).display_name
-    except UnknownModelError:
-        return model
+    return display_name(model)
 
 
 def _latency_model(records: dict[str, tuple[BenchRecord, dict]]) -> str | None:
@@ -252,8 +287,7 @@ def _latency_model(records: dict[str, tuple[BenchRecord, dict]]) -> str | None:
         return None
     if "model4" in benched:
         return "model4"
-    order = list_models()
-    return min(benched, key=lambda m: (order.index(m) if m in order else len(order), m))
+    return min(benched, key=model_order)
 
 
 def _headline(best: RunMetadata, points: list[figures.Point], batch: int | None) -> str:
@@ -409,7 +443,8 @@ def build(artifacts: Artifacts, out: Path) -> Path:
     if not metas:
         raise FileNotFoundError(f"{artifacts.root / 'models'}: no trained models to report; run: fmnist-train all")
     out.mkdir(parents=True, exist_ok=True)
-    transfer = "; ".join(f"{model_info(n).display_name}: {m.base_weights}" for n, m in metas.items() if model_info(n).transfer)
+    transfer = "; ".join(f"{model_info(n).display_name}: {m.base_weights}" for n, m in metas.items()
+                         if n in study_models() and model_info(n).transfer)
     sections = [
         f"# Reproduction report\n\nWritten by `{PROG}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
         f"from `{artifacts.root}`, on {describe_machine(machine_info())}, at commit {_commit()}. Every table and "
@@ -418,13 +453,14 @@ def build(artifacts: Artifacts, out: Path) -> Path:
         glance_section(artifacts, out, metas),
         data_section(metas),
         table1_section(artifacts, metas),
+        yours_section(artifacts, metas),
         experiment_section(artifacts),
         figures_section(artifacts, out, metas),
         best_model_section(metas),
         latency_section(artifacts, metas),
     ]
     path = out / "REPORT.md"
-    write_text_atomic(path, "\n".join(sections))
+    write_text_atomic(path, "\n".join(section for section in sections if section))
     return path
 
 

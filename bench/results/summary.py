@@ -23,6 +23,7 @@ from bench.results.record import SUB_MILLISECOND, BenchRecord, record_id
 from bench.results.store import differences, load
 from bench.measure.peaks import describe_yardsticks, peak_gops
 from bench.runtimes import ROWS, RUNTIMES, arithmetic, row_name
+from trainer.catalog import label, model_order
 from trainer.environment import describe_machine
 
 # A row is recommended only if it loses at most this many accuracy points against fp32; the others stay in
@@ -73,8 +74,8 @@ def latest_records(paths: list[Path]) -> Records:
 def by_machine(records: Records) -> dict[str, dict[str, tuple[BenchRecord, dict]]]:
     """{machine label: {case id: (record, machine)}}, machines in the order first seen."""
     grouped: dict[str, dict[str, tuple[BenchRecord, dict]]] = {}
-    for (label, case_id), value in records.items():
-        grouped.setdefault(label, {})[case_id] = value
+    for (machine_name, case_id), value in records.items():
+        grouped.setdefault(machine_name, {})[case_id] = value
     return grouped
 
 
@@ -84,14 +85,14 @@ def summary(records: Records, batch_size: int = 128) -> pd.DataFrame:
     grouped = by_machine(records)
     frames = [_machine_summary(group, batch_size) for group in grouped.values()]
     if len(grouped) > 1:
-        frames = [frame.assign(machine=label)[["machine", *frame.columns]] for label, frame in zip(grouped, frames)]
+        frames = [frame.assign(machine=name)[["machine", *frame.columns]] for name, frame in zip(grouped, frames)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: int) -> pd.DataFrame:
     by_id = {key: record for key, (record, _) in records.items()}
     machines = {key: machine for key, (_, machine) in records.items()}
-    models = sorted({record.model for record in by_id.values()})  # model1..model4, resnet50, vgg16: the registry's order
+    models = sorted({record.model for record in by_id.values()}, key=model_order)  # the six in the report's order, then yours
     rows = []
     for model in models:
         get = _getter(by_id, model)
@@ -107,7 +108,7 @@ def _machine_summary(records: dict[str, tuple[BenchRecord, dict]], batch_size: i
             kind, peak = _peak(predict, machines[predict.id]) if predict else (None, None)
             latency = single.latency_ms if single and single.latency_ms else {}
             rows.append({
-                "model": model,
+                "model": label(model),  # a model of the user's is marked "(yours)"
                 "runtime": runtime_name(provider, variant, predict or single or server),
                 f"predict ms (b{batch_size})": predict.median_s * 1000 if predict else None,
                 "IQR ms": predict.iqr_s * 1000 if predict and predict.iqr_s is not None else None,
@@ -181,8 +182,8 @@ def recommendations(records: Records, batch_size: int = 128) -> list[str]:
     A row whose accuracy is unknown, or further below fp32, is never recommended."""
     grouped = by_machine(records)
     lines = []
-    for label, group in grouped.items():
-        prefix = f"On {label}: " if len(grouped) > 1 else ""
+    for machine_name, group in grouped.items():
+        prefix = f"On {machine_name}: " if len(grouped) > 1 else ""
         lines += [prefix + line for line in _machine_recommendations(group, batch_size)]
     return lines
 
@@ -190,11 +191,11 @@ def recommendations(records: Records, batch_size: int = 128) -> list[str]:
 def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch_size: int) -> list[str]:
     by_id = {key: record for key, (record, _) in records.items()}
     lines = []
-    for model in sorted({record.model for record in by_id.values()}):
+    for model in sorted({record.model for record in by_id.values()}, key=model_order):
         get = _getter(by_id, model)
         baseline = _fp32_accuracy(get, batch_size)
         if baseline is None:
-            lines.append(f"**{model}**: no recommendation (no fp32 accuracy at batch {batch_size} to bound the others by)")
+            lines.append(f"**{label(model)}**: no recommendation (no fp32 accuracy at batch {batch_size} to bound the others by)")
             continue
         eligible, excluded = [], []
         for provider, variant, threads in _row_keys(by_id):
@@ -233,7 +234,7 @@ def _machine_recommendations(records: dict[str, tuple[BenchRecord, dict]], batch
         standing = _against_peers(eligible, batch_size)
         if standing:
             parts.append(standing)
-        line = f"**{model}** (rows within {MAX_ACCURACY_LOSS_POINTS} points of fp32 accuracy {baseline:.4f}): "
+        line = f"**{label(model)}** (rows within {MAX_ACCURACY_LOSS_POINTS} points of fp32 accuracy {baseline:.4f}): "
         line += "; ".join(parts) if parts else "no row qualifies"
         if excluded:
             line += f". Never recommended here: {', '.join(excluded)}"
@@ -286,7 +287,7 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
     skipped: dict[tuple[str, str], list[str]] = {}
     for record, _ in records.values():
         if record.skipped:
-            skipped.setdefault((record.provider, record.skipped), []).append(f"{record.model} {record.variant}")
+            skipped.setdefault((record.provider, record.skipped), []).append(f"{label(record.model)} {record.variant}")
     notes = "".join(f"\nNot timed on {provider} ({', '.join(cases)}): {reason}\n"
                     for (provider, reason), cases in skipped.items())
     peak = ("\nof it call overhead: the median single query on a trivial model (3,920 multiply-adds) of the same "

@@ -19,8 +19,9 @@ from bench.runtimes.ort import OrtSUT
 from bench.runtimes.peers import TRAIN_EXTRA, LiteRTSUT, OpenVinoSUT, PeerUnavailable, litert_file, require
 from bench.runtimes.reference import KerasSUT, TFLiteSUT
 from bench.settings import SessionSettings
-from exporter.contract import VARIANTS
+from exporter.contract import VARIANTS, is_imported, read_metadata_props
 from trainer.artifacts import Artifacts
+from trainer.catalog import is_yours
 
 Build = Callable[[Case, Artifacts, SessionSettings], SUT]
 
@@ -75,7 +76,24 @@ def _tensorflow(sut: Callable[[Path, int], SUT]) -> Build:
                 raise
             raise PeerUnavailable(f"{case.provider} needs TensorFlow, which is not installed here "
                                   f"(pip install {TRAIN_EXTRA})") from None
+        except (TypeError, ValueError) as exc:
+            if not is_yours(case.model):
+                raise
+            # A model of the user's built of custom layers: Keras needs their classes, which the bench does not load.
+            reason = " ".join(str(exc).split())[:200]
+            raise ProviderUnavailable(f"{keras_file}: Keras cannot load it here ({type(exc).__name__}: {reason}); custom "
+                                      "layers must be importable, registered with keras.saving.register_keras_serializable") from None
     return build
+
+
+def _keras_source(build: Build) -> Build:
+    """A row that runs the trained ``.keras`` file or a conversion of it: an imported ONNX model has none, and says so."""
+    def guarded(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
+        if is_imported(read_metadata_props(case.path)):
+            raise ProviderUnavailable(f"{case.model} is an imported ONNX model: it has no Keras source (.keras file) for "
+                                      f"{RUNTIMES[case.provider].row_name(case.variant)} to run", "no-keras-source")
+        return build(case, artifacts, settings)
+    return guarded
 
 
 def _openvino(precision: str) -> Build:
@@ -95,12 +113,12 @@ SAME = {variant: variant for variant in VARIANTS}
 RUNTIMES: dict[str, Runtime] = {runtime.key: runtime for runtime in (
     Runtime("cpu", {v: f"onnxruntime CPU {v}" for v in VARIANTS}, _onnxruntime, SAME, reference=False),
     Runtime("cuda", {v: f"onnxruntime CUDA {v}" for v in VARIANTS}, _onnxruntime, {}, reference=False),
-    Runtime("keras", {"fp32": "Keras"}, _tensorflow(KerasSUT), SAME, from_keras=True, threads=False),
-    Runtime("tflite", {"fp32": "TF Lite (XNNPACK)"}, _tensorflow(TFLiteSUT), SAME, from_keras=True),
+    Runtime("keras", {"fp32": "Keras"}, _keras_source(_tensorflow(KerasSUT)), SAME, from_keras=True, threads=False),
+    Runtime("tflite", {"fp32": "TF Lite (XNNPACK)"}, _keras_source(_tensorflow(TFLiteSUT)), SAME, from_keras=True),
     Runtime("openvino", {"fp32": "OpenVINO default ({precision})", "int8": "OpenVINO int8"}, _openvino("default"),
             {"fp32": "{precision}", "int8": "int8"}),
     Runtime("openvino-f32", {"fp32": "OpenVINO f32", "int8": "OpenVINO int8 (f32 hint)"}, _openvino("f32"), SAME),
-    Runtime("litert", {"fp32": "LiteRT fp32", "int8": "LiteRT int8"}, _litert, SAME),
+    Runtime("litert", {"fp32": "LiteRT fp32", "int8": "LiteRT int8"}, _keras_source(_litert), SAME),
 )}
 REFERENCES = tuple(key for key, runtime in RUNTIMES.items() if runtime.reference)
 # Every (runtime, variant) row, in the order tables and figures show them.

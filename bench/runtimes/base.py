@@ -43,7 +43,8 @@ class ProviderUnavailable(RuntimeError):
     """The runtime cannot run here; the message is the skipped row's reason.
 
     ``kind`` is one of: not-installed, not-built, toolkit, cudnn, driver, driver-too-old, no-device,
-    device-error, unknown (the CUDA kinds come from ``bench/runtimes/cuda.py``).
+    device-error, no-keras-source (an imported ONNX model on a row that runs the .keras file), unknown
+    (the CUDA kinds come from ``bench/runtimes/cuda.py``).
     """
 
     def __init__(self, message: str, kind: str = "unknown", log: Iterable[str] = ()):
