@@ -195,7 +195,7 @@ def test_feature_cache_is_reused_and_keyed_by_data(idx_dir: Path, tmp_path: Path
         (["model9"], "unknown model 'model9'; choose from model1"),
         (["model1", "--data", "/nonexistent/fm"], "--data /nonexistent/fm: no such file or folder"),
         (["model1", "--data", "{file}"], "unsupported data file"),
-        (["model1", "--artifacts", "{file}/sub"], "artifacts folder"),
+        (["model1", "--artifacts", "{file}/sub"], "plain.txt/sub: cannot be made: "),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path: Path, capsys: pytest.CaptureFixture):

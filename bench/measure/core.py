@@ -146,7 +146,7 @@ def call_overhead_ms(sut: SUT, x: np.ndarray, timer: Timer, queries: int = 200) 
     trivial = sut.trivial()
     if trivial is None:
         return None
-    times = timer(scenarios.one_query_at_a_time(trivial, x), queries, 20)
+    times = timer(scenarios.warm_up_call(trivial, x, 1), queries, 20)
     return statistics.median(times) * 1000
 
 
