@@ -60,8 +60,9 @@ train: setup
 	$(BIN)/fmnist-bench run
 	$(BIN)/fmnist-bench report
 
+# One worker per core, a test file each (its module fixtures built once); `pytest -m "not slow"` is the quick part.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) artifacts/demo

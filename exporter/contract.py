@@ -13,11 +13,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Required, TypedDict
 
 import numpy as np
 
 from exporter.publish import known_as
 from trainer.data import IMAGE_SHAPE, NUM_CLASSES
+from trainer.schema import check_fields, mismatch
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -29,8 +31,6 @@ VARIANTS = ("fp32", "fp16", "int8")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 # Every manifest file row has these; "validation" carries the parity figures of exporter/validate.py.
-FILE_FIELDS = ("file", "model", "variant", "opset", "bytes", "sha256", "validation")
-MODEL_FIELDS = ("data", "limit", "base_weights", "keras_file", "keras_test_accuracy")
 EXPECTED = (f"input {INPUT_NAME!r} float32 [batch, {', '.join(map(str, INPUT_SHAPE))}] and output "
             f"{OUTPUT_NAME!r} [batch, {NUM_CLASSES}] (export with fmnist-export)")
 
@@ -68,6 +68,16 @@ def check_output(probabilities: np.ndarray, images: int, source: str) -> None:
 
 
 # --------------------------------------------------------------------------- manifest
+
+class ManifestModel(TypedDict, total=False):
+    """What the manifest records per model: the data its test split comes from (bench needs no Keras for it)."""
+
+    data: Required[dict]
+    limit: Required[int | None]
+    base_weights: Required[str | None]
+    keras_file: Required[str | None]  # None: an imported ONNX file, which has no Keras source
+    keras_test_accuracy: Required[float | None]
+
 
 @dataclass(frozen=True)
 class ManifestFile:
@@ -127,12 +137,11 @@ def parse_manifest(payload: object, path: Path) -> Manifest:
     if not isinstance(models, dict) or not isinstance(files, dict):
         raise ContractError(f"{path}: manifest lacks its 'models' and 'files' objects")
     for name, row in models.items():
-        if not isinstance(row, dict) or any(key not in row for key in MODEL_FIELDS):
-            raise ContractError(f"{path}: model {_short(name)} lacks one of {', '.join(MODEL_FIELDS)}")
+        if (problem := mismatch(row, ManifestModel)) is not None:
+            raise ContractError(f"{path}: model {_short(name)}{' ' if problem[0] not in '.[' else ''}{problem}")
     entries = {}
     for name, row in files.items():
-        if not isinstance(row, dict) or sorted(row) != sorted(FILE_FIELDS):
-            raise ContractError(f"{path}: file row {_short(name)} does not have exactly {', '.join(FILE_FIELDS)}")
+        check_fields(row, ManifestFile, str(path), ContractError, f"file row {_short(name)}")
         entry = ManifestFile(**row)
         if (entry.file != name or entry.variant not in VARIANTS or entry.model not in models
                 or entry.file != variant_filename(entry.model, entry.variant) or Path(entry.file).name != entry.file):

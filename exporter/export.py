@@ -27,7 +27,7 @@ from trainer.data import reload_dataset, split_dataset
 from trainer.fit import images
 from trainer.catalog import is_yours, label, model_info, model_order
 from trainer.models import get_spec, load_trained
-from trainer.reports import MetadataError, RunMetadata
+from trainer.reports import RunMetadata
 
 
 class ExportError(RuntimeError):
@@ -62,9 +62,7 @@ def load_source(name: str, artifacts: Artifacts) -> SourceModel:
     if not path.exists() or not meta_path.exists():
         missing = path if not path.exists() else meta_path
         raise ExportError(f"{missing}: no trained {name}; make it with: fmnist-train {name} --artifacts {artifacts.root}")
-    meta = RunMetadata.read(meta_path)
-    if not isinstance(meta.base_weights, str):  # read only at the end, into every file's metadata_props
-        raise MetadataError(f"{meta_path}: not this toolkit's run metadata (base_weights is not text)")
+    meta = RunMetadata.read(meta_path)  # checked whole, base_weights included (it goes into every file's metadata)
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     if sha256 != meta.model_file["sha256"]:
         raise ExportError(f"{path}: does not match its metadata {meta_path} (sha256 differs); retrain with: fmnist-train {name}")

@@ -24,7 +24,7 @@ from bench.results import store
 from bench.results.store import load, load_any
 from bench.runtimes.base import InterfaceError
 from bench.runtimes.ort import OrtSUT
-from tiny import run_python
+from tiny import child_env, run_python
 from trainer.artifacts import Artifacts
 
 FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--tools", "off", "--quiet"]
@@ -78,10 +78,11 @@ def _pytest_suite(art: Artifacts, out: Path, *options: str) -> subprocess.Comple
     return subprocess.run(
         [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-p", "no:cacheprovider", "-q",
          f"--fmnist-artifacts={art.root}", *options, f"--benchmark-json={out}"],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True, text=True, cwd=REPO, env=child_env(),
     )
 
 
+@pytest.mark.slow
 def test_pytest_benchmark_suite_on_tiny_models(tiny_export: Artifacts, tmp_path: Path):
     out = tmp_path / "pb.json"
     result = _pytest_suite(tiny_export, out, "--fmnist-providers=cuda,cpu,keras", "--fmnist-operations=predict,single-stream",
@@ -109,6 +110,7 @@ TIMING_FIELDS = {"median_s", "min_s", "max_s", "iqr_s", "times_s", "throughput_i
                  "session_create_s", "peak_rss_mb", "first_run_s", "overhead_ms", "profile", "tool"}
 
 
+@pytest.mark.slow
 def test_each_case_reports_its_own_peak_memory(tiny_export: Artifacts, tmp_path: Path):
     """A case measured after a heavy one (Keras loads TensorFlow into the bench's process) reports what it holds
     alone, not the process's history: the same figure as when it is measured first, and far below Keras'."""
@@ -137,6 +139,7 @@ ROUNDS = {"predict": 2, "single-stream": 7, "multi-stream": 662, "server": 1024,
     {"providers": "cpu,keras", "operations": "predict,single-stream"},
     {"providers": "cpu", "operations": "predict,single-stream,multi-stream,server,offline,accuracy"},
 ], ids=["predict-and-single-stream", "loadgen-scenarios"])
+@pytest.mark.slow
 def test_both_front_doors_give_the_same_record(tiny_export: Artifacts, tmp_path: Path, selection: dict):
     """One case through ``fmnist-bench run`` and through ``pytest bench``: the same record, field by field, for
     the batch operations and for every scenario MLPerf LoadGen drives."""
@@ -289,7 +292,7 @@ def test_nothing_exported_says_what_to_run(tmp_path: Path, capsys):
     assert main(["run", "--artifacts", str(tmp_path / "empty")]) == 2
     assert "nothing exported yet; run: fmnist-train all && fmnist-export all" in capsys.readouterr().err
     result = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-p", "no:cacheprovider",
-                             f"--fmnist-artifacts={tmp_path / 'empty'}"], capture_output=True, text=True, cwd=REPO)
+                             f"--fmnist-artifacts={tmp_path / 'empty'}"], capture_output=True, text=True, cwd=REPO, env=child_env())
     assert result.returncode != 0 and "nothing exported yet; run: fmnist-train all && fmnist-export all" in result.stdout + result.stderr
 
 

@@ -2,15 +2,13 @@ from __future__ import annotations
 
 import gzip
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from tiny import make_images, write_idx, write_idx_dir
+from tiny import run_python, make_images, write_idx, write_idx_dir
 from trainer import data
 from trainer.data import DataError
 
@@ -200,10 +198,7 @@ def test_split_of_60000_is_48000_6000_6000():
 
 
 def test_data_modules_import_without_tensorflow():
-    code = ("import sys, trainer.data, trainer.artifacts, trainer.environment; "
-            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = run_python("import trainer.data, trainer.artifacts, trainer.environment")
     assert result.returncode == 0, result.stderr or result.stdout
 
 

@@ -19,6 +19,8 @@ import pytest
 
 from trainer.artifacts import Artifacts
 
+pytestmark = pytest.mark.slow  # real installs / a Ray cluster: CI runs them, `-m 'not slow'` leaves them out
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "trainer", "exporter", "bench")
 

@@ -679,6 +679,7 @@ def _fuzz(kind: str, examples: int = _FUZZ_EXAMPLES, derandomize: bool = True) -
     print("FUZZ OK", kind)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["idx_raw", "idx_inner", "npz", "npz_inner", "npy0", "npy2", "npy3", "npy5"])
 def test_mutated_files_give_a_dataset_or_a_data_error(kind: str):
     pytest.importorskip("hypothesis")

@@ -4,6 +4,8 @@ own benchmark tools beside their rows."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import shutil
 from pathlib import Path
@@ -37,6 +39,7 @@ def _copy_without_litert_cache(tiny_export: Artifacts, dest: Path) -> Artifacts:
     return Artifacts(dest)
 
 
+@pytest.mark.slow
 def test_peer_rows_run_through_the_measurement_core(tiny_export: Artifacts, tmp_path: Path, monkeypatch, capsys):
     records = _run(tiny_export, tmp_path / "first", "--providers", "openvino,openvino-f32,litert", "--variants", "fp32,int8",
                    "--operations", "predict,single-stream")
@@ -186,6 +189,7 @@ def test_make_sut_builds_the_peers(tiny_export: Artifacts):
 # --------------------------------------------------------------------------- the summary's recommendation
 
 
+@pytest.mark.slow
 def test_the_peers_own_tools_run_beside_their_rows(tiny_export: Artifacts, tmp_path: Path):
     """benchmark_app on the same .onnx file and batch, litert-benchmark on the same .tflite at batch 1."""
     report_dir = tmp_path / "tools"

@@ -22,6 +22,8 @@ from tiny import write_idx_dir
 from trainer import cluster
 from trainer.cli import main
 
+pytestmark = pytest.mark.slow  # real installs / a Ray cluster: CI runs them, `-m 'not slow'` leaves them out
+
 REPO = Path(__file__).resolve().parents[1]
 GRID = ["sweep", "model1", "--grid", "seed=0,1", "--epochs", "1", "--quiet"]
 

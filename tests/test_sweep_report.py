@@ -43,6 +43,7 @@ def test_sweep_writes_a_row_per_configuration_and_never_reruns_one(idx_dir: Path
     assert "skipped" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_row_shared_by_two_sweeps_is_run_once_and_shown_in_both(idx_dir: Path, artifacts_dir: Path, capsys):
     common = ["--epochs", "1", "--data", str(idx_dir), *TINY]
     assert main(["sweep", "model4", "--grid", "optimizer=sgd,adam", *common]) == 0
@@ -99,6 +100,7 @@ def test_bad_grids_are_refused(grid: list[str]):
         parse_grid(grid)
 
 
+@pytest.mark.slow
 def test_report_renders_every_table_and_notes_what_is_missing(idx_dir: Path, artifacts_dir: Path, tmp_path: Path):
     assert main(["model1", "model4", "--epochs", "1", "--data", str(idx_dir), *TINY]) == 0
     assert main(["sweep", "model4", "--grid", "lr=0.001,0.002", "--epochs", "1", "--data", str(idx_dir), *TINY]) == 0

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tiny import crash_after
+from tiny import run_python, crash_after
 from trainer import data
 from trainer.artifacts import Artifacts
 from trainer.cli import main
@@ -157,6 +157,7 @@ def test_checkpoint_of_another_configuration_is_not_resumed(idx_dir: Path, tmp_p
     assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_head_on_cached_features_equals_training_through_the_frozen_base(idx_dir: Path, tmp_path: Path):
     dataset = data.load_dataset(idx_dir)
     splits = data.split_dataset(dataset)
@@ -225,7 +226,5 @@ def test_defaults_are_the_reports_protocol_and_each_optimizer_gets_its_own_lr():
 
 
 def test_configuration_and_experiment_store_load_without_tensorflow():
-    code = ("import sys, trainer.config, trainer.experiments; "
-            "loaded = sorted(m for m in ('keras', 'tensorflow') if m in sys.modules); print(loaded); sys.exit(bool(loaded))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = run_python("import trainer.config, trainer.experiments")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -307,6 +307,7 @@ def _emptied(content: bytes) -> list[bytes]:
     return [b""]
 
 
+@pytest.mark.slow
 def test_a_kill_at_every_write_still_finishes_with_each_epoch_once(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     dataset, splits = tiny
     epochs = 2
@@ -512,10 +513,13 @@ def _metadata_damage() -> dict[str, tuple[Callable[[dict], bytes], str]]:
         "a JSON list": (lambda p: b"[1, 2, 3]", "a JSON list, expected an object"),
         "another schema": (dumped(lambda p: p.update(schema_version=99)), "metadata schema_version 99, this toolkit reads 1"),
         "a huge schema": (dumped(lambda p: p.update(schema_version="v" * 100_000)), "metadata schema_version 'vvv"),
-        "missing keys": (dumped(lambda p: p.pop("test")), "missing test"),
-        "a foreign key": (dumped(lambda p: p.update(weights="elsewhere")), "unknown weights"),
+        "missing keys": (dumped(lambda p: p.pop("test")), "not this toolkit's run metadata: lacks ['test']"),
+        "a foreign key": (dumped(lambda p: p.update(weights="elsewhere")), "has unknown ['weights']"),
         "a nested key missing": (dumped(lambda p: p["final_epoch"].pop("accuracy")), "final_epoch lacks accuracy"),
-        "a wrong type": (dumped(lambda p: p["final_epoch"].update(accuracy="high")), "final_epoch.accuracy is not a number"),
+        "a wrong type": (dumped(lambda p: p["final_epoch"].update(accuracy="high")),
+                         "final_epoch.accuracy is a string, expected a number"),
+        "not finite": (dumped(lambda p: p["test"].update(loss=float("nan"))), "test.loss is nan, expected a finite number"),
+        "base weights not text": (dumped(lambda p: p.update(base_weights=7)), "base_weights is a number, expected str"),
     }
 
 

@@ -23,7 +23,7 @@ from bench.runtimes import Case, ProviderUnavailable, make_sut
 from exporter import onnx_import
 from exporter.contract import variant_filename
 from exporter.cli import main as export_main
-from tests.conftest import write_idx_dir
+from tiny import write_idx_dir
 from trainer import catalog, data, userfile
 from trainer.artifacts import Artifacts
 from trainer.cli import main as train_main
@@ -114,6 +114,15 @@ def original_accuracy(path: Path, idx: Path) -> float:
 
 
 # --------------------------------------------------------------------------- both kinds, end to end
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_user_models():
+    """The registry is the process's: what this module's model files registered leaves with it (other modules
+    in the same process see the study's six)."""
+    yield
+    for model_file in userfile.loaded():
+        userfile.forget(model_file)
+
 
 @pytest.fixture(scope="module")
 def idx(tmp_path_factory: pytest.TempPathFactory) -> Path:

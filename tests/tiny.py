@@ -4,6 +4,7 @@ exported model, and helpers several test modules share. Imported as ``tiny`` (py
 from __future__ import annotations
 
 import gzip
+import os
 import time
 import subprocess
 import sys
@@ -92,6 +93,13 @@ def run_onnx(model: "onnx.ModelProto", x: np.ndarray, folder: Path, name: str) -
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child pytest or command, without pytest-xdist's worker variables (a child
+    pytest-benchmark that sees them turns itself off)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
+    return {**env, **extra}
+
+
 def run_python(code: str, forbid: tuple[str, ...] = ("tensorflow", "keras"), block: tuple[str, ...] = (),
                cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter with the modules in ``block`` made unimportable, and fail it when any of
@@ -99,7 +107,8 @@ def run_python(code: str, forbid: tuple[str, ...] = ("tensorflow", "keras"), blo
     prologue = "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in block)
     epilogue = (f"\nloaded = [m for m in {forbid!r} if sys.modules.get(m) is not None]\n"
                 "assert not loaded, f'imported {loaded}'\n")
-    return subprocess.run([sys.executable, "-c", prologue + code + epilogue], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-c", prologue + code + epilogue], capture_output=True, text=True, cwd=cwd,
+                          env=child_env())
 
 
 def crash_after(epoch: int):

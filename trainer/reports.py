@@ -3,35 +3,65 @@
 from __future__ import annotations
 
 import json
-import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Required, TypedDict
 
 import pandas as pd
 
+from trainer.schema import check_fields
 from trainer.artifacts import Artifacts, ArtifactsError, atomic_path, clip, write_json_atomic, write_text_atomic
 from trainer.catalog import NAME_PATTERN, model_order
 
 METADATA_SCHEMA_VERSION = 1
-# What the readers (Table 1, REPORT.md, the exporter) take from a metadata file without asking again:
-# checked once at read time, so a damaged or foreign file is one error naming it, not a KeyError later.
-_REQUIRED = {
-    "config": ("optimizer", "epochs"),
-    "data": ("source", "sha256", "images", "class_names", "split", "split_protocol"),
-    "training": ("training_time_s",),
-    "final_epoch": ("loss", "accuracy", "val_loss", "val_accuracy"),
-    "test": ("loss", "accuracy", "evaluate_s", "predict_s", "evaluate_warm_median_s", "predict_warm_median_s",
-             "classification_report", "confusion_matrix"),
-    "model_file": ("sha256",),
-    "machine": ("cpu", "cores"),
-}
-# The values Table 1 computes with or formats, by the type it needs.
-_TYPED = {
-    ("final_epoch", "loss"): numbers.Real, ("final_epoch", "accuracy"): numbers.Real,
-    ("final_epoch", "val_loss"): numbers.Real, ("final_epoch", "val_accuracy"): numbers.Real,
-    ("test", "loss"): numbers.Real, ("test", "accuracy"): numbers.Real, ("training", "training_time_s"): numbers.Real,
-    ("config", "optimizer"): str, ("config", "epochs"): numbers.Integral,
-}
+
+
+# What the readers (Table 1, REPORT.md, the exporter) take from a metadata file without asking again, with the
+# type they compute with: checked once at read time (trainer/schema.py), so a damaged or foreign file is one
+# error naming it, not a KeyError later. A section may hold more than this.
+class ConfigSection(TypedDict, total=False):
+    optimizer: Required[str]
+    epochs: Required[int]
+
+
+class DataSection(TypedDict, total=False):
+    source: Required[str]
+    sha256: Required[str]
+    images: Required[int]
+    class_names: Required[list[str]]
+    split: Required[dict[str, int]]
+    split_protocol: Required[str]
+
+
+class TrainingSection(TypedDict, total=False):
+    training_time_s: Required[float]
+
+
+class FinalEpochSection(TypedDict, total=False):
+    loss: Required[float]
+    accuracy: Required[float]
+    val_loss: Required[float]
+    val_accuracy: Required[float]
+
+
+class TestSection(TypedDict, total=False):
+    loss: Required[float]
+    accuracy: Required[float]
+    evaluate_s: Required[float]
+    predict_s: Required[float]
+    evaluate_warm_median_s: Required[float]
+    predict_warm_median_s: Required[float]
+    classification_report: Required[dict]
+    confusion_matrix: Required[list[list[int]]]
+
+
+class ModelFileSection(TypedDict, total=False):
+    sha256: Required[str]
+
+
+class MachineSection(TypedDict, total=False):
+    cpu: Required[str]
+    cores: Required[int]
 
 
 class MetadataError(ArtifactsError, ValueError):
@@ -88,15 +118,15 @@ class RunMetadata:
 
     model: str
     display_name: str
-    config: dict
-    data: dict
+    config: ConfigSection
+    data: DataSection
     base_weights: str
     params: dict
-    training: dict
-    final_epoch: dict
-    test: dict
-    model_file: dict
-    machine: dict
+    training: TrainingSection
+    final_epoch: FinalEpochSection
+    test: TestSection
+    model_file: ModelFileSection
+    machine: MachineSection
     created_at: str
     schema_version: int = METADATA_SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
@@ -122,27 +152,7 @@ class RunMetadata:
         if version != METADATA_SCHEMA_VERSION:
             raise MetadataError(f"{path}: metadata schema_version {clip(repr(version), 40)}, "
                                 f"this toolkit reads {METADATA_SCHEMA_VERSION}")
-        names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(payload) - {"extra"})
-        unknown = sorted(set(payload) - names)
-        if missing or unknown:
-            what = "; ".join(part for part in (missing and f"missing {', '.join(missing)}",
-                                               unknown and f"unknown {clip(', '.join(unknown), 60)}") if part)
-            raise MetadataError(f"{path}: not this toolkit's run metadata ({what})")
-        for name, keys in _REQUIRED.items():
-            section = payload[name]
-            if not isinstance(section, dict):
-                raise MetadataError(f"{path}: not this toolkit's run metadata ({name} is not an object)")
-            absent = [k for k in keys if k not in section]
-            if absent:
-                raise MetadataError(f"{path}: not this toolkit's run metadata ({name} lacks {', '.join(absent)})")
-        for (name, key), kind in _TYPED.items():
-            value = payload[name][key]
-            if isinstance(value, bool) or not isinstance(value, kind):
-                expected = "text" if kind is str else "a number"
-                raise MetadataError(f"{path}: not this toolkit's run metadata ({name}.{key} is not {expected})")
-        if not isinstance(payload.get("extra", {}), dict):
-            raise MetadataError(f"{path}: not this toolkit's run metadata (extra is not an object)")
+        check_fields(payload, cls, str(path), MetadataError, "not this toolkit's run metadata:")
         return cls(**payload)
 
 

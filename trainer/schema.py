@@ -3,8 +3,8 @@
 The run metadata (``models/<name>.json``), the export manifest and the bench results are each written from
 a dataclass with a schema version; reading one back checks the JSON object against the same dataclass,
 field by field, from its type annotations: every field without a default is there, no field is unknown,
-and each value has the type the annotation says (numbers finite; ``X | None``, ``list[...]`` and
-``dict[str, ...]`` looked into). So a damaged or foreign file is one line naming the file, the record and
+and each value has the type the annotation says (numbers finite; ``X | None``, ``list[...]``,
+``dict[str, ...]`` and a ``TypedDict``'s required keys looked into). So a damaged or foreign file is one line naming the file, the record and
 the field, never a ``KeyError`` or ``TypeError`` later in a table or a figure.
 """
 
@@ -56,6 +56,16 @@ def mismatch(value: object, hint: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
             return f"is {_kind(value)}, expected {'a whole number' if hint is int else 'a number'}"
         return None if math.isfinite(value) else f"is {value}, expected a finite number"
+    if typing.is_typeddict(hint):  # an object with required keys of known types; other keys are its own business
+        if not isinstance(value, dict):
+            return f"is {_kind(value)}, expected an object"
+        missing = sorted(key for key in _required_keys(hint) if key not in value)
+        if missing:
+            return f"lacks {', '.join(missing)}"
+        for key, sub in _hints(hint).items():
+            if key in value and (problem := mismatch(value[key], sub)) is not None:
+                return f".{key}{_joined(problem)}"
+        return None
     if hint in (str, bool):
         return None if isinstance(value, hint) else f"is {_kind(value)}, expected {hint.__name__}"
     if (origin or hint) is list:
@@ -76,13 +86,27 @@ def mismatch(value: object, hint: object) -> str | None:
 
 
 def _joined(problem: str) -> str:
-    """``times_s[1] is ...`` but ``median_s is ...``: an index follows its field without a space."""
-    return problem if problem.startswith("[") else f" {problem}"
+    """``times_s[1] is ...`` and ``test.accuracy is ...``, but ``median_s is ...``: an index or a key follows its
+    field without a space."""
+    return problem if problem.startswith(("[", ".")) else f" {problem}"
 
 
 @cache
 def _hints(cls: type) -> dict[str, object]:
     return typing.get_type_hints(cls)
+
+
+@cache
+def _required_keys(typed_dict: type) -> frozenset[str]:
+    """A TypedDict's required keys from its resolved annotations: ``__required_keys__`` cannot tell them when the
+    annotations are strings (``from __future__ import annotations``)."""
+    total = typed_dict.__total__
+    required = set()
+    for key, hint in typing.get_type_hints(typed_dict, include_extras=True).items():
+        origin = typing.get_origin(hint)
+        if origin is typing.Required or (total and origin is not typing.NotRequired):
+            required.add(key)
+    return frozenset(required)
 
 
 def _kind(value: object) -> str:
