@@ -19,6 +19,7 @@ import numpy as np
 
 from exporter.publish import known_as
 from trainer.data import IMAGE_SHAPE, NUM_CLASSES
+from trainer.artifacts import clip
 from trainer.schema import check_fields, mismatch
 
 INPUT_NAME = "image"
@@ -131,22 +132,22 @@ def parse_manifest(payload: object, path: Path) -> Manifest:
     if not isinstance(payload, dict):
         raise ContractError(f"{path}: not a manifest (expected a JSON object)")
     if payload.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise ContractError(f"{path}: manifest schema_version {_short(payload.get('schema_version'))}, "
+        raise ContractError(f"{path}: manifest schema_version {_quoted(payload.get('schema_version'))}, "
                             f"this toolkit reads {MANIFEST_SCHEMA_VERSION}; export again with fmnist-export")
     models, files = payload.get("models"), payload.get("files")
     if not isinstance(models, dict) or not isinstance(files, dict):
         raise ContractError(f"{path}: manifest lacks its 'models' and 'files' objects")
     for name, row in models.items():
         if (problem := mismatch(row, ManifestModel)) is not None:
-            raise ContractError(f"{path}: model {_short(name)}{' ' if problem[0] not in '.[' else ''}{problem}")
+            raise ContractError(f"{path}: model {_quoted(name)}{' ' if problem[0] not in '.[' else ''}{problem}")
     entries = {}
     for name, row in files.items():
-        check_fields(row, ManifestFile, str(path), ContractError, f"file row {_short(name)}")
+        check_fields(row, ManifestFile, str(path), ContractError, f"file row {_quoted(name)}")
         entry = ManifestFile(**row)
         if (entry.file != name or entry.variant not in VARIANTS or entry.model not in models
                 or entry.file != variant_filename(entry.model, entry.variant) or Path(entry.file).name != entry.file):
-            raise ContractError(f"{path}: file row {_short(name)} is inconsistent (model {_short(entry.model)}, "
-                                f"variant {_short(entry.variant)}, file {_short(entry.file)})")
+            raise ContractError(f"{path}: file row {_quoted(name)} is inconsistent (model {_quoted(entry.model)}, "
+                                f"variant {_quoted(entry.variant)}, file {_quoted(entry.file)})")
         entries[name] = entry
     return Manifest(models, entries)
 
@@ -174,7 +175,7 @@ def check_file_identity(metadata_props: dict[str, str], entry: ManifestFile, pat
     """The file's own ``metadata_props`` must name the model and variant the manifest files it under."""
     found = (metadata_props.get("model"), metadata_props.get("variant"))
     if found != (entry.model, entry.variant):
-        raise ContractError(f"{shown(path)}: the file says it is {_short(found[0])} {_short(found[1])}, "
+        raise ContractError(f"{shown(path)}: the file says it is {_quoted(found[0])} {_quoted(found[1])}, "
                             f"the manifest lists it as {entry.model} {entry.variant}")
 
 
@@ -205,7 +206,8 @@ def shown(path: Path) -> Path:
     return known_as(path.parent) / path.name
 
 
-def _short(value: object, limit: int = 60) -> str:
-    """User-controlled text in an error line, cut so a hostile key cannot flood the terminal."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _quoted(value: object) -> str:
+    """User-controlled text in an error line (a manifest's key or value), cut so a hostile one cannot flood it."""
+    return clip(repr(value), 60)

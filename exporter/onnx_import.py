@@ -41,7 +41,7 @@ from exporter.convert import MIN_OPSET
 from exporter.export import ExportError, ExportOptions, ParityCheck, Publication, check_manifest, publish_variants
 from exporter.validate import cpu_session
 from exporter.variants import to_fp16, to_int8
-from trainer.artifacts import Artifacts
+from trainer.artifacts import Artifacts, exception_line
 from trainer.catalog import YOURS, name_problem
 from trainer.data import Dataset, load_dataset, parse_class_map, split_dataset
 from trainer.training import SPLIT_PROTOCOL
@@ -180,7 +180,7 @@ def read_source(path: Path) -> Source:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and others, for a truncated or damaged file
-        raise OnnxImportError(f"{shown}: not a readable ONNX file (truncated or damaged: {_first_line(exc)})") from None
+        raise OnnxImportError(f"{shown}: not a readable ONNX file (truncated or damaged: {exception_line(exc)})") from None
     if not proto.HasField("graph") or not proto.graph.node:
         raise OnnxImportError(f"{shown}: not an ONNX model (no graph; truncated or not ONNX)")
     _load_external_data(proto, path, size)
@@ -188,7 +188,7 @@ def read_source(path: Path) -> Source:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # ValidationError, InferenceError
-        raise OnnxImportError(f"{shown}: onnx.checker refuses it ({_first_line(exc)})") from None
+        raise OnnxImportError(f"{shown}: onnx.checker refuses it ({exception_line(exc)})") from None
     opset = _default_opset(proto)
     if opset < MIN_OPSET:
         raise OnnxImportError(f"{shown}: opset {opset}; the exporter needs {MIN_OPSET} or later (int8's per-channel "
@@ -232,7 +232,7 @@ def _load_external_data(proto: onnx.ModelProto, path: Path, size: int) -> None:
     try:
         onnx.external_data_helper.load_external_data_for_model(proto, str(folder))
     except Exception as exc:
-        raise OnnxImportError(f"{shown}: its external data cannot be read ({_first_line(exc)})") from None
+        raise OnnxImportError(f"{shown}: its external data cannot be read ({exception_line(exc)})") from None
 
 
 def _tensors(proto: onnx.ModelProto) -> list[TensorProto]:
@@ -468,7 +468,7 @@ def check_batches(adapted: onnx.ModelProto, path: Path) -> None:
         try:
             out = session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((batch, *INPUT_SHAPE), np.float32)})[0]
         except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException
-            raise OnnxImportError(f"--onnx {path}: does not run at batch {batch} ({_first_line(exc)}); export it with a "
+            raise OnnxImportError(f"--onnx {path}: does not run at batch {batch} ({exception_line(exc)}); export it with a "
                                   "dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))") from None
         if out.shape != (batch, *OUTPUT_SHAPE):
             raise OnnxImportError(f"--onnx {path}: gives shape {out.shape} for {batch} image(s); expected "
@@ -543,6 +543,3 @@ def _data_record(dataset: Dataset, splits) -> dict:
     }
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

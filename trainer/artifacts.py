@@ -159,6 +159,14 @@ def clip(text: str, limit: int = 80) -> str:
     return f"{text[: limit - tail - 1]}…{text[-tail:]}"
 
 
+def exception_line(exc: BaseException, limit: int = 200, last: bool = False) -> str:
+    """An exception as one line for an error message: its type and its message's first (or ``last``) line, clipped."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {clip(lines[-1] if last else ' '.join(lines), limit)}"
+
+
 def write_text_atomic(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")

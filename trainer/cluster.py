@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from trainer import userfile
-from trainer.artifacts import Artifacts, atomic_path, writing
+from trainer.artifacts import Artifacts, atomic_path, exception_line, writing
 from trainer.data import Dataset, split_dataset
 
 if TYPE_CHECKING:  # the task functions import the trainer on the worker, not here
@@ -135,8 +135,8 @@ def run_groups(groups: list, train_group: Callable[..., list[dict]], sweep_name:
         if isinstance(result, _Diverged):
             result = _keep_diverged(result, run_dir)
         if isinstance(result, BaseException):
-            failed.append((f"{group.describe()}: {_first_line(result)}", result))
-            print(f"[sweep] {group.shared.model} {group.describe()}: failed: {_first_line(result)}", file=log, flush=True)
+            failed.append((f"{group.describe()}: {exception_line(result, 500, last=True)}", result))
+            print(f"[sweep] {group.shared.model} {group.describe()}: failed: {exception_line(result, 500, last=True)}", file=log, flush=True)
             continue
         rows, archive = result
         _install_run(archive, run_dir, group.shared.model)
@@ -206,8 +206,8 @@ def run_models(configs: list["TrainConfig"], dataset: Dataset, artifacts: Artifa
         if isinstance(result, _Diverged):
             result = _keep_diverged(result, artifacts.root)
         if isinstance(result, BaseException):
-            failed.append((f"{config.model}: {_first_line(result)}", result))
-            print(f"[{config.model}] failed: {_first_line(result)}", file=log, flush=True)
+            failed.append((f"{config.model}: {exception_line(result, 500, last=True)}", result))
+            print(f"[{config.model}] failed: {exception_line(result, 500, last=True)}", file=log, flush=True)
             continue
         _install_model(result, config.model, artifacts)
         meta = RunMetadata.read(artifacts.metadata_file(config.model))
@@ -294,9 +294,6 @@ def _failure(summary: str, failed: list[tuple[str, BaseException]]) -> Exception
     return (TrainingFailed if diverged else ClusterError)(f"{summary}: " + "; ".join(text for text, _ in failed))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1][:500]}" if text else type(exc).__name__
 
 
 def _pack(root: Path) -> bytes:

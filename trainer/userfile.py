@@ -36,6 +36,7 @@ import os
 import sys
 import traceback
 import types
+from trainer.artifacts import exception_line
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,7 @@ def install(model_file: ModelFile) -> list[str]:
         raise ModelFileError(f"{model_file.path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except Exception as exc:  # whatever the user's code raises: one line, at the file's line
         sys.modules.pop(module_name, None)
-        raise ModelFileError(f"{_where(exc, model_file.path)}: running it failed: {_first_line(exc)}") from None
+        raise ModelFileError(f"{_where(exc, model_file.path)}: running it failed: {exception_line(exc)}") from None
     registered = models.registered_from(source)
     if not registered:
         sys.modules.pop(module_name, None)
@@ -145,7 +146,7 @@ def _check_builder(model_file: ModelFile, name: str) -> None:
     try:
         built = models.create_model(name)
     except Exception as exc:
-        raise ModelFileError(f"{_where(exc, model_file.path)}: building {name!r} failed: {_first_line(exc)}") from None
+        raise ModelFileError(f"{_where(exc, model_file.path)}: building {name!r} failed: {exception_line(exc)}") from None
     model = built.model
     if not isinstance(model, keras.Model):
         raise ModelFileError(f"{where}: the builder returned {type(model).__name__}, not a keras.Model")
@@ -161,7 +162,7 @@ def _check_builder(model_file: ModelFile, name: str) -> None:
     try:
         out = np.asarray(model(probe, training=False), dtype=np.float64)
     except Exception as exc:
-        raise ModelFileError(f"{where}: running it on {PROBE_IMAGES} images failed: {_first_line(exc)}") from None
+        raise ModelFileError(f"{where}: running it on {PROBE_IMAGES} images failed: {exception_line(exc)}") from None
     sums = out.sum(axis=-1)
     if not np.all(np.isfinite(out)) or out.min() < -SUM_TOLERANCE or np.max(np.abs(sums - 1)) > SUM_TOLERANCE:
         raise ModelFileError(f"{where}: its outputs are not softmax probabilities (rows sum to {sums.min():.4g}..{sums.max():.4g}, "
@@ -208,9 +209,6 @@ def _where(exc: BaseException, path: str) -> str:
     return f"{path}:{lines[-1]}" if lines else path
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _shapes(shapes: list[tuple]) -> str:
