@@ -346,7 +346,7 @@ def _server_part(records: dict[str, tuple[BenchRecord, dict]], model: str, name:
     written.append(target)
     bounds = " or ".join(f"{b:g}" for b in sorted({c.latency_bound_ms for c in curves}))
     served = [f"{c.runtime} {c.max_qps:,.0f} queries/s" for c in curves if c.max_qps is not None]
-    unserved = [c.runtime for c in curves if c.max_qps is None]
+    unserved = [f"{c.runtime} ({c.verdict})" if c.verdict else c.runtime for c in curves if c.max_qps is None]
     caption = (f"{name} as a server: queries of one image arriving at random (Poisson) at each offered rate MLPerf LoadGen "
                f"ran while searching for the highest rate whose p99 stays within {bounds} ms (the dotted line), one worker "
                f"answering in arrival order. p99 solid, p50 dashed; filled points LoadGen called VALID; the star is each "
@@ -354,7 +354,7 @@ def _server_part(records: dict[str, tuple[BenchRecord, dict]], model: str, name:
     if served:
         caption += f" Max rate under the bound: {'; '.join(served)}."
     if unserved:
-        caption += f" No rate tried met the bound: {', '.join(unserved)}."
+        caption += f" No rate tried met the bound: {'; '.join(unserved)}."
     return f"{caption}\n\n![{name}: server latency against offered rate](plots/server-{model}.png)\n"
 
 

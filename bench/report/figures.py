@@ -150,6 +150,7 @@ class ServerCurve:
     p99_ms: tuple[float, ...]
     valid: tuple[bool, ...]
     max_qps: float | None  # the highest VALID rate; None: no rate met the bound
+    verdict: str = ""  # the search's own line: the rate, or why there is none (LoadGen's reasons)
 
 
 def server_series(records: Mapping[str, tuple[BenchRecord, dict]], model: str) -> list[ServerCurve]:
@@ -164,7 +165,8 @@ def server_series(records: Mapping[str, tuple[BenchRecord, dict]], model: str) -
         curves.append(ServerCurve(record.provider, record.variant, runtime_name(record.provider, record.variant, record),
                                   float(record.server["latency_bound_ms"]), tuple(t["target_qps"] for t in trials),
                                   tuple(t["p50_ms"] for t in trials), tuple(t["p99_ms"] for t in trials),
-                                  tuple(bool(t["valid"]) for t in trials), record.server["max_qps"]))
+                                  tuple(bool(t["valid"]) for t in trials), record.server["max_qps"],
+                                  record.server.get("verdict") or ""))
     return sorted(curves, key=lambda c: (c.max_qps is None, -(c.max_qps or 0), _runtime_order(c.provider, c.variant)))
 
 

@@ -304,7 +304,8 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
     if bounds:
         peak += (f"\nserver max q/s: the highest rate of Poisson arrivals MLPerf LoadGen called VALID with p99 ≤ "
                  f"{' or '.join(f'{b:g}' for b in bounds)} ms (one worker, queries in arrival order); server p99 ms: "
-                 "LoadGen's p99 at that rate; none: no rate tried met the bound.\n")
+                 "LoadGen's p99 at that rate; none: no rate tried met the bound (REPORT.md gives each search's "
+                 "verdict with LoadGen's reasons: on a shared VM, stalls can fail early stopping at any rate).\n")
     advice = "".join(f"\n{line}\n" for line in recommendations(records, batch_size))
     shown = frame.copy()
     if "server max q/s" in shown:  # a rate or "none": one text column, the rates written as the other figures are
