@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -46,6 +47,18 @@ def _list(choices: tuple[str, ...] | None = None):
             raise argparse.ArgumentTypeError(f"{text[:80]!r}: choose from {','.join(choices or ())}")
         return values
     return parse
+
+
+def _yardstick_default() -> float:
+    """$FMNIST_BENCH_YARDSTICK_S, else RunSettings' default: the test suite shortens the yardsticks of its many
+    tiny runs through it (a shorter search reads a lower peak), as the pytest-benchmark suite takes its options."""
+    given = os.environ.get("FMNIST_BENCH_YARDSTICK_S")
+    if given is None:
+        return DEFAULT.yardstick_s
+    try:
+        return _number(float, 0, 600)(given)
+    except argparse.ArgumentTypeError as exc:
+        raise SettingsError(f"$FMNIST_BENCH_YARDSTICK_S: {exc}") from None
 
 
 def _number(kind: type, low: float, high: float):
@@ -124,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tools", choices=PROFILE, default=DEFAULT.tools,
                    help="run OpenVINO's benchmark_app and LiteRT's litert-benchmark on the same files, beside their rows "
                         "(default on)")
+    r.add_argument("--yardstick-s", type=_number(float, 0, 600),
+                   help="seconds of calls per yardstick candidate, at the run's start and again at its end (the best "
+                        f"is kept; default {DEFAULT.yardstick_s:g}, or $FMNIST_BENCH_YARDSTICK_S)")
     r.add_argument("--no-reference", action="store_true", help="onnxruntime rows only: skip Keras, TF Lite, OpenVINO and LiteRT")
     r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     r.add_argument("--data", help="where the training data is now, if it moved")
@@ -173,6 +189,7 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
     settings = RunSettings(
         batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations), memory=args.memory,
         profile=args.profile, tools=args.tools, threads=args.threads,
+        yardstick_s=_yardstick_default() if args.yardstick_s is None else args.yardstick_s,
         loadgen=LoadGenSettings(**{k: v for k, v in limits.items() if v is not None}, latency_bound_ms=args.latency_bound_ms,
                                 server_search_s=args.server_search_s, mlperf_rules=args.mlperf_rules),
         session=SessionSettings(graph_optimization=args.graph_optimization,

@@ -26,7 +26,7 @@ from trainer.artifacts import Artifacts
 
 OPTIONS = ("artifacts", "models", "variants", "providers", "operations", "batch-sizes", "rounds", "min-queries",
            "min-duration", "latency-bound-ms", "server-search-s", "mlperf-rules", "threads", "graph-optimization",
-           "cudnn-algo-search", "memory", "profile", "tools", "data", "report-dir")
+           "cudnn-algo-search", "memory", "profile", "tools", "yardstick-s", "data", "report-dir")
 FLAGS = ("mlperf-rules",)  # given as --fmnist-mlperf-rules=1 (or $FMNIST_BENCH_MLPERF_RULES=1)
 
 

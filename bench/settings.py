@@ -176,11 +176,14 @@ class RunSettings:
     profile: str = "on"
     # The peers' own benchmark tools on the same files and shapes, beside their rows (bench/measure/tools.py).
     tools: str = "on"
+    # Seconds of calls per yardstick candidate (bench/measure/peaks.py), at the run's start and at its end.
+    yardstick_s: float = 1.0
 
     def __post_init__(self) -> None:
         _require(self.memory in MEMORY, "--memory", self.memory, " or ".join(MEMORY))
         _require(self.profile in PROFILE, "--profile", self.profile, " or ".join(PROFILE))
         _require(self.tools in PROFILE, "--tools", self.tools, " or ".join(PROFILE))
+        _require(0 <= self.yardstick_s <= 600, "--yardstick-s", self.yardstick_s, "between 0 and 600 seconds")
         _require(1 <= self.rounds <= 1000, "--rounds", self.rounds, "between 1 and 1000")
         _require(0 <= self.warmup_rounds <= 100, "--warmup-rounds", self.warmup_rounds, "between 0 and 100")
         _require(bool(self.batch_sizes) and all(b >= 0 for b in self.batch_sizes), "--batch-sizes", self.batch_sizes,

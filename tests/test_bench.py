@@ -376,11 +376,17 @@ def test_the_bench_refuses_a_swapped_or_stale_file(tiny_export: Artifacts, tmp_p
 
 @pytest.mark.parametrize(("option", "value"), [("--rounds", "0"), ("--min-queries", "0"), ("--min-duration", "nan"),
                                                ("--min-duration", "-1"), ("--threads", "-1"), ("--batch-sizes", "0"),
-                                               ("--providers", "cpu,gpu"), ("--rounds", "1e9")])
+                                               ("--providers", "cpu,gpu"), ("--rounds", "1e9"), ("--yardstick-s", "-1")])
 def test_impossible_run_options_are_refused(option: str, value: str, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", f"{option}={value}"])
     assert exit_info.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+
+
+def test_a_bad_yardstick_duration_in_the_environment_is_one_line(tiny_export: Artifacts, monkeypatch, capsys):
+    monkeypatch.setenv("FMNIST_BENCH_YARDSTICK_S", "soon")
+    assert main(["run", "--artifacts", str(tiny_export.root), *FAST_RUN]) == 2
+    assert "$FMNIST_BENCH_YARDSTICK_S: " in capsys.readouterr().err
 
 
 def test_an_unknown_model_is_named(tiny_export: Artifacts, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from bench.measure.peaks import as_records, cpu_mhz, measure_yardsticks, theoretical_gops
+from bench.measure.peaks import as_records, best_of, cpu_mhz, measure_yardsticks, theoretical_gops
 from trainer.environment import machine_info
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,14 +27,20 @@ def gpu_name() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def machine(threads: tuple[int, ...] = (0,)) -> dict:
+def machine(threads: tuple[int, ...] = (0,), yardstick_s: float = 1.0) -> dict:
     """The machine a run measures on, with its yardsticks at each of ``threads`` (bench/measure/peaks.py)."""
     info = machine_info()
     mhz = cpu_mhz()
     info.update(host=socket.gethostname(), gpu=gpu_name(), onnxruntime_providers_available=ort.get_available_providers(),
                 cpu_mhz=mhz, theoretical_gops=theoretical_gops(tuple(info["isa"]), info["cores"] or 1, mhz),
-                yardsticks=as_records([y for t in dict.fromkeys(threads) for y in measure_yardsticks(t)]))
+                yardsticks=yardsticks(threads, yardstick_s))
     return info
+
+
+def yardsticks(threads: tuple[int, ...], seconds: float, before: list[dict] | None = None) -> list[dict]:
+    """The yardsticks at each of ``threads``, each the best of this measurement and ``before`` (a run measures
+    them at its start and again at its end)."""
+    return best_of(before or [], as_records([y for t in dict.fromkeys(threads) for y in measure_yardsticks(t, seconds)]))
 
 
 def commit_info(repo: Path = REPO) -> dict:
