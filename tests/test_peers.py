@@ -90,7 +90,7 @@ def test_peer_rows_run_through_the_measurement_core(tiny_export: Artifacts, tmp_
     capsys.readouterr()
     assert main(["summary", str(next((tmp_path / "first").glob("bench-*.json")))]) == 0
     out = capsys.readouterr().out
-    assert "yardsticks (the fastest large GEMM an installed runtime reaches here): " in out and "% of peak" in out
+    assert "yardsticks (the fastest large GEMM or 3x3 convolution an installed runtime reaches here): " in out and "% of peak" in out
     names = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| model1")]
     picked = by_id["model1-fp32-openvino-predict-b128"].provider_options["inference_precision"]
     assert names == [f"OpenVINO default ({picked})", "OpenVINO int8", "OpenVINO f32", "OpenVINO int8 (f32 hint)",

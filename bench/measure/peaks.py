@@ -107,7 +107,7 @@ def describe_yardsticks(machine: dict) -> str:
     bound = machine.get("theoretical_gops") or {}
     bound_text = (f"; the ISA's bound at {machine.get('cpu_mhz'):.0f} MHz, every logical CPU a core with two FMA ports: "
                   + ", ".join(f"{kind} {gops:.0f}" for kind, gops in sorted(bound.items())) if bound else "")
-    return f"yardsticks (the fastest large GEMM an installed runtime reaches here): {measured}{bound_text}"
+    return f"yardsticks (the fastest large GEMM or 3x3 convolution an installed runtime reaches here): {measured}{bound_text}"
 
 
 def theoretical_gops(flags: tuple[str, ...], logical_cpus: int, mhz: float | None) -> dict[str, float]:

@@ -293,9 +293,10 @@ def markdown_summary(paths: list[Path], batch_size: int = 128) -> str:
     peak = ("\nof it call overhead: the median single query on a trivial model (3,920 multiply-adds) of the same "
             "interface, through the same runtime, call path and settings: what the runtime costs before the model "
             "computes anything.\n"
-            "% of peak: GFLOP/s as a share of the fastest large matrix product that an installed runtime reaches on "
-            "the same machine in the row's own arithmetic (the 'peak of' column: fp32, fp16, bf16 or int8); none for "
-            "CUDA rows, nor where that arithmetic has no yardstick.\n")
+            "% of peak: GFLOP/s as a share of the fastest large matrix product or convolution that an installed "
+            "runtime reaches on the same machine in the row's own arithmetic (the 'peak of' column: fp32, bf16 or "
+            "int8; an fp16 file on onnxruntime's CPU provider computes in fp32), measured at the run's start and "
+            "end; none for CUDA rows, nor where that arithmetic has no yardstick.\n")
     if frame.get("single-stream p50 ms") is not None and frame["single-stream p50 ms"].notna().any():
         peak += ("\nsingle-stream p50/p90/p99: MLPerf LoadGen's, from a query's scheduled issue to its completion; "
                  "LoadGen's own µs: its latency with a system under test that does nothing (same run), part of every "
