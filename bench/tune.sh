@@ -24,8 +24,7 @@ exported() {  # exported NAME VARIANT [fmnist-export options]: a variant made an
     bench "$name" --artifacts "$tune/$name" --variants "$variant"
 }
 
-bench defaults --variants fp32,int8
-bench threads-1 --variants fp32,int8 --threads 1
+bench defaults --variants fp32,int8 --threads 0,1  # the 1-thread rows (ids -t1) beside the default's, in its summary
 bench graph-extended --variants fp32,int8 --graph-optimization extended
 bench graph-basic --variants fp32,int8 --graph-optimization basic
 bench graph-disable --variants fp32,int8 --graph-optimization disable
@@ -37,7 +36,10 @@ exported int8-no-affine-rewrite int8 --no-affine-rewrite "$@"
 exported int8-percentile int8 --int8-calibration percentile "$@"
 
 base=$(latest "$tune/defaults/reports")
-for name in threads-1 graph-extended graph-basic graph-disable fp32-converted fp32-fold-into-conv \
+echo "## threads: the default's rows and one thread's"
+fmnist-bench summary "$base"
+echo
+for name in graph-extended graph-basic graph-disable fp32-converted fp32-fold-into-conv \
             int8-qoperator int8-s8s8 int8-no-affine-rewrite int8-percentile; do
     echo "## $name against the defaults"
     fmnist-bench compare "$base" "$(latest "$tune/$name/reports")"
