@@ -206,8 +206,6 @@ def shown(path: Path) -> Path:
     return known_as(path.parent) / path.name
 
 
-
-
 def _quoted(value: object) -> str:
     """User-controlled text in an error line (a manifest's key or value), cut so a hostile one cannot flood it."""
     return clip(repr(value), 60)

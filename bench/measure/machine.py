@@ -27,7 +27,7 @@ def gpu_name() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def machine(threads: tuple[int, ...] = (0,), yardstick_s: float = 1.0) -> dict:
+def machine(threads: tuple[int, ...], yardstick_s: float) -> dict:
     """The machine a run measures on, with its yardsticks at each of ``threads`` (bench/measure/peaks.py)."""
     info = machine_info()
     mhz = cpu_mhz()

@@ -47,10 +47,11 @@ class Yardstick:
 
 
 def measure_yardsticks(threads: int = 0, seconds: float = 1.0, repeats: int = 5) -> list[Yardstick]:
-    """Every yardstick the installed runtimes give on this machine, at ``threads``: each candidate's fastest call
-    of at least ``repeats`` and ``seconds`` of calls. A peak is the best a machine does, and on a shared virtual
-    machine the same product varies by 2x from call to call (AMX's most of all): a few calls can miss it."""
-    best: dict[tuple[str, str], float] = {}
+    """Every candidate the installed runtimes give on this machine, at ``threads`` (an arithmetic and runtime may
+    come twice, as a product and as a convolution: :func:`best_of` keeps the faster): each candidate's fastest
+    call of at least ``repeats`` and ``seconds`` of calls. A peak is the best a machine does, and on a shared
+    virtual machine the same product varies by 2x from call to call (AMX's most of all): a few calls can miss it."""
+    found = []
     for arithmetic, runtime, build, multiply_adds in _candidates():
         try:
             run = build(threads)
@@ -60,9 +61,8 @@ def measure_yardsticks(threads: int = 0, seconds: float = 1.0, repeats: int = 5)
         times, started = [], time.perf_counter()
         while len(times) < repeats or time.perf_counter() - started < seconds:
             times.append(_seconds(run))
-        gops = 2 * multiply_adds / min(times) / 1e9
-        best[(arithmetic, runtime)] = max(gops, best.get((arithmetic, runtime), 0.0))
-    return [Yardstick(arithmetic, runtime, gops, threads) for (arithmetic, runtime), gops in best.items()]
+        found.append(Yardstick(arithmetic, runtime, 2 * multiply_adds / min(times) / 1e9, threads))
+    return found
 
 
 def peak_gops(yardsticks: list[dict], arithmetic: str, threads: int = 0) -> float | None:
@@ -76,7 +76,8 @@ def as_records(yardsticks: list[Yardstick]) -> list[dict]:
 
 
 def best_of(*measured: list[dict]) -> list[dict]:
-    """Each yardstick's best over several measurements (records of :func:`as_records`), in first-seen order.
+    """Each yardstick's best over several measurements (records of :func:`as_records`), in first-seen order: of
+    a product and a convolution of the same arithmetic and runtime, and of a run's two measurements.
 
     A run measures them at its start and again at its end: on a shared VM the vector units run at one speed
     for minutes and then at another (AMX's by 2x), and a peak taken only before the cases can sit below a row
@@ -148,8 +149,8 @@ def _candidates() -> list[tuple[str, str, Callable[[int], Callable[[], object]],
     OpenVINO's AMX bf16 ones do) of each arithmetic on each runtime."""
     gemm, conv = SIZE**3, CONV_BATCH * CONV_SIDE**2 * CONV_CHANNELS**2 * 9
     found = []
-    for kind, multiply_adds, float_graph, int8_graph, feed in (("gemm", gemm, _matmul, _qdq_matmul, _input),
-                                                               ("conv", conv, _conv, _qdq_conv, _conv_input)):
+    for multiply_adds, float_graph, int8_graph, feed in ((gemm, _matmul, _qdq_matmul, _input),
+                                                         (conv, _conv, _qdq_conv, _conv_input)):
         found += [("fp32", "onnxruntime", lambda t, g=float_graph, f=feed: _ort(g(), t, f), multiply_adds),
                   ("int8", "onnxruntime", lambda t, g=int8_graph, f=feed: _ort(g(), t, f), multiply_adds),
                   ("fp32", "openvino", lambda t, g=float_graph, f=feed: _openvino(g(), "f32", t, f), multiply_adds),
