@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default on)")
     r.add_argument("--yardstick-s", type=_number(float, 0, 600),
                    help="seconds of calls per yardstick candidate, at the run's start and again at its end (the best "
-                        f"is kept; default {DEFAULT.yardstick_s:g}, or $FMNIST_BENCH_YARDSTICK_S)")
+                        f"is kept; 0: none, and no row gets a share of peak; default {DEFAULT.yardstick_s:g}, or "
+                        "$FMNIST_BENCH_YARDSTICK_S)")
     r.add_argument("--no-reference", action="store_true", help="onnxruntime rows only: skip Keras, TF Lite, OpenVINO and LiteRT")
     r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     r.add_argument("--data", help="where the training data is now, if it moved")

@@ -176,7 +176,7 @@ class RunSettings:
     profile: str = "on"
     # The peers' own benchmark tools on the same files and shapes, beside their rows (bench/measure/tools.py).
     tools: str = "on"
-    # Seconds of calls per yardstick candidate (bench/measure/peaks.py), at the run's start and at its end.
+    # Seconds of calls per yardstick candidate (bench/measure/peaks.py), at the run's start and at its end; 0: none.
     yardstick_s: float = 1.0
 
     def __post_init__(self) -> None:

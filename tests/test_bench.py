@@ -27,7 +27,9 @@ from bench.runtimes.ort import OrtSUT
 from tiny import child_env, run_python
 from trainer.artifacts import Artifacts
 
-FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--tools", "off", "--quiet"]
+# Tiny runs: one round, a few queries, no peers' tools, no memory probe (a process per case: the tests of memory
+# ask for it).
+FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--tools", "off", "--memory", "off", "--quiet"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,7 @@ def _latest_report(art: Artifacts) -> Path:
 
 
 def test_run_writes_a_versioned_report_with_honest_providers(tiny_export: Artifacts):
-    assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", *FAST_RUN]) == 0
+    assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", *FAST_RUN, "--memory", "on"]) == 0
     path = _latest_report(tiny_export)
     report = load(path)
     assert report.schema_version == 3
@@ -86,7 +88,7 @@ def _pytest_suite(art: Artifacts, out: Path, *options: str) -> subprocess.Comple
 def test_pytest_benchmark_suite_on_tiny_models(tiny_export: Artifacts, tmp_path: Path):
     out = tmp_path / "pb.json"
     result = _pytest_suite(tiny_export, out, "--fmnist-providers=cuda,cpu,keras", "--fmnist-operations=predict,single-stream",
-                           "--fmnist-batch-sizes=128,all", "--fmnist-min-queries=5", "--fmnist-min-duration=0",
+                           "--fmnist-batch-sizes=128,all", "--fmnist-min-queries=5", "--fmnist-min-duration=0", "--fmnist-memory=off",
                            "--fmnist-rounds=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     benchmarks = {b["name"]: b for b in json.loads(out.read_text())["benchmarks"]}
@@ -114,10 +116,10 @@ TIMING_FIELDS = {"median_s", "min_s", "max_s", "iqr_s", "times_s", "throughput_i
 def test_each_case_reports_its_own_peak_memory(tiny_export: Artifacts, tmp_path: Path):
     """A case measured after a heavy one (Keras loads TensorFlow into the bench's process) reports what it holds
     alone, not the process's history: the same figure as when it is measured first, and far below Keras'."""
-    options = ["--operations", "predict", "--batch-sizes", "128", *FAST_RUN]
+    options = ["--operations", "predict", "--batch-sizes", "128", *FAST_RUN, "--memory", "on"]
 
     def peaks(report_dir: Path, *selection: str) -> dict[str, float]:
-        assert main(["run", "--artifacts", str(tiny_export.root), "--report-dir", str(report_dir), *selection, *options]) == 0
+        assert main(["run", "--artifacts", str(tiny_export.root), "--report-dir", str(report_dir), *options, *selection]) == 0
         (path,) = report_dir.glob("bench-*.json")
         return {f"{r.variant}-{r.provider}": r.peak_rss_mb for r in load(path).records}
 
@@ -136,8 +138,8 @@ ROUNDS = {"predict": 2, "single-stream": 7, "multi-stream": 662, "server": 1024,
 
 
 @pytest.mark.parametrize("selection", [
-    {"providers": "cpu,keras", "operations": "predict,single-stream"},
-    {"providers": "cpu", "operations": "predict,single-stream,multi-stream,server,offline,accuracy"},
+    {"providers": "cpu,keras", "operations": "predict,single-stream", "memory": "off"},  # Keras' probe loads TensorFlow
+    {"providers": "cpu", "operations": "predict,single-stream,multi-stream,server,offline,accuracy", "memory": "on"},
 ], ids=["predict-and-single-stream", "loadgen-scenarios"])
 @pytest.mark.slow
 def test_both_front_doors_give_the_same_record(tiny_export: Artifacts, tmp_path: Path, selection: dict):
@@ -398,6 +400,7 @@ def test_threads_give_a_row_per_count_with_the_call_overhead_and_the_profile(tin
     report_dir = tmp_path / "threads"
     assert main(["run", "--artifacts", str(tiny_export.root), "--providers", "cpu,keras", "--variants", "fp32,int8",
                  "--operations", "predict,single-stream", "--batch-sizes", "128", "--threads", "1,2", "--memory", "off",
+                 "--yardstick-s", "0.05",
                  "--report-dir", str(report_dir), *FAST_RUN]) == 0
     path = max(report_dir.glob("bench-*.json"))
     run = load(path)

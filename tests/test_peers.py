@@ -24,7 +24,8 @@ from tiny import run_python
 from trainer.artifacts import Artifacts
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--batch-sizes", "128", "--tools", "off", "--quiet"]
+FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--batch-sizes", "128", "--tools", "off", "--memory",
+            "off", "--quiet"]
 
 
 def _run(art: Artifacts, report_dir: Path, *options: str) -> list[BenchRecord]:
@@ -42,7 +43,7 @@ def _copy_without_litert_cache(tiny_export: Artifacts, dest: Path) -> Artifacts:
 @pytest.mark.slow
 def test_peer_rows_run_through_the_measurement_core(tiny_export: Artifacts, tmp_path: Path, monkeypatch, capsys):
     records = _run(tiny_export, tmp_path / "first", "--providers", "openvino,openvino-f32,litert", "--variants", "fp32,int8",
-                   "--operations", "predict,single-stream")
+                   "--operations", "predict,single-stream", "--yardstick-s", "0.05")
     by_id = {r.id: r for r in records}
     assert set(by_id) == {f"model1-{variant}-{provider}-{operation}"
                           for variant in ("fp32", "int8") for provider in ("openvino", "openvino-f32", "litert")
@@ -193,10 +194,9 @@ def test_make_sut_builds_the_peers(tiny_export: Artifacts):
 def test_the_peers_own_tools_run_beside_their_rows(tiny_export: Artifacts, tmp_path: Path):
     """benchmark_app on the same .onnx file and batch, litert-benchmark on the same .tflite at batch 1."""
     report_dir = tmp_path / "tools"
-    options = [o for o in FAST_RUN if o not in ("--tools", "off")]
     assert main(["run", "--artifacts", str(tiny_export.root), "--providers", "openvino,litert", "--variants", "int8",
-                 "--operations", "predict,single-stream", "--memory", "off", "--report-dir", str(report_dir),
-                 "--min-duration", "1", *options]) == 0
+                 "--operations", "predict,single-stream", "--report-dir", str(report_dir), *FAST_RUN,
+                 "--tools", "on"]) == 0
     by_id = {r.id: r for r in load(max(report_dir.glob("bench-*.json"))).records}
     for key, tool, batch in (("openvino-predict-b128", "benchmark_app", 128), ("openvino-single-stream-b1", "benchmark_app", 1),
                              ("litert-single-stream-b1", "litert-benchmark", 1)):

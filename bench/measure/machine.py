@@ -39,7 +39,9 @@ def machine(threads: tuple[int, ...], yardstick_s: float) -> dict:
 
 def yardsticks(threads: tuple[int, ...], seconds: float, before: list[dict] | None = None) -> list[dict]:
     """The yardsticks at each of ``threads``, each the best of this measurement and ``before`` (a run measures
-    them at its start and again at its end)."""
+    them at its start and again at its end); none at 0 seconds (``--yardstick-s 0``: no row gets a share of peak)."""
+    if seconds == 0:
+        return before or []
     return best_of(before or [], as_records([y for t in dict.fromkeys(threads) for y in measure_yardsticks(t, seconds)]))
 
 
