@@ -46,11 +46,14 @@ def _latest_report(art: Artifacts) -> Path:
 
 
 def test_run_writes_a_versioned_report_with_honest_providers(tiny_export: Artifacts):
-    assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", *FAST_RUN, "--memory", "on"]) == 0
+    assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", *FAST_RUN, "--memory", "on",
+                 "--yardstick-s", "0"]) == 0
     path = _latest_report(tiny_export)
     report = load(path)
     assert report.schema_version == 3
     assert {"cpu", "cpu_class", "isa", "cores", "versions", "yardsticks", "onnxruntime_providers_available"} <= set(report.machine)
+    assert report.machine["yardsticks"] == []  # --yardstick-s 0: none measured, and said so
+    assert "installed runtime reaches here): none measured" in path.with_suffix(".md").read_text()
     assert set(report.commit) == {"id", "dirty", "branch"} and len(report.commit["id"]) == 40
     ran = [r for r in report.records if not r.skipped]
     assert {(r.variant, r.operation, r.batch_size) for r in ran if r.provider == "cpu"} >= {
