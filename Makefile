@@ -60,9 +60,10 @@ train: setup
 	$(BIN)/fmnist-bench run
 	$(BIN)/fmnist-bench report
 
-# One worker per core, a test file each (its module fixtures built once); `pytest -m "not slow"` is the quick part.
+# One worker per core, a test file each (its module fixtures built once), the longest files first (tests/conftest.py);
+# `pytest -m "not slow"` is the quick part.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) artifacts/demo
