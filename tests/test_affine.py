@@ -49,6 +49,7 @@ def test_dense_affine_stays_in_float(tmp_path: Path):
     assert float_affine_nodes(_affine_graph((1, 3, 1, 1), ["batch", 3, 5, 5])) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rewrite", [True, False])
 def test_int8_model2_quantizes_its_batchnorm_as_depthwise_conv(tmp_path: Path, rewrite: bool):
     art = train("model2", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=600))

@@ -45,6 +45,7 @@ def _latest_report(art: Artifacts) -> Path:
     return max(art.reports_dir.glob("bench-*.json"))
 
 
+@pytest.mark.slow
 def test_run_writes_a_versioned_report_with_honest_providers(tiny_export: Artifacts):
     assert main(["run", "--artifacts", str(tiny_export.root), "--no-reference", *FAST_RUN, "--memory", "on",
                  "--yardstick-s", "0"]) == 0
@@ -293,6 +294,7 @@ def test_a_model_with_a_wrong_input_shape_gives_a_clear_error(tmp_path: Path):
         OrtSUT(path)
 
 
+@pytest.mark.slow
 def test_nothing_exported_says_what_to_run(tmp_path: Path, capsys):
     assert main(["run", "--artifacts", str(tmp_path / "empty")]) == 2
     assert "nothing exported yet; run: fmnist-train all && fmnist-export all" in capsys.readouterr().err
@@ -318,6 +320,7 @@ def test_multiply_adds_are_counted_from_the_graph(tiny_export: Artifacts):
         assert multiply_adds_per_image(tiny_export.onnx_dir / name) == expected
 
 
+@pytest.mark.slow
 def test_bench_runs_without_tensorflow(tiny_export: Artifacts, tmp_path: Path):
     art = tmp_path / "art"
     shutil.copytree(tiny_export.root, art)
@@ -399,7 +402,15 @@ def test_an_unknown_model_is_named(tiny_export: Artifacts, capsys):
     assert "--models modle2: not exported" in capsys.readouterr().err
 
 
-def test_threads_give_a_row_per_count_with_the_call_overhead_and_the_profile(tiny_export: Artifacts, tmp_path: Path, capsys):
+def test_threads_give_a_row_per_count_with_the_call_overhead_and_the_profile(tiny_export: Artifacts, tmp_path: Path, capsys,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    # The run asks for the yardsticks at each thread count; what they measure is test_measure.py's (at one thread
+    # each product's five calls take seconds, and a run measures them twice).
+    from bench.measure import machine as machine_module  # noqa: PLC0415
+    from bench.measure.peaks import Yardstick  # noqa: PLC0415
+
+    monkeypatch.setattr(machine_module, "measure_yardsticks", lambda threads, seconds: [
+        Yardstick("fp32", "onnxruntime", 100.0, threads), Yardstick("int8", "onnxruntime", 400.0, threads)])
     report_dir = tmp_path / "threads"
     assert main(["run", "--artifacts", str(tiny_export.root), "--providers", "cpu,keras", "--variants", "fp32,int8",
                  "--operations", "predict,single-stream", "--batch-sizes", "128", "--threads", "1,2", "--memory", "off",

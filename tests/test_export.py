@@ -40,6 +40,7 @@ def _onnx_files(art: Artifacts) -> list[str]:
     return sorted(p.name for p in art.onnx_dir.glob("*") if not p.name.startswith("manifest.")) if art.onnx_dir.exists() else []
 
 
+@pytest.mark.slow
 def test_every_variant_is_exported_checked_and_described(art: Artifacts):
     assert main(["model1", "--artifacts", str(art.root), *LENIENT]) == 0
     assert _onnx_files(art) == ["model1.fp16.onnx", "model1.int8.onnx", "model1.onnx"]
@@ -208,6 +209,7 @@ def _consistent(art: Artifacts) -> dict[str, str]:
     return {name: verify_file(live, entry).read_bytes().hex()[:0] + entry.sha256 for name, entry in manifest.files.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_at", ["populating", "writing", "before the swap"])
 def test_an_export_is_published_whole_or_not_at_all(art: Artifacts, crash_at: str, monkeypatch: pytest.MonkeyPatch):
     assert main(["model1", "--artifacts", str(art.root), *LENIENT]) == 0
@@ -231,6 +233,7 @@ def test_an_export_is_published_whole_or_not_at_all(art: Artifacts, crash_at: st
     assert len(list(publish.store_dir(art.onnx_dir).glob("gen-*"))) == 2  # the live one and the one before
 
 
+@pytest.mark.slow
 def test_the_int8_target_chooses_seven_bit_or_full_range_weights_and_says_so(art: Artifacts, tmp_path: Path):
     """--int8-target avx2: every quantized weight in -64..64 (no u8 x s8 pair sum can saturate int16 without VNNI);
     vnni: full-range weights; auto: by this machine's flags; the file records which."""

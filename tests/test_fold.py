@@ -140,6 +140,7 @@ def test_affine_moves_after_a_maxpool(tmp_path: Path):
     np.testing.assert_allclose(run_onnx(moved, X, tmp_path, "moved"), run_onnx(model, X, tmp_path, "ref"), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph, muls", [("depthwise", 0), ("fold", 0), ("converted", 4)])
 def test_export_fp32_graphs_pass_the_parity_gate(tmp_path: Path, graph: str, muls: int):
     """Every --fp32-graph is the same function: the export's parity gate against Keras (1e-4) passes, and

@@ -207,6 +207,7 @@ def test_idx_with_wrong_image_size_is_refused_before_labels(idx_dir: Path):
 
 # =========================================================================== .npy family: legitimate files
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", range(6))
 def test_npy_of_every_pickle_protocol_loads_with_the_same_hash(tmp_path: Path, protocol: int):
     study = _study_dict()

@@ -51,6 +51,7 @@ def _by_operation(path: Path) -> dict[str, BenchRecord]:
     return {r.operation: r for r in report.records}
 
 
+@pytest.mark.slow
 def test_single_stream_and_multi_stream_are_loadgens(every_scenario: Path):
     records = _by_operation(every_scenario)
     single, multi = records["single-stream"], records["multi-stream"]
@@ -66,6 +67,7 @@ def test_single_stream_and_multi_stream_are_loadgens(every_scenario: Path):
     assert multi.throughput_ips == pytest.approx(8 / multi.median_s)
 
 
+@pytest.mark.slow
 def test_offline_sends_every_sample_in_the_runtimes_batches(every_scenario: Path):
     offline = _by_operation(every_scenario)["offline"]
     lg = offline.loadgen
@@ -75,6 +77,7 @@ def test_offline_sends_every_sample_in_the_runtimes_batches(every_scenario: Path
     assert len(offline.times_s) == offline.rounds >= lg["samples_per_query"] // 32  # one time per batch
 
 
+@pytest.mark.slow
 def test_accuracy_mode_gives_the_accuracy_predict_gives(every_scenario: Path):
     records = _by_operation(every_scenario)
     accuracy, predict = records["accuracy"], records["predict"]
@@ -91,6 +94,7 @@ def test_accuracy_mode_logs_the_runtimes_real_outputs(tiny_export: Artifacts):
     np.testing.assert_allclose(run.outputs, sut.predict(split.x, 16), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_server_search_finds_a_valid_rate_under_the_bound(every_scenario: Path):
     server = _by_operation(every_scenario)["server"]
     found = server.server
@@ -103,6 +107,7 @@ def test_the_server_search_finds_a_valid_rate_under_the_bound(every_scenario: Pa
     assert server.loadgen["logs"].startswith("model1-fp32-cpu-server-b1/trial-")
 
 
+@pytest.mark.slow
 def test_loadgens_logs_are_kept_beside_the_results_file(every_scenario: Path):
     folder = loadgen_folder(every_scenario)
     assert folder.name == every_scenario.stem + ".loadgen" and (folder / "loadgen-noop" / "mlperf_log_summary.txt").is_file()
@@ -117,6 +122,7 @@ def test_loadgens_logs_are_kept_beside_the_results_file(every_scenario: Path):
     assert "| LoadGen |" in table and "accuracy" in table and "max " in table
 
 
+@pytest.mark.slow
 def test_summary_and_compare_read_the_new_records(every_scenario: Path, capsys):
     assert main(["summary", str(every_scenario), "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
@@ -224,6 +230,7 @@ def test_results_of_schema_2_are_still_read_and_a_damaged_loadgen_field_is_refus
         load(tmp_path / "bad.json")
 
 
+@pytest.mark.slow
 def test_without_loadgen_its_scenarios_are_skipped_and_the_rest_runs(tiny_export: Artifacts, tmp_path: Path):
     run = ["run", "--artifacts", str(tiny_export.root), "--report-dir", str(tmp_path), "--providers", "cpu", "--variants", "fp32",
            "--operations", "predict,single-stream,server", *SHORT]

@@ -138,6 +138,7 @@ def test_peers_are_selectable_on_both_front_doors(tiny_export: Artifacts):
     assert {c.provider for c in selection(no_reference)[1]} == {"cpu", "cuda"}  # onnxruntime only
 
 
+@pytest.mark.slow
 def test_a_missing_peer_is_a_skipped_row_with_its_reason(tiny_export: Artifacts, tmp_path: Path):
     art = _copy_without_litert_cache(tiny_export, tmp_path / "art")
     run = ["run", "--artifacts", str(art.root), "--variants", "fp32", "--operations", "predict", *FAST_RUN]
@@ -161,6 +162,7 @@ assert main({run!r} + ['--providers', 'litert', '--report-dir', {str(tmp_path / 
     assert not (art.root / "litert").exists()
 
 
+@pytest.mark.slow
 def test_the_bench_runs_without_tensorflow_or_openvino(tiny_export: Artifacts, tmp_path: Path):
     """onnxruntime rows need neither; LiteRT rows need TensorFlow only to convert, not to run a cached conversion."""
     art = _copy_without_litert_cache(tiny_export, tmp_path / "art")

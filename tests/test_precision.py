@@ -86,6 +86,7 @@ def test_an_experiment_table_from_before_precision_reads_as_fp32(tmp_path: Path)
 
 # --------------------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_a_bf16_model_computes_in_bf16_on_float32_weights_with_a_float32_output(bf16: Artifacts, idx: Path):
     meta = RunMetadata.read(bf16.metadata_file("model1"))
     assert meta.config["precision"] == "bf16"
@@ -105,6 +106,7 @@ def test_a_bf16_model_computes_in_bf16_on_float32_weights_with_a_float32_output(
     assert probabilities.dtype == np.float32 and np.allclose(probabilities.sum(-1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fp32_and_bf16_models_train_one_after_another_in_one_process(bf16: Artifacts, idx: Path, tmp_path: Path):
     art = Artifacts(tmp_path / "art")
     assert train_main(["model1", "--data", str(idx), "--artifacts", str(art.root), *TINY]) == 0
@@ -122,6 +124,7 @@ def test_fp32_and_bf16_models_train_one_after_another_in_one_process(bf16: Artif
     assert list(table1(art, ["model1"])["Precision"]) == ["fp32"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("first", "second"), [("bf16", "fp32"), ("fp32", "bf16")])
 def test_a_checkpoint_is_never_resumed_under_another_precision(first: str, second: str, idx: Path, tmp_path: Path):
     dataset = data.load_dataset(idx)
@@ -142,6 +145,7 @@ def test_a_checkpoint_is_never_resumed_under_another_precision(first: str, secon
     assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1]
 
 
+@pytest.mark.slow
 def test_a_sweep_records_its_precision_in_each_row(idx: Path, tmp_path: Path):
     art = tmp_path / "art"
     assert train_main(["sweep", "model1", "--grid", "epochs=1", "--data", str(idx), "--artifacts", str(art),

@@ -84,6 +84,7 @@ def test_verbose_is_read_from_the_options():
     assert not quiet.verbose_requested(["model1", "--", "--verbose"]) and not quiet.verbose_requested(["model1"])
 
 
+@pytest.mark.slow
 def test_commands_are_quiet_by_default(trained, tmp_path: Path):
     art, train = trained
     assert _noise(train) == [], _noise(train)
@@ -94,6 +95,7 @@ def test_commands_are_quiet_by_default(trained, tmp_path: Path):
     assert report.stdout.startswith("wrote ")
 
 
+@pytest.mark.slow
 def test_verbose_lets_the_libraries_speak(tmp_path: Path):
     import tensorflow as tf
 
@@ -106,6 +108,7 @@ def test_verbose_lets_the_libraries_speak(tmp_path: Path):
         assert any("cudart_stub" in line for line in _noise(result)), result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_failing_command_still_prints_its_error_line(tmp_path: Path):
     result = _run("fmnist-train", "model1", "--data", str(tmp_path / "nowhere"), "--artifacts", str(tmp_path / "art"))
     assert result.returncode == 2

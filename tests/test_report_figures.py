@@ -226,6 +226,7 @@ def test_tradeoff_points_are_per_image_at_the_batch_asked():
 # A quiet terminal
 
 
+@pytest.mark.slow
 def test_the_report_does_not_load_tensorflow(art: Artifacts, tmp_path: Path):
     """REPORT.md is written where only the bench is installed (an edge device): TensorFlow is never imported."""
     result = run_python(f"from bench.cli import main; assert main(['report', '--artifacts', {str(art.root)!r}, "

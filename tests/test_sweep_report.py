@@ -24,6 +24,7 @@ def _rows(art: Path) -> pd.DataFrame:
     return pd.read_csv(art / "reports" / "experiments.csv")
 
 
+@pytest.mark.slow
 def test_sweep_writes_a_row_per_configuration_and_never_reruns_one(idx_dir: Path, artifacts_dir: Path, capsys):
     argv = ["sweep", "model1", "--grid", "optimizer=sgd,adam", "--epochs", "1", "--data", str(idx_dir), *TINY]
     assert main(argv) == 0
@@ -65,6 +66,7 @@ def test_a_row_shared_by_two_sweeps_is_run_once_and_shown_in_both(idx_dir: Path,
     assert shared["sweep"] == "optimizer=sgd,adam; lr=0.001,0.002; epochs=1,2"
 
 
+@pytest.mark.slow
 def test_epoch_sweep_is_one_run_evaluated_at_each_epoch(idx_dir: Path, artifacts_dir: Path, capsys):
     assert main(["sweep", "model1", "--grid", "epochs=1,2", "--data", str(idx_dir), *TINY]) == 0
     rows = _rows(artifacts_dir).set_index("epochs")
@@ -76,6 +78,7 @@ def test_epoch_sweep_is_one_run_evaluated_at_each_epoch(idx_dir: Path, artifacts
     assert rows.loc[1, "training_time_min"] < rows.loc[2, "training_time_min"]
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes(idx_dir: Path, tmp_path: Path):
     dataset = data.load_dataset(idx_dir).limit(200)
     splits = data.split_dataset(dataset)

@@ -31,6 +31,7 @@ def _config(name: str = "model1", **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+@pytest.mark.slow
 def test_cli_writes_every_artifact_of_the_report(idx_dir: Path, artifacts_dir: Path):
     assert main(["model1", "--data", str(idx_dir), *TINY]) == 0
     art = Artifacts(artifacts_dir)
@@ -58,6 +59,7 @@ def test_cli_writes_every_artifact_of_the_report(idx_dir: Path, artifacts_dir: P
     assert accuracy == pytest.approx(meta.test["accuracy"])
 
 
+@pytest.mark.slow
 def test_cli_reads_the_reports_npy(report_npy: Path, artifacts_dir: Path):
     assert main(["model2", "--data", str(report_npy), *TINY]) == 0
     meta = json.loads((artifacts_dir / "models" / "model2.json").read_text())
@@ -65,6 +67,7 @@ def test_cli_reads_the_reports_npy(report_npy: Path, artifacts_dir: Path):
     assert meta["schema_version"] == 1
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_where_it_stopped(idx_dir: Path, tmp_path: Path):
     dataset = data.load_dataset(idx_dir)
     splits = data.split_dataset(dataset)
@@ -102,6 +105,7 @@ class _State(keras.callbacks.Callback):
         self.after_epoch[epoch] = self._now()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_from_the_exact_weights_and_optimizer_state(idx_dir: Path, tmp_path: Path):
     dataset = data.load_dataset(idx_dir)
     splits = data.split_dataset(dataset)
@@ -125,6 +129,7 @@ def test_a_resumed_run_continues_from_the_exact_weights_and_optimizer_state(idx_
         np.testing.assert_array_equal(a, b)  # and training continues the same way each time
 
 
+@pytest.mark.slow
 def test_a_kill_after_the_last_epoch_keeps_the_trained_weights(idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     dataset = data.load_dataset(idx_dir)
     splits = data.split_dataset(dataset)
@@ -144,6 +149,7 @@ def test_a_kill_after_the_last_epoch_keeps_the_trained_weights(idx_dir: Path, tm
     assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_configuration_is_not_resumed(idx_dir: Path, tmp_path: Path):
     dataset = data.load_dataset(idx_dir)
     splits = data.split_dataset(dataset)
@@ -180,6 +186,7 @@ def test_head_on_cached_features_equals_training_through_the_frozen_base(idx_dir
     assert not np.allclose(fast_p, create_model("vgg16").model.predict(x_test, verbose=0), atol=1e-4)  # it did train
 
 
+@pytest.mark.slow
 def test_feature_cache_is_reused_and_keyed_by_data(idx_dir: Path, tmp_path: Path):
     art = Artifacts(tmp_path / "art")
     dataset = data.load_dataset(idx_dir)
@@ -208,6 +215,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path: Path, capsys:
     assert err.startswith("fmnist-train: error: ") and message in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_console_script_rejects_bad_options_without_a_traceback():
     result = subprocess.run([sys.executable, "-m", "trainer.cli", "model1", "--epochs", "0"], capture_output=True, text=True)
     assert result.returncode == 2

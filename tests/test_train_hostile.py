@@ -99,6 +99,7 @@ def _held_by_another_process(lock: Path) -> Iterator[subprocess.Popen]:
         holder.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder_and_writes_nothing(idx: Path, tmp_path: Path):
     root = tmp_path / "art"
     lock = Artifacts(root).lock_file("model1")
@@ -113,6 +114,7 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder_and_writes
     assert lock.read_text() == holder_text  # the refused run did not even rewrite the holder's name
 
 
+@pytest.mark.slow
 def test_a_killed_holder_leaves_no_stale_lock(idx: Path, tmp_path: Path):
     root = tmp_path / "art"
     lock = Artifacts(root).lock_file("model1")
@@ -156,6 +158,7 @@ def _checkpoint_names(art: Artifacts) -> list[str]:
     return sorted(p.name for p in art.backup_dir("model1").iterdir())
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_history_row_and_the_checkpoint_loses_no_epoch(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     dataset, splits = tiny
     art = Artifacts(tmp_path / "art")
@@ -180,6 +183,7 @@ def test_a_kill_between_the_history_row_and_the_checkpoint_loses_no_epoch(tiny, 
     assert _history_epochs(art) == [0, 1, 2] and meta.training["epochs_run"] == 3
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(idx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture):
     root = tmp_path / "art"
@@ -214,6 +218,7 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(content))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("damage", "note"), [
     ("state.json", "its state.json is missing or unreadable"),
     ("weights", "its state.weights.h5 is missing or damaged"),
@@ -613,6 +618,7 @@ def _fail_second_checkpoint(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(keras.Model, "save_weights", save)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fail", "where", "epochs"),
     [(_fail_model_save, "models/model1.keras", 1), (_fail_second_history_row, "history/model1.csv", 2),
@@ -690,6 +696,7 @@ def test_a_diverged_model_fails_in_one_line_is_not_published_and_is_kept_aside(t
     assert _leftovers(root) == []
 
 
+@pytest.mark.slow
 def test_a_sweep_records_a_diverged_configuration_as_failed_and_writes_no_row_for_it(idx: Path, tmp_path: Path,
                                                                                      capsys: pytest.CaptureFixture):
     art = Artifacts(tmp_path / "art")

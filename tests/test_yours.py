@@ -163,6 +163,7 @@ def _record(records: list, model: str, variant: str, provider: str, operation: s
                 and r.operation in (operation, "all"))
 
 
+@pytest.mark.slow
 def test_a_model_file_trains_exports_and_benches_like_the_six(yours: dict, model_file: Path):
     art, manifest = yours["art"], yours["manifest"]
     meta = json.loads((art / "models" / "tinynet.json").read_text())
@@ -181,6 +182,7 @@ def test_a_model_file_trains_exports_and_benches_like_the_six(yours: dict, model
     assert not keras_row.skipped and keras_row.quality["accuracy"] == pytest.approx(meta["test"]["accuracy"], abs=1e-6)  # Keras keeps it in float32
 
 
+@pytest.mark.slow
 def test_an_nchw_logits_onnx_file_is_imported_with_its_own_accuracy(yours: dict, idx: Path):
     art, manifest = yours["art"], yours["manifest"]
     assert {f for f in manifest["files"] if f.startswith("torchy")} == {"torchy.onnx", "torchy.fp16.onnx", "torchy.int8.onnx"}
@@ -214,6 +216,7 @@ def test_an_nchw_logits_onnx_file_is_imported_with_its_own_accuracy(yours: dict,
             make_sut(Case("torchy", variant, provider, art / "onnx" / variant_filename("torchy", variant)), Artifacts(art))
 
 
+@pytest.mark.slow
 def test_report_shows_both_beside_the_study_marked_yours(yours: dict):
     report = yours["report"]
     assert "## Table 1: the six models and yours" in report and "Tiny net (yours)" in report
