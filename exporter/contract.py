@@ -105,9 +105,6 @@ class Manifest:
         return {"schema_version": self.schema_version, "models": self.models,
                 "files": {name: vars(entry) for name, entry in self.files.items()}}
 
-    def file_for(self, model: str, variant: str) -> ManifestFile | None:
-        return next((f for f in self.files.values() if f.model == model and f.variant == variant), None)
-
     def file_for_model(self, model: str) -> bool:
         return any(f.model == model for f in self.files.values())
 

@@ -75,8 +75,8 @@ def preload_cuda() -> None:
     """Load the pip-installed CUDA and cuDNN libraries (nvidia/cu13, nvidia/cudnn) into the process.
 
     The CUDA provider's dlopen finds them only this way: the wheels put them where no loader path
-    points. Once per process; its "Failed to load ..." prints are captured, not shown (doctor() shows them).
-    """
+    points. Once per process; its "Failed to load ..." prints are kept off the terminal (doctor() lists which
+    libraries are mapped and which are not found)."""
     global _preload_log  # noqa: PLW0603 - once per process by design
     with _preload_lock:
         if _preload_log is not None:
@@ -89,11 +89,6 @@ def preload_cuda() -> None:
                 except (OSError, RuntimeError) as exc:
                     print(f"preload_dlls failed: {exc}")
         _preload_log = lines
-
-
-def preload_log() -> list[str]:
-    """What preload_cuda() captured (empty before it ran)."""
-    return list(_preload_log or [])
 
 
 def mapped_libraries(patterns: Iterable[str]) -> dict[str, str | None]:
