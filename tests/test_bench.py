@@ -24,12 +24,9 @@ from bench.results import store
 from bench.results.store import load, load_any
 from bench.runtimes.base import InterfaceError
 from bench.runtimes.ort import OrtSUT
-from tiny import child_env, run_python
+from tiny import FAST_RUN, child_env, run_python
 from trainer.artifacts import Artifacts
 
-# Tiny runs: one round, a few queries, no peers' tools, no memory probe (a process per case: the tests of memory
-# ask for it).
-FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--tools", "off", "--memory", "off", "--quiet"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -413,8 +410,7 @@ def test_threads_give_a_row_per_count_with_the_call_overhead_and_the_profile(tin
         Yardstick("fp32", "onnxruntime", 100.0, threads), Yardstick("int8", "onnxruntime", 400.0, threads)])
     report_dir = tmp_path / "threads"
     assert main(["run", "--artifacts", str(tiny_export.root), "--providers", "cpu,keras", "--variants", "fp32,int8",
-                 "--operations", "predict,single-stream", "--batch-sizes", "128", "--threads", "1,2", "--memory", "off",
-                 "--yardstick-s", "0.05",
+                 "--operations", "predict,single-stream", "--batch-sizes", "128", "--threads", "1,2", "--yardstick-s", "0.05",
                  "--report-dir", str(report_dir), *FAST_RUN]) == 0
     path = max(report_dir.glob("bench-*.json"))
     run = load(path)

@@ -20,12 +20,12 @@ from bench.results.store import load
 from bench.runtimes import make_sut
 from bench.runtimes.ort import OrtSUT
 from trainer import data
+import tiny
 from tiny import run_python
 from trainer.artifacts import Artifacts
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--batch-sizes", "128", "--tools", "off", "--memory",
-            "off", "--quiet"]
+FAST_RUN = [*tiny.FAST_RUN, "--batch-sizes", "128"]
 
 
 def _run(art: Artifacts, report_dir: Path, *options: str) -> list[BenchRecord]:

@@ -83,6 +83,11 @@ def train_and_export_model1(root: Path) -> "Artifacts":
     return art
 
 
+# A tiny `fmnist-bench run`: one round, a few queries, no peers' tools, no memory probe (a process per case: the
+# tests of memory ask for it with --memory on). Yardsticks are off for the whole suite (tests/conftest.py).
+FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--tools", "off", "--memory", "off", "--quiet"]
+
+
 def run_onnx(model: "onnx.ModelProto", x: np.ndarray, folder: Path, name: str) -> np.ndarray:
     """The graph's output for input ``x`` (its input named ``x``) on onnxruntime's CPU provider."""
     import onnx  # noqa: PLC0415
