@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -48,7 +49,23 @@ def artifacts_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+def tiny_export(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Artifacts:
     """model1 trained and exported once for the whole run (bench, peers, device and report tests share it).
-    Tests add results and caches to it; one that must change or remove its files works on a copy."""
-    return train_and_export_model1(tmp_path_factory.mktemp("tiny-export"))
+    Tests add results and caches to it; one that must change or remove its files works on a copy.
+
+    Under xdist the first worker to ask builds it (30 s of Keras and tf2onnx) while the others wait on a lock, and
+    each works on a copy of its own, so one's bench results never show in another's.
+    """
+    if worker_id == "master":
+        return train_and_export_model1(tmp_path_factory.mktemp("tiny-export"))
+    from filelock import FileLock  # noqa: PLC0415 - xdist only
+
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-export"  # this run's folder, above the workers' own
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "built").exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker that failed half-way
+            train_and_export_model1(shared)
+            (shared / "built").touch()
+    own = tmp_path_factory.mktemp("tiny-export")
+    shutil.copytree(shared, own, dirs_exist_ok=True)
+    return Artifacts(own / "art")

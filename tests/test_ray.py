@@ -124,17 +124,6 @@ def test_a_diverged_task_fails_the_run_and_is_kept_here_like_a_serial_run(ray, i
     assert not (models / "models").exists() and not (models / "reports" / "table1.md").exists()
 
 
-def test_a_killed_worker_is_retried_and_the_sweep_completes(ray, idx: Path, serial_rows, tmp_path: Path):
-    art = tmp_path / "art"
-    started = time.time()
-    driver = _sweep_process(idx, art)
-    victim = _wait_for_training_worker(started, driver)
-    os.kill(victim, signal.SIGKILL)  # mid-task: the worker holds its run's lock while it trains
-    out, err = driver.communicate(timeout=600)
-    assert driver.returncode == 0, err[-3000:]
-    _assert_same_results(_rows(art), serial_rows, art)
-
-
 def _wait_for_training_worker(since: float, driver: subprocess.Popen, timeout_s: float = 300) -> int:
     """The pid of a Ray worker training a task: the holder named in the lock file of its temporary run folder."""
     deadline = time.monotonic() + timeout_s
@@ -152,7 +141,9 @@ def _wait_for_training_worker(since: float, driver: subprocess.Popen, timeout_s:
     raise AssertionError("no Ray worker started training within the time allowed")
 
 
-def test_joining_a_started_head_by_address(ray, idx: Path, serial_rows, tmp_path: Path):
+def test_a_sweep_joins_a_started_head_by_address_and_survives_a_killed_worker(ray, idx: Path, serial_rows,
+                                                                            tmp_path: Path):
+    # One driver for both: each command here starts TensorFlow in the driver and in every Ray worker (a minute).
     ray_bin = Path(sys.executable).with_name("ray")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,7 +155,10 @@ def test_joining_a_started_head_by_address(ray, idx: Path, serial_rows, tmp_path
     try:
         assert head.returncode == 0, head.stderr[-3000:]
         art = tmp_path / "art"
+        started = time.time()
         driver = _sweep_process(idx, art, f"127.0.0.1:{port}")
+        victim = _wait_for_training_worker(started, driver)
+        os.kill(victim, signal.SIGKILL)  # mid-task: the worker holds its run's lock while it trains
         out, err = driver.communicate(timeout=600)
         assert driver.returncode == 0, err[-3000:]
         _assert_same_results(_rows(art), serial_rows, art)
@@ -172,22 +166,24 @@ def test_joining_a_started_head_by_address(ray, idx: Path, serial_rows, tmp_path
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
-def test_no_head_at_the_address_is_one_line(ray, idx: Path, tmp_path: Path):
+def test_no_head_at_the_address_is_one_line(ray, idx: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch):
+    ray.shutdown()  # the local instance of the tests above: a driver already connected never looks at --ray
+    monkeypatch.setenv("RAY_AUTH_MODE", "")
+    monkeypatch.delenv("RAY_AUTH_MODE")  # as a user's shell has it; and undone after, whatever the command sets
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there
-    driver = _sweep_process(idx, tmp_path / "art", f"127.0.0.1:{port}")
-    out, err = driver.communicate(timeout=300)
-    assert driver.returncode == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"fmnist-train: error: --ray 127.0.0.1:{port}: cannot connect"), err[-2000:]
+    assert main([*GRID, "--data", str(idx), "--artifacts", str(tmp_path / "art"), "--ray", f"127.0.0.1:{port}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fmnist-train: error: --ray 127.0.0.1:{port}: cannot connect"), lines
+    assert not ray.is_initialized()
 
 
-def test_without_ray_installed_the_option_names_the_extra(idx: Path, tmp_path: Path):
-    code = ("import sys; sys.modules['ray'] = None; from trainer.cli import main; "
-            f"sys.exit(main({[*GRID, '--data', str(idx), '--artifacts', str(tmp_path / 'art'), '--ray']!r}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+def test_without_ray_installed_the_option_names_the_extra(idx: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the extra is not installed
+    assert main([*GRID, "--data", str(idx), "--artifacts", str(tmp_path / "art"), "--ray"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "fmnist-train: error: --ray needs Ray, which is not installed here; install it with: pip install 'fmnist-edge[ray]'"]
     assert not (tmp_path / "art" / "reports" / "experiments.csv").exists()
