@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from trainer import quiet
@@ -29,39 +30,19 @@ from bench.pack import PackError, pack
 from bench.results.compare import CompareError, compare, format_table, parse_threshold
 from bench.results.record import SchemaError
 from bench.measure.run import run
-from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MAX_QUERIES, MEMORY, MLPERF_BENCHMARK,
-                            MULTI_STREAM_MIN_QUERIES, OPERATIONS, PROFILE, SERVER_MIN_QUERIES, WHOLE_SPLIT,
-                            LoadGenSettings, RunSettings, SessionSettings, SettingsError)
+from bench.settings import (CUDNN_ALGO_SEARCH, GRAPH_OPTIMIZATION, MAX_QUERIES, MLPERF_BENCHMARK,
+                            MULTI_STREAM_MIN_QUERIES, ON_OFF, OPERATIONS, SERVER_MIN_QUERIES, WHOLE_SPLIT, LoadGenSettings,
+                            RunSettings, SessionSettings, SettingsError)
 from exporter.contract import VARIANTS, ContractError
 from trainer.artifacts import Artifacts, ArtifactsError, check_folder, check_source
 from trainer.data import DataError
 
 DEFAULT = RunSettings()
+ERRORS = (NothingToBench, SchemaError, DataError, ArtifactsError, ContractError, CompareError, SettingsError, PackError,
+          LoadGenError)
 
 
-def _list(choices: tuple[str, ...] | None = None):
-    def parse(text: str) -> list[str]:
-        values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-        bad = [v for v in values if choices and v not in choices]
-        if bad or not values:
-            raise argparse.ArgumentTypeError(f"{text[:80]!r}: choose from {','.join(choices or ())}")
-        return values
-    return parse
-
-
-def _yardstick_default() -> float:
-    """$FMNIST_BENCH_YARDSTICK_S, else RunSettings' default: the test suite shortens the yardsticks of its many
-    tiny runs through it (a shorter search reads a lower peak), as the pytest-benchmark suite takes its options."""
-    given = os.environ.get("FMNIST_BENCH_YARDSTICK_S")
-    if given is None:
-        return DEFAULT.yardstick_s
-    try:
-        return _number(float, 0, 600)(given)
-    except argparse.ArgumentTypeError as exc:
-        raise SettingsError(f"$FMNIST_BENCH_YARDSTICK_S: {exc}") from None
-
-
-def _number(kind: type, low: float, high: float):
+def _number(kind: type, low: float, high: float) -> Callable[[str], float]:
     """An argparse type: a finite number in [low, high], else one line naming the value."""
     def parse(text: str):
         try:
@@ -74,41 +55,61 @@ def _number(kind: type, low: float, high: float):
     return parse
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    sizes = []
-    for value in text.split(","):
-        value = value.strip()
-        if value == "all":
-            sizes.append(WHOLE_SPLIT)
-        elif value.isdigit() and 0 < int(value) <= 1_000_000:
-            sizes.append(int(value))
-        else:
-            raise argparse.ArgumentTypeError(f"{text[:80]!r}: batch sizes are whole numbers from 1 to 1000000, or 'all'")
-    return tuple(dict.fromkeys(sizes))
+def _csv(expected: str, item: Callable[[str], object] = str,
+         choices: Collection[str] = ()) -> Callable[[str], list]:
+    """An argparse type: comma-separated values, each through ``item`` (which raises on a bad one) and among
+    ``choices`` when given, duplicates dropped; else one line naming the text and what was ``expected``."""
+    def parse(text: str) -> list:
+        try:
+            values = list(dict.fromkeys(item(value.strip()) for value in text.split(",") if value.strip()))
+        except (ValueError, argparse.ArgumentTypeError):
+            values = []
+        if not values or choices and not set(values) <= set(choices):
+            raise argparse.ArgumentTypeError(f"{text[:80]!r}: {expected}")
+        return values
+    return parse
 
 
-def _threads(text: str) -> tuple[int, ...]:
-    parse = _number(int, 0, 1024)
+def _choices(choices: Collection[str]) -> Callable[[str], list]:
+    return _csv(f"choose from {','.join(choices)}", choices=choices)
+
+
+def _batch_size(text: str) -> int:
+    return WHOLE_SPLIT if text == "all" else _number(int, 1, 1_000_000)(text)
+
+
+def _yardstick_default() -> float:
+    """$FMNIST_BENCH_YARDSTICK_S, else RunSettings' default: the test suite shortens the yardsticks of its many
+    tiny runs through it (a shorter search reads a lower peak), as the pytest-benchmark suite takes its options."""
+    given = os.environ.get("FMNIST_BENCH_YARDSTICK_S")
     try:
-        return tuple(dict.fromkeys(parse(value.strip()) for value in text.split(",")))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r}: thread counts are whole numbers from 0 to 1024, e.g. 1,2") from None
+        return DEFAULT.yardstick_s if given is None else _number(float, 0, 600)(given)
+    except argparse.ArgumentTypeError as exc:
+        raise SettingsError(f"$FMNIST_BENCH_YARDSTICK_S: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmnist-bench", description="Benchmark exported models; summarise and compare results.")
     sub = parser.add_subparsers(dest="command", required=True)
+    verbose = quiet.add_flag(argparse.ArgumentParser(add_help=False))
+    paths = argparse.ArgumentParser(add_help=False, parents=[verbose])
+    paths.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
+    paths.add_argument("--data", help="where the training data is now, if it moved")
     loadgen, session = DEFAULT.loadgen, DEFAULT.session
 
-    r = sub.add_parser("run", help="measure accuracy and latency; write reports/bench-<timestamp>.json and .md")
-    r.add_argument("--models", type=_list(), help="comma-separated model names (default: every exported one)")
-    r.add_argument("--variants", type=_list(VARIANTS), help=f"default {','.join(VARIANTS)}")
-    r.add_argument("--providers", type=_list(tuple(RUNTIMES)), help=f"default {','.join(RUNTIMES)} (cuda, cpu: onnxruntime; the others: the runtimes a user would pick instead)")
-    r.add_argument("--operations", type=_list(OPERATIONS), default=list(DEFAULT.operations),
+    r = sub.add_parser("run", parents=[paths], help="measure accuracy and latency; write reports/bench-<timestamp>.json and .md")
+    r.set_defaults(func=cmd_run)
+    r.add_argument("--models", type=_csv("comma-separated model names"),
+                   help="comma-separated model names (default: every exported one)")
+    r.add_argument("--variants", type=_choices(VARIANTS), help=f"default {','.join(VARIANTS)}")
+    r.add_argument("--providers", type=_choices(tuple(RUNTIMES)),
+                   help=f"default {','.join(RUNTIMES)} (cuda, cpu: onnxruntime; the others: the runtimes a user would "
+                        "pick instead)")
+    r.add_argument("--operations", type=_choices(OPERATIONS), default=list(DEFAULT.operations),
                    help=f"any of {','.join(OPERATIONS)} (default {','.join(DEFAULT.operations)}); single-stream, multi-stream, "
                         "server, offline and accuracy (AccuracyOnly) are driven by MLPerf LoadGen")
-    r.add_argument("--batch-sizes", type=_batch_sizes, default=DEFAULT.batch_sizes,
-                   help="default 128,all (all: the whole split as one batch)")
+    r.add_argument("--batch-sizes", default=DEFAULT.batch_sizes, help="default 128,all (all: the whole split as one batch)",
+                   type=_csv("batch sizes are whole numbers from 1 to 1000000, or 'all'", _batch_size))
     r.add_argument("--rounds", type=_number(int, 1, 1000), default=DEFAULT.rounds,
                    help=f"timed rounds per batch operation, after {DEFAULT.warmup_rounds} warm-up (default {DEFAULT.rounds})")
     r.add_argument("--min-queries", type=_number(int, 1, MAX_QUERIES),
@@ -125,16 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"MLPerf's own durations and query counts for every LoadGen test (LoadGen's mlperf.conf, "
                         f"{MLPERF_BENCHMARK}'s: 10 minutes each), for a submission-grade run; instead of --min-duration "
                         "and --min-queries")
-    r.add_argument("--threads", type=_threads, default=DEFAULT.threads,
+    r.add_argument("--threads", default=DEFAULT.threads,
+                   type=_csv("thread counts are whole numbers from 0 to 1024, e.g. 1,2", _number(int, 0, 1024)),
                    help="intra-op threads, one row per count, e.g. 1,2 (default 0: each runtime's own choice)")
     r.add_argument("--graph-optimization", choices=tuple(GRAPH_OPTIMIZATION), default=session.graph_optimization)
     r.add_argument("--cudnn-algo-search", choices=CUDNN_ALGO_SEARCH, default=session.cudnn_conv_algo_search,
                    help=f"CUDA: cuDNN's convolution algorithm search (default {session.cudnn_conv_algo_search})")
-    r.add_argument("--memory", choices=MEMORY, default=DEFAULT.memory,
+    r.add_argument("--memory", choices=ON_OFF, default=DEFAULT.memory,
                    help="each case's peak resident memory, measured in a fresh process of its own (default on)")
-    r.add_argument("--profile", choices=PROFILE, default=DEFAULT.profile,
+    r.add_argument("--profile", choices=ON_OFF, default=DEFAULT.profile,
                    help="each runtime's own per-operator profile of the first batch size (default on)")
-    r.add_argument("--tools", choices=PROFILE, default=DEFAULT.tools,
+    r.add_argument("--tools", choices=ON_OFF, default=DEFAULT.tools,
                    help="run OpenVINO's benchmark_app and LiteRT's litert-benchmark on the same files, beside their rows "
                         "(default on)")
     r.add_argument("--yardstick-s", type=_number(float, 0, 600),
@@ -142,34 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
                         f"is kept; 0: none, and no row gets a share of peak; default {DEFAULT.yardstick_s:g}, or "
                         "$FMNIST_BENCH_YARDSTICK_S)")
     r.add_argument("--no-reference", action="store_true", help="onnxruntime rows only: skip Keras, TF Lite, OpenVINO and LiteRT")
-    r.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
-    r.add_argument("--data", help="where the training data is now, if it moved")
     r.add_argument("--report-dir", help="where bench-<timestamp>.json/.md go (default: the artifacts' reports/, "
                                         "which fmnist-bench report reads; use another for tuning runs)")
     r.add_argument("--quiet", action="store_true")
-    quiet.add_flag(r)
 
-    s = sub.add_parser("summary", help="one row per model and runtime from one or more of our reports (newest result per case)")
+    s = sub.add_parser("summary", parents=[verbose],
+                       help="one row per model and runtime from one or more of our reports (newest result per case)")
+    s.set_defaults(func=cmd_summary)
     s.add_argument("reports", nargs="+", metavar="REPORT")
     s.add_argument("--batch-size", type=_number(int, 1, 1_000_000), default=128, help="the predict batch size to show (default 128)")
-    quiet.add_flag(s)
 
-    c = sub.add_parser("compare", help="compare two results (ours or a pytest-benchmark save of `pytest bench`)")
+    c = sub.add_parser("compare", parents=[verbose], help="compare two results (ours or a pytest-benchmark save of `pytest bench`)")
+    c.set_defaults(func=cmd_compare)
     c.add_argument("old")
     c.add_argument("new")
     c.add_argument("--fail-on-regression", metavar="PCT",
                    help="exit 1 if a case is slower by more than PCT (e.g. 10%%) and beyond the runs' noise")
-    quiet.add_flag(c)
 
     sub.add_parser("report", help="write REPORT.md (Tables 1-5, figures, bench summary); see fmnist-bench report --help",
                    add_help=False)
-    quiet.add_flag(sub.add_parser("doctor", help="what the CUDA provider needs, what this machine has, and the line that fixes it"))
+    sub.add_parser("doctor", parents=[verbose], help="what the CUDA provider needs, what this machine has, and the line that "
+                                                     "fixes it").set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("pack", help="one .tar.gz holding what `fmnist-bench run` needs on a device: the ONNX files and the data")
+    p = sub.add_parser("pack", parents=[paths],
+                       help="one .tar.gz holding what `fmnist-bench run` needs on a device: the ONNX files and the data")
+    p.set_defaults(func=cmd_pack)
     p.add_argument("archive", help="the .tar.gz to write (never overwritten)")
-    p.add_argument("--artifacts", help="artifacts folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
-    p.add_argument("--data", help="where the training data is now, if it moved")
-    quiet.add_flag(p)
     return parser
 
 
@@ -177,9 +177,7 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
     """What ``run`` measures and how: shared with the pytest suite (bench/conftest.py parses its options
     with this parser), so both front doors select and measure alike."""
     artifacts = Artifacts.at(args.artifacts)
-    providers = args.providers or list(RUNTIMES)
-    if args.no_reference:
-        providers = [p for p in providers if p not in REFERENCES]
+    providers = [p for p in args.providers or RUNTIMES if not (args.no_reference and p in REFERENCES)]
     if args.mlperf_rules:
         given = [option for option, value in (("--min-duration", args.min_duration), ("--min-queries", args.min_queries))
                  if value is not None]
@@ -188,13 +186,12 @@ def selection(args: argparse.Namespace) -> tuple[Artifacts, list[Case], RunSetti
                                 f"drop {' and '.join(given)}")
     limits = {"min_queries": args.min_queries, "min_duration_s": args.min_duration}
     settings = RunSettings(
-        batch_sizes=args.batch_sizes, rounds=args.rounds, operations=tuple(args.operations), memory=args.memory,
-        profile=args.profile, tools=args.tools, threads=args.threads,
+        batch_sizes=tuple(args.batch_sizes), rounds=args.rounds, operations=tuple(args.operations), memory=args.memory,
+        profile=args.profile, tools=args.tools, threads=tuple(args.threads),
         yardstick_s=_yardstick_default() if args.yardstick_s is None else args.yardstick_s,
         loadgen=LoadGenSettings(**{k: v for k, v in limits.items() if v is not None}, latency_bound_ms=args.latency_bound_ms,
                                 server_search_s=args.server_search_s, mlperf_rules=args.mlperf_rules),
-        session=SessionSettings(graph_optimization=args.graph_optimization,
-                                cudnn_conv_algo_search=args.cudnn_algo_search),
+        session=SessionSettings(graph_optimization=args.graph_optimization, cudnn_conv_algo_search=args.cudnn_algo_search),
     )
     return artifacts, discover(artifacts, args.models, args.variants, providers, settings.threads), settings
 
@@ -253,11 +250,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from bench.runtimes.cuda import doctor  # noqa: PLC0415 - loads the CUDA libraries: only for this command
+    from bench.runtimes.cuda import main as doctor  # noqa: PLC0415 - loads the CUDA libraries: only for this command
 
-    text, code = doctor()
-    print(text)
-    return code
+    return doctor()
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -270,11 +265,6 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "summary": cmd_summary, "compare": cmd_compare, "doctor": cmd_doctor, "pack": cmd_pack}
-ERRORS = (NothingToBench, SchemaError, DataError, ArtifactsError, ContractError, CompareError, SettingsError, PackError,
-          LoadGenError)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     quiet.configure(quiet.verbose_requested(argv))
@@ -284,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return args.func(args)
     except ERRORS as exc:
         print(f"fmnist-bench: error: {exc}", file=sys.stderr)
         return 2

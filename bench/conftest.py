@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cache
 
 import pytest
 
-from bench.runtimes import Case
-
-from bench.measure.cases import NothingToBench, read_exports
 from bench.cli import build_parser, selection
+from bench.measure.cases import NothingToBench, read_exports
 from bench.measure.core import plan
 from bench.results.record import record_id
+from bench.runtimes import Case
 from bench.settings import RunSettings, SettingsError
 from exporter.contract import ContractError
 from trainer.artifacts import Artifacts
@@ -46,8 +46,8 @@ class BenchParam:
     @property
     def id(self) -> str:
         """The same id as ``fmnist-bench run`` gives the record, so ``fmnist-bench compare`` can join them."""
-        case = self.case
-        return record_id(case.model, case.variant, case.provider, self.operation, self.batch, case.threads)
+        return record_id(self.case.model, self.case.variant, self.case.provider, self.operation, self.batch,
+                         self.case.threads)
 
 
 @dataclass(frozen=True)
@@ -59,25 +59,22 @@ class Selection:
     report_dir: str | None = None  # LoadGen's logs go to <report dir>/pytest-<UTC time>.loadgen/
 
 
+@cache
 def selected(config: pytest.Config) -> Selection:
-    cached = getattr(config, "_fmnist_selection", None)
-    if cached is None:
-        argv = ["run"]
-        for name in OPTIONS:
-            value = config.getoption(f"--fmnist-{name}")
-            if name in FLAGS:
-                argv += [f"--{name}"] if value not in (None, "", "0", "false", "no") else []
-            elif value is not None:
-                argv += [f"--{name}", str(value)]
-        try:
-            args = build_parser().parse_args(argv)
-            cached = Selection(*selection(args), data=args.data, report_dir=args.report_dir)
-        except SystemExit:
-            raise pytest.UsageError(f"bad --fmnist-* option in: {' '.join(argv[1:])}") from None
-        except (NothingToBench, ContractError, SettingsError) as exc:
-            raise pytest.UsageError(str(exc)) from None
-        config._fmnist_selection = cached
-    return cached
+    argv = ["run"]
+    for name in OPTIONS:
+        value = config.getoption(f"--fmnist-{name}")
+        if name in FLAGS:
+            argv += [f"--{name}"] if value not in (None, "", "0", "false", "no") else []
+        elif value is not None:
+            argv += [f"--{name}", str(value)]
+    try:
+        args = build_parser().parse_args(argv)
+        return Selection(*selection(args), data=args.data, report_dir=args.report_dir)
+    except SystemExit:
+        raise pytest.UsageError(f"bad --fmnist-* option in: {' '.join(argv[1:])}") from None
+    except (NothingToBench, ContractError, SettingsError) as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,14 +1,10 @@
 """``fmnist-bench pack``: everything a device needs to run the bench, in one archive.
 
-The device gets the base install (``pip install fmnist-edge``: no TensorFlow) and this archive, then:
-
-    mkdir edge && tar -xzf edge.tar.gz -C edge && fmnist-bench run --artifacts edge
-
-The archive is an artifacts folder cut down to what ``fmnist-bench run`` reads: ``onnx/`` (the live export
-generation: its manifest and every file it lists, each checked against its sha256 first) and ``data/``
-(the training data each model's test split comes from, checked against the hash its export recorded;
-the split is recomputed there exactly as here). The ``.keras`` files are left out: the Keras and TF Lite
-rows need TensorFlow, which a device does not have; they are skipped there with that reason.
+The device gets the base install (``pip install fmnist-edge``: no TensorFlow) and this archive: an artifacts
+folder cut down to what ``fmnist-bench run`` reads, ``onnx/`` (the live export generation, each file checked
+against its sha256 first) and ``data/`` (the training data each model's test split is recomputed from, checked
+against the hash its export recorded). The ``.keras`` files are left out: their rows need TensorFlow, which a
+device does not have; they are skipped there with that reason.
 """
 
 from __future__ import annotations
@@ -46,13 +42,11 @@ def pack(artifacts: Artifacts, archive: Path, data: str | None = None) -> Packed
     if not archive.parent.is_dir():
         raise PackError(f"{archive.parent}: no such folder")
     onnx_dir, manifest = read_exports(artifacts)
-    members: dict[str, Path] = {f"onnx/{MANIFEST_NAME}": onnx_dir / MANIFEST_NAME}
-    for entry in manifest.files.values():
-        members[f"onnx/{entry.file}"] = verify_file(onnx_dir, entry)
+    members = {f"onnx/{MANIFEST_NAME}": onnx_dir / MANIFEST_NAME,
+               **{f"onnx/{entry.file}": verify_file(onnx_dir, entry) for entry in manifest.files.values()}}
     onnx_bytes = sum(p.stat().st_size for p in members.values())
-    data_members = {}
-    for model, record in manifest.models.items():
-        data_members.update(_data_files(record, data, model))
+    data_members = {name: path for model, record in manifest.models.items()
+                    for name, path in _data_files(record, data, model).items()}
     members.update(data_members)
     with atomic_path(archive.with_name(f".{archive.name}.partial")) as partial:
         with tarfile.open(partial, "w:gz") as tar:
@@ -74,4 +68,3 @@ def _data_files(record: dict, data: str | None, model: str) -> dict[str, Path]:
     if source.is_file():
         return {f"{DATA}/{source.name}": source}
     raise PackError(f"{model}: its data came from {dataset.source}, not a file this can carry; pass --data")
-

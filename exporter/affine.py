@@ -1,23 +1,12 @@
-"""Graph rewrites that make the report's BatchNormalization layers quantize well.
+"""Graph rewrites that make the report's BatchNormalization-after-ReLU (tf2onnx's per-channel ``Mul -> Add``)
+quantize and run well; docs/graph.md has why.
 
-The report's CNNs put BatchNormalization after the ReLU (Conv -> ReLU -> BN), so no converter can
-fold it into the convolution: tf2onnx leaves it as ``Mul(x, scale) -> Add(., offset)`` with one
-scale and offset per channel. onnxruntime's static quantization then quantizes the per-channel scale
-as one per-tensor int8 constant (precision lost on channels with small scales) and runs the pair as
-QLinearMul + QLinearAdd, which on Model 4 took 41% of the int8 run time.
-
-- On feature maps (NCHW, constants shaped [1, C, 1, 1]) the pair is exactly a depthwise 1x1
-  convolution with weight ``scale`` and bias ``offset``: it quantizes per channel and runs as one
-  QLinearConv.
-- On dense features (constants shaped [K]) the pair is folded into the Dense layers first
-  (exporter/fold.py); one that cannot be stays in float: :func:`float_affine_nodes` names those nodes
-  so the quantizer leaves them out.
-
-The fp32 graph uses the same depthwise form (exporter/variants.py ``cpu_fp32``): onnxruntime runs a
-depthwise Conv inside its blocked NCHWc layout, where a bare ``Add`` forced a reorder out and back.
-
-Measured on Model 4 (README, performance section): int8 predict 1.23 s -> 0.65 s, and the int8
-accuracy change against fp32 from -0.55 to +0.08 points.
+onnxruntime's quantizer makes the pair one per-tensor int8 scale and a QLinearMul + QLinearAdd (41% of Model 4's
+int8 run time). On feature maps (constants [1, C, 1, 1]) the pair is exactly a depthwise 1x1 Conv, which quantizes
+per channel, runs as one QLinearConv, and in fp32 stays inside onnxruntime's NCHWc layout. On dense features
+([K]) it is folded into the Dense layers (exporter/fold.py); one that cannot be stays in float
+(:func:`float_affine_nodes`). Measured on Model 4 (README, performance section): int8 predict 1.23 s -> 0.65 s,
+and int8's accuracy change against fp32 from -0.55 to +0.08 points.
 """
 
 from __future__ import annotations
@@ -50,16 +39,12 @@ def affine_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.Node
     return pairs
 
 
-def _is_channel_affine(scale: np.ndarray) -> bool:
-    return scale.ndim == 4 and scale.shape[0] == 1 and scale.shape[2:] == (1, 1) and scale.dtype == np.float32
-
-
 def channel_affine_to_depthwise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` with every per-channel Mul+Add on NCHW feature maps as a depthwise 1x1 Conv; and how many."""
     graph = ONNXModel(copy.deepcopy(model))
     count = 0
     for i, (mul, add, scale, offset) in enumerate(affine_pairs(graph.model)):
-        if not _is_channel_affine(scale):
+        if not (scale.ndim == 4 and scale.shape[0] == 1 and scale.shape[2:] == (1, 1) and scale.dtype == np.float32):
             continue
         channels = scale.shape[1]
         weight = numpy_helper.from_array(scale.reshape(channels, 1, 1, 1), f"affine_depthwise_{i}_weight")

@@ -23,12 +23,11 @@ extras.require("train", "fmnist-export")  # a bench-only install: one line namin
 quiet.configure(quiet.verbose_requested())
 quiet.import_tensorflow()  # here, before the modules below import it: its import-time lines are filtered
 
-from exporter.contract import ContractError, shown  # noqa: E402
+from exporter.contract import VARIANTS, ContractError, shown  # noqa: E402
 from exporter.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: E402
 from exporter.export import ExportError, ExportOptions, check_manifest, export_model  # noqa: E402
 from exporter.onnx_import import LAYOUTS, OUTPUTS, ImportRequest, import_onnx  # noqa: E402
 from exporter.validate import ParityError, Tolerances  # noqa: E402
-from exporter.contract import VARIANTS  # noqa: E402
 from exporter.variants import (CALIBRATION_METHODS, FP32_GRAPHS, INT8_ACTIVATIONS, INT8_FORMATS, INT8_TARGETS,  # noqa: E402
                                Int8Config, int8_target)
 from trainer.environment import cpu_flags  # noqa: E402

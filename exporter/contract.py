@@ -1,9 +1,8 @@
 """The export contract: what an exported file looks like and where it lives, in one place.
 
-Exporter writes to this contract and bench reads by it, so it imports no TensorFlow (bench runs on
-edge machines with onnxruntime, numpy and scikit-learn alone), in the manner of optimum's
-``OnnxConfig``: the graph's interface (names, shape, classes), the variants and their file names,
-the manifest's schema and its reader, and the checks that a file or an output keeps to them.
+Exporter writes to it and bench reads by it, so it imports no TensorFlow (bench runs on edge machines with
+onnxruntime, numpy and scikit-learn alone): the graph's interface, the variants and their file names, the
+manifest's schema and its reader, and the checks that a file or an output keeps to them.
 """
 
 from __future__ import annotations
@@ -31,9 +30,11 @@ VARIANTS = ("fp32", "fp16", "int8")
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
-# Every manifest file row has these; "validation" carries the parity figures of exporter/validate.py.
 EXPECTED = (f"input {INPUT_NAME!r} float32 [batch, {', '.join(map(str, INPUT_SHAPE))}] and output "
             f"{OUTPUT_NAME!r} [batch, {NUM_CLASSES}] (export with fmnist-export)")
+# An imported ONNX file (exporter/onnx_import.py) names its original here; a Keras export names its .keras file's
+# sha256 under "source_keras_sha256" instead.
+SOURCE_ONNX_PROP = "source_onnx_sha256"
 
 
 class ContractError(ValueError):
@@ -105,56 +106,43 @@ class Manifest:
         return {"schema_version": self.schema_version, "models": self.models,
                 "files": {name: vars(entry) for name, entry in self.files.items()}}
 
-    def file_for_model(self, model: str) -> bool:
-        return any(f.model == model for f in self.files.values())
-
-
-def manifest_path(onnx_dir: Path) -> Path:
-    return onnx_dir / MANIFEST_NAME
-
 
 def read_manifest(onnx_dir: Path) -> Manifest | None:
     """The manifest in ``onnx_dir``, checked against this schema; None when there is none yet."""
-    path = manifest_path(onnx_dir)
+    path = onnx_dir / MANIFEST_NAME
     if not path.exists():
         return None
+    named = shown(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"{shown(path)}: not a readable manifest ({type(exc).__name__}: {str(exc)[:120]})") from None
-    return parse_manifest(payload, shown(path))
-
-
-def parse_manifest(payload: object, path: Path) -> Manifest:
+        raise ContractError(f"{named}: not a readable manifest ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(payload, dict):
-        raise ContractError(f"{path}: not a manifest (expected a JSON object)")
+        raise ContractError(f"{named}: not a manifest (expected a JSON object)")
     if payload.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise ContractError(f"{path}: manifest schema_version {_quoted(payload.get('schema_version'))}, "
+        raise ContractError(f"{named}: manifest schema_version {_quoted(payload.get('schema_version'))}, "
                             f"this toolkit reads {MANIFEST_SCHEMA_VERSION}; export again with fmnist-export")
     models, files = payload.get("models"), payload.get("files")
     if not isinstance(models, dict) or not isinstance(files, dict):
-        raise ContractError(f"{path}: manifest lacks its 'models' and 'files' objects")
+        raise ContractError(f"{named}: manifest lacks its 'models' and 'files' objects")
     for name, row in models.items():
         if (problem := mismatch(row, ManifestModel)) is not None:
-            raise ContractError(f"{path}: model {_quoted(name)}{' ' if problem[0] not in '.[' else ''}{problem}")
+            raise ContractError(f"{named}: model {_quoted(name)}{' ' if problem[0] not in '.[' else ''}{problem}")
     entries = {}
     for name, row in files.items():
-        check_fields(row, ManifestFile, str(path), ContractError, f"file row {_quoted(name)}")
+        check_fields(row, ManifestFile, str(named), ContractError, f"file row {_quoted(name)}")
         entry = ManifestFile(**row)
         if (entry.file != name or entry.variant not in VARIANTS or entry.model not in models
                 or entry.file != variant_filename(entry.model, entry.variant) or Path(entry.file).name != entry.file):
-            raise ContractError(f"{path}: file row {_quoted(name)} is inconsistent (model {_quoted(entry.model)}, "
+            raise ContractError(f"{named}: file row {_quoted(name)} is inconsistent (model {_quoted(entry.model)}, "
                                 f"variant {_quoted(entry.variant)}, file {_quoted(entry.file)})")
         entries[name] = entry
     return Manifest(models, entries)
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify_file(onnx_dir: Path, entry: ManifestFile) -> Path:
@@ -174,11 +162,6 @@ def check_file_identity(metadata_props: dict[str, str], entry: ManifestFile, pat
     if found != (entry.model, entry.variant):
         raise ContractError(f"{shown(path)}: the file says it is {_quoted(found[0])} {_quoted(found[1])}, "
                             f"the manifest lists it as {entry.model} {entry.variant}")
-
-
-# An imported ONNX file (exporter/onnx_import.py) names its original here; a Keras export names its .keras file's
-# sha256 under "source_keras_sha256" instead.
-SOURCE_ONNX_PROP = "source_onnx_sha256"
 
 
 def read_metadata_props(path: Path) -> dict[str, str]:

@@ -8,7 +8,6 @@ as its float32 twin (``float32_model``): the graph never holds a bfloat16 tensor
 
 from __future__ import annotations
 
-
 import keras
 import onnx
 import tensorflow as tf
@@ -45,41 +44,24 @@ def keras_to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET) -> onnx.ModelP
 def float32_model(model: keras.Model) -> keras.Model:
     """``model`` with every layer computing in float32: itself when it does, else a float32 twin.
 
-    A model trained with ``fmnist-train --precision bf16`` is saved with Keras' ``mixed_bfloat16``
-    policy in each layer's config, and loads with it. Traced as it is, tf2onnx (1.17) folds the
-    per-layer weight casts into BFLOAT16 initializers and casts the image with ``Cast(to=FLOAT16)``
-    (sic), then back to FLOAT before the float32 softmax layer: ONNX Runtime's CPU provider refuses
-    the file ("Type 'tensor(bfloat16)' of input parameter ... of operator (Conv) ... is invalid"). The twin
-    is the same network rebuilt from the same config with every policy float32 and given the
-    model's weights. Mixed-precision variables are float32 already, so nothing is rounded: the twin
-    is the trained model computed in float32, which is what the fp32 ONNX file is.
+    A model trained with ``--precision bf16`` loads with Keras' ``mixed_bfloat16`` policy in each layer. Traced
+    as it is, tf2onnx (1.17) folds the weight casts into BFLOAT16 initializers and casts the image with
+    ``Cast(to=FLOAT16)`` (sic), which ONNX Runtime's CPU provider refuses ("Type 'tensor(bfloat16)' of input
+    parameter ... of operator (Conv) ... is invalid"). The twin is rebuilt from the same config with every policy
+    float32 and given the model's weights; mixed-precision variables are float32 already, so nothing is rounded.
     """
     config = {k: v for k, v in keras.saving.serialize_keras_object(model).items() if k != "compile_config"}
-    if not _mixed_policies(config):
+    float32_config = _with_float32_policies(config)
+    if float32_config == config:
         return model
-    twin = keras.saving.deserialize_keras_object(_with_float32_policies(config))
+    twin = keras.saving.deserialize_keras_object(float32_config)
     twin.set_weights(model.get_weights())
     return twin
 
 
-def _is_policy(value: object) -> bool:
-    return isinstance(value, dict) and value.get("class_name") == "DTypePolicy" and isinstance(value.get("config"), dict)
-
-
-def _mixed_policies(config: object) -> set[str]:
-    """The names of the non-float32 dtype policies anywhere in a serialized Keras object."""
-    if _is_policy(config):
-        name = config["config"].get("name")
-        return set() if name == "float32" else {str(name)}
-    if isinstance(config, dict):
-        return set().union(*(_mixed_policies(v) for v in config.values()))
-    if isinstance(config, list):
-        return set().union(*(_mixed_policies(v) for v in config))
-    return set()
-
-
 def _with_float32_policies(config: object) -> object:
-    if _is_policy(config):
+    """A serialized Keras object with every dtype policy in it float32."""
+    if isinstance(config, dict) and config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
         return {**config, "config": {**config["config"], "name": "float32"}}
     if isinstance(config, dict):
         return {k: _with_float32_policies(v) for k, v in config.items()}

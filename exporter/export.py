@@ -6,7 +6,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as pkg_metadata
 from pathlib import Path
@@ -17,13 +17,14 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from exporter.contract import VARIANTS, Manifest, ManifestFile, manifest_path, read_manifest, sha256_of, variant_filename
+from exporter.contract import (MANIFEST_NAME, VARIANTS, Manifest, ManifestFile, read_manifest, sha256_of,
+                               variant_filename)
 from exporter.convert import DEFAULT_OPSET, float32_model, keras_to_onnx
 from exporter.publish import current, generation
 from exporter.validate import Tolerances, check_model, compare, cpu_session, enforce, run_probabilities
 from exporter.variants import FP32_GRAPHS, Int8Config, cpu_fp32, to_fp16, to_int8
 from trainer.artifacts import Artifacts, write_json_atomic, write_text_atomic
-from trainer.data import reload_dataset, split_dataset
+from trainer.data import Splits, reload_dataset, split_dataset
 from trainer.fit import images
 from trainer.catalog import is_yours, label, model_info, model_order
 from trainer.models import get_spec, load_trained
@@ -55,6 +56,34 @@ class SourceModel:
     path: Path
 
 
+@dataclass(frozen=True)
+class Publication:
+    """One model's export: a graph builder per variant (fp32 is always built: the others are judged against
+    it), each file's ``metadata_props``, and the model's record in the manifest (what bench needs)."""
+
+    name: str
+    graphs: dict[str, Callable[[], onnx.ModelProto]]
+    props: Callable[[str], dict[str, str]]
+    record: dict
+    opset: int
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """What every variant is judged against: ``reference``, the source's probabilities for ``parity_x``
+    (Keras, or an imported file's original ONNX), and the labelled test split for accuracy. ``trained``: a
+    mixed-precision model's own (``trained_precision``-computed) probabilities for ``parity_x``, when
+    ``reference`` comes from its float32 twin; compared and recorded, not gated."""
+
+    reference: np.ndarray
+    parity_x: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    reference_name: str = "keras"  # as the parity failure names it: max |p_onnx - p_keras|
+    trained: np.ndarray | None = None
+    trained_precision: str = "fp32"
+
+
 def load_source(name: str, artifacts: Artifacts) -> SourceModel:
     """The trained ``.keras`` file and its metadata, or an error that says how to make them."""
     get_spec(name)
@@ -63,8 +92,7 @@ def load_source(name: str, artifacts: Artifacts) -> SourceModel:
         missing = path if not path.exists() else meta_path
         raise ExportError(f"{missing}: no trained {name}; make it with: fmnist-train {name} --artifacts {artifacts.root}")
     meta = RunMetadata.read(meta_path)  # checked whole, base_weights included (it goes into every file's metadata)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    if sha256 != meta.model_file["sha256"]:
+    if hashlib.sha256(path.read_bytes()).hexdigest() != meta.model_file["sha256"]:
         raise ExportError(f"{path}: does not match its metadata {meta_path} (sha256 differs); retrain with: fmnist-train {name}")
     try:
         model = load_trained(path)
@@ -73,53 +101,28 @@ def load_source(name: str, artifacts: Artifacts) -> SourceModel:
     return SourceModel(name, model, meta, path)
 
 
-def _metadata_props(source: SourceModel, variant: str, opset: int) -> dict[str, str]:
-    spec = get_spec(source.name)
-    versions = {name: pkg_metadata.version(name) for name in ("tensorflow", "tf2onnx", "onnx")}
-    input_text = "image: float32 [batch, 28, 28, 1], grey pixels in [0, 1] (Fashion-MNIST / 255)"
-    if spec.transfer:
-        input_text += "; padded to 32x32x3 inside the graph as the report's np.pad((2,2),(2,2),(1,1))"
-    yours = {"model_file": spec.source_file, "model_file_sha256": spec.source_sha256} if spec.source_file else {}
-    return {
-        "model": source.name,
-        "display_name": spec.display_name,
-        **yours,
-        "variant": variant,
-        "class_names": json.dumps(source.meta.data["class_names"]),
-        "input": input_text,
-        "output": "probabilities: float32 [batch, 5], softmax over class_names",
-        "source_keras_sha256": source.meta.model_file["sha256"],
-        "test_accuracy_keras": f"{source.meta.test['accuracy']:.6f}",
-        "base_weights": source.meta.base_weights,
-        # What the Keras model trained in (fmnist-train --precision); the graph computes in float32 either way.
-        "trained_precision": str(source.meta.config.get("precision", "fp32")),
-        "opset": str(opset),
-        **{f"{name}_version": version for name, version in versions.items()},
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def evaluation_images(splits: Splits, options: ExportOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The test images, the first ``parity_images`` of them, and ``calibration_images`` training images drawn
+    with seed 0 (bench/runtimes/peers.py draws the same)."""
+    test_x, train_x = images(splits.test), images(splits.train)
+    picked = np.random.default_rng(0).choice(len(train_x), size=min(options.calibration_images, len(train_x)),
+                                             replace=False)
+    return test_x, test_x[: options.parity_images], train_x[picked]
 
 
 def export_model(name: str, artifacts: Artifacts, options: ExportOptions, log: TextIO | None = None) -> list[ManifestFile]:
-    log = log or sys.stdout
     # What the end reads (the manifest, the model's metadata) is read first: a damaged file fails before any work.
     check_manifest(options.onnx_dir or artifacts.onnx_dir)
     source = load_source(name, artifacts)
-    dataset = reload_dataset(source.meta.data, source.meta.config.get("limit"), options.data)
-    splits = split_dataset(dataset)
-    test_x = images(splits.test)
-    rng = np.random.default_rng(0)
-    train_x = images(splits.train)
-    calibration = train_x[rng.choice(len(train_x), size=min(options.calibration_images, len(train_x)), replace=False)]
-    parity_x = test_x[: options.parity_images]
+    splits = split_dataset(reload_dataset(source.meta.data, source.meta.config.get("limit"), options.data))
+    test_x, parity_x, calibration = evaluation_images(splits, options)
     # The parity reference is the Keras model the ONNX file is: for a model trained in mixed precision
-    # (--precision bf16) its float32 twin (exporter/convert.py's float32_model: the same weights, every
-    # layer computing in float32), so the gate keeps fp32's 1e-4 and judges the conversion alone. The
-    # trained model's own bf16 outputs differ from any float32 computation by bf16 rounding (3e-3 on a
-    # tiny one-epoch Model 4, 30 times fp32's tolerance), which a conversion gate cannot tell from a
-    # broken graph at a looser tolerance; they are compared with each ONNX variant too and the figures
-    # recorded (the log line, the manifest's validation "trained_precision"), not gated.
+    # (--precision bf16) its float32 twin (float32_model), so the gate keeps fp32's 1e-4 and judges the
+    # conversion alone. The trained model's own bf16 outputs differ from any float32 computation by bf16
+    # rounding (3e-3 on a tiny one-epoch Model 4, 30 times fp32's tolerance), which a conversion gate cannot
+    # tell from a broken graph: they are compared with each variant and recorded, not gated.
     trained = source.model
-    source = replace(source, model=float32_model(trained))
+    source.model = float32_model(trained)
     reference = source.model.predict(parity_x, batch_size=256, verbose=0)
     trained_reference = None
     if source.model is not trained:
@@ -134,72 +137,55 @@ def check_manifest(onnx_dir: Path) -> None:
     read_manifest(current(onnx_dir))
 
 
-def export_variants(
-    source: SourceModel,
-    reference: np.ndarray,
-    parity_x: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    calibration_x: np.ndarray,
-    artifacts: Artifacts,
-    options: ExportOptions,
-    log: TextIO | None = None,
-    trained_reference: np.ndarray | None = None,
-) -> list[ManifestFile]:
+def export_variants(source: SourceModel, reference: np.ndarray, parity_x: np.ndarray, test_x: np.ndarray,
+                    test_y: np.ndarray, calibration_x: np.ndarray, artifacts: Artifacts, options: ExportOptions,
+                    log: TextIO | None = None, trained_reference: np.ndarray | None = None) -> list[ManifestFile]:
     """Convert, check and validate every variant of a Keras model; publish them all only if all pass.
 
-    ``reference`` are the Keras model's probabilities for ``parity_x``, taken before conversion.
-    ``trained_reference``: for a mixed-precision model, its own (bf16-computed) probabilities for
-    ``parity_x``, when ``reference`` comes from its float32 twin; compared and recorded, not gated.
-    """
+    ``reference``: the Keras model's probabilities for ``parity_x``, taken before conversion;
+    ``trained_reference``: as :class:`ParityCheck`'s ``trained``."""
     converted = keras_to_onnx(source.model, options.opset)
     fp32 = cpu_fp32(converted, options.fp32_graph)
     graphs = {"fp32": lambda: fp32, "fp16": lambda: to_fp16(fp32),
               "int8": lambda: to_int8(converted, calibration_x, options.int8)}
+    spec = get_spec(source.name)
+    versions = {name: pkg_metadata.version(name) for name in ("tensorflow", "tf2onnx", "onnx")}
+    input_text = "image: float32 [batch, 28, 28, 1], grey pixels in [0, 1] (Fashion-MNIST / 255)"
+    if spec.transfer:
+        input_text += "; padded to 32x32x3 inside the graph as the report's np.pad((2,2),(2,2),(1,1))"
+    precision = str(source.meta.config.get("precision", "fp32"))
 
     def props(variant: str) -> dict[str, str]:
-        extra = options.int8.metadata() if variant == "int8" else {"graph": FP32_GRAPHS[options.fp32_graph]}
-        return {**_metadata_props(source, variant, options.opset), **extra}
+        return {
+            "model": source.name,
+            "display_name": spec.display_name,
+            **({"model_file": spec.source_file, "model_file_sha256": spec.source_sha256} if spec.source_file else {}),
+            "variant": variant,
+            "class_names": json.dumps(source.meta.data["class_names"]),
+            "input": input_text,
+            "output": "probabilities: float32 [batch, 5], softmax over class_names",
+            "source_keras_sha256": source.meta.model_file["sha256"],
+            "test_accuracy_keras": f"{source.meta.test['accuracy']:.6f}",
+            "base_weights": source.meta.base_weights,
+            # What the Keras model trained in (fmnist-train --precision); the graph computes in float32 either way.
+            "trained_precision": precision,
+            "opset": str(options.opset),
+            **{f"{name}_version": version for name, version in versions.items()},
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(options.int8.metadata() if variant == "int8" else {"graph": FP32_GRAPHS[options.fp32_graph]}),
+        }
 
-    trained = None
-    if trained_reference is not None:
-        trained = TrainedReference(trained_reference, str(source.meta.config.get("precision", "fp32")))
-    return publish_variants(
-        Publication(source.name, graphs, props, _model_record(source), options.opset),
-        ParityCheck(reference, parity_x, test_x, test_y, trained=trained), artifacts, options, log)
-
-
-@dataclass(frozen=True)
-class Publication:
-    """One model's export: a graph builder per variant (fp32 is always built: the others are judged against
-    it), each file's ``metadata_props``, and the model's record in the manifest (what bench needs)."""
-
-    name: str
-    graphs: dict[str, Callable[[], onnx.ModelProto]]
-    props: Callable[[str], dict[str, str]]
-    record: dict
-    opset: int
-
-
-@dataclass(frozen=True)
-class TrainedReference:
-    """A mixed-precision model's own probabilities (bf16-computed) for the parity images: compared, recorded, not gated."""
-
-    probabilities: np.ndarray
-    precision: str
-
-
-@dataclass(frozen=True)
-class ParityCheck:
-    """What every variant is judged against: ``reference``, the source's probabilities for ``parity_x``
-    (Keras, or an imported file's original ONNX), and the labelled test split for accuracy."""
-
-    reference: np.ndarray
-    parity_x: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    reference_name: str = "keras"  # as the parity failure names it: max |p_onnx - p_keras|
-    trained: TrainedReference | None = None
+    record = {
+        "data": source.meta.data,  # bench finds the test split by it, without Keras
+        "limit": source.meta.config.get("limit"),
+        "base_weights": source.meta.base_weights,
+        "keras_file": str(source.path),
+        "keras_test_accuracy": source.meta.test["accuracy"],
+    }
+    if spec.source_file:  # a model of the user's, from its model file
+        record["origin"] = {"kind": "model-file", "path": spec.source_file, "sha256": spec.source_sha256}
+    check = ParityCheck(reference, parity_x, test_x, test_y, trained=trained_reference, trained_precision=precision)
+    return publish_variants(Publication(source.name, graphs, props, record, options.opset), check, artifacts, options, log)
 
 
 def publish_variants(publication: Publication, check: ParityCheck, artifacts: Artifacts, options: ExportOptions,
@@ -225,7 +211,7 @@ def publish_variants(publication: Publication, check: ParityCheck, artifacts: Ar
                 session = cpu_session(path)
                 onnx_p = run_probabilities(session, check.parity_x)
                 parity = compare(check.reference, onnx_p)
-                trained_parity = compare(check.trained.probabilities, onnx_p) if check.trained is not None else None
+                trained = compare(check.trained, onnx_p) if check.trained is not None else None
                 accuracy = float(np.mean(run_probabilities(session, check.test_x).argmax(-1) == check.test_y))
             finally:
                 if not keep:
@@ -237,16 +223,16 @@ def publish_variants(publication: Publication, check: ParityCheck, artifacts: Ar
             enforce(name, variant, parity, options.tolerances, check.reference_name)
             if not keep:
                 continue
-            validation = parity.to_dict()
+            validation = asdict(parity)
             if check.reference_name != "keras":
                 validation["reference"] = check.reference_name
             trained_text = ""
-            if trained_parity is not None:
-                precision = check.trained.precision
-                validation["trained_precision"] = {"precision": precision, "max_abs_diff": trained_parity.max_abs_diff,
-                                                   "argmax_agreement": trained_parity.argmax_agreement}
-                trained_text = (f" (vs the {precision} Keras model itself: max|diff| {trained_parity.max_abs_diff:.2e}, "
-                                f"argmax agreement {trained_parity.argmax_agreement:.2%})")
+            if trained is not None:
+                precision = check.trained_precision
+                validation["trained_precision"] = {"precision": precision, "max_abs_diff": trained.max_abs_diff,
+                                                   "argmax_agreement": trained.argmax_agreement}
+                trained_text = (f" (vs the {precision} Keras model itself: max|diff| {trained.max_abs_diff:.2e}, "
+                                f"argmax agreement {trained.argmax_agreement:.2%})")
             print(f"[{name}] {variant:>4}: max|diff| {parity.max_abs_diff:.2e}, argmax agreement {parity.argmax_agreement:.2%}"
                   f"{trained_text}, test accuracy {accuracy:.4f} ({parity.accuracy_change_points:+.2f} pt vs fp32), "
                   f"{path.stat().st_size / 1e6:.2f} MB -> {onnx_dir / path.name}", file=log, flush=True)
@@ -256,31 +242,16 @@ def publish_variants(publication: Publication, check: ParityCheck, artifacts: Ar
     return exported
 
 
-def _model_record(source: SourceModel) -> dict:
-    """A Keras model's record in the manifest: its data (bench finds the test split without Keras) and origin."""
-    spec = get_spec(source.name)
-    record = {
-        "data": source.meta.data,
-        "limit": source.meta.config.get("limit"),
-        "base_weights": source.meta.base_weights,
-        "keras_file": str(source.path),
-        "keras_test_accuracy": source.meta.test["accuracy"],
-    }
-    if spec.source_file:  # a model of the user's, from its model file
-        record["origin"] = {"kind": "model-file", "path": spec.source_file, "sha256": spec.source_sha256}
-    return record
-
-
 def _update_manifest(stage: Path, exported: list[ManifestFile], name: str, record: dict) -> None:
     """Merge ``exported`` into the stage's manifest; its ``models`` section lets bench find the test data without Keras."""
     manifest = read_manifest(stage) or Manifest()
-    for entry in exported:
-        manifest.files[entry.file] = entry
+    manifest.files.update({entry.file: entry for entry in exported})
     manifest.models[name] = record
     # Drop rows whose file is gone (deleted by hand).
     manifest.files = {file: row for file, row in manifest.files.items() if (stage / file).exists()}
-    manifest.models = {model: row for model, row in manifest.models.items() if manifest.file_for_model(model)}
-    write_json_atomic(manifest_path(stage), manifest.to_dict())
+    with_files = {row.model for row in manifest.files.values()}
+    manifest.models = {model: row for model, row in manifest.models.items() if model in with_files}
+    write_json_atomic(stage / MANIFEST_NAME, manifest.to_dict())
     write_text_atomic(stage / "manifest.md", manifest_table(manifest).to_markdown(index=False, disable_numparse=True) + "\n")
 
 

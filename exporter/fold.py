@@ -1,23 +1,11 @@
-"""Exact folding of the report's BatchNormalization-after-ReLU into the layer that follows it.
+"""Exact folding of the report's BatchNormalization-after-ReLU (tf2onnx's per-channel ``Mul -> Add``) into the
+layers around it; the algebra, and why each fold is exact, is in docs/graph.md.
 
-The study's CNNs run ``Conv -> ReLU -> BatchNormalization``, which tf2onnx leaves as a per-channel
-``Mul(x, scale) -> Add(., offset)``: onnxruntime cannot fuse it into the convolution before it (the
-ReLU is in between), so it runs as two extra passes over every feature map, and on the CPU provider
-each one forces a reorder out of and back into the blocked NCHWc layout around it.
-
-The affine map can instead be folded into the layers around it, exactly:
-
-- **into a Dense layer** (``MatMul`` + bias ``Add``): ``(x * s + t) @ W + b = x @ (s[:, None] * W) + (t @ W + b)``;
-  better, when the layer before the ReLU is a Conv or Dense with its own weights, the scale goes back into
-  it (``s * ReLU(z) = ReLU(s * z)`` for ``s > 0``, per output channel) and only the shift goes forward
-  into the bias. The affine may pass through ``MaxPool`` (when every scale is positive: max commutes with
-  a positive scale and a shift), ``Transpose`` and ``Reshape`` (Flatten), whose permutation of features
-  is followed by pushing the per-channel constants through the same operators.
-- **into a Conv** with weight ``W`` and bias ``b``: ``W' = W * s`` over input channels, and the shift
-  ``t`` becomes ``b' = b + sum(W * t)``. That is exact wherever the kernel sees no padding; at the
-  border, 'same' padding pads the *normalised* map with zeros, which the folded convolution must not
-  count: a constant correction map (zero inside, ``-sum`` of the border taps' ``W * t`` on the border)
-  added after the convolution keeps it exact.
+- into a Dense layer (``MatMul`` + bias ``Add``), through MaxPool (positive scales only), Transpose and Reshape:
+  the scale back into the layer before the ReLU where it can go (``s * ReLU(z) = ReLU(s * z)`` for ``s > 0``),
+  else forward into the weight's rows; the shift forward into the bias;
+- into the next Conv (``--fp32-graph fold``): ``W * s`` over input channels, ``b + sum(W * t)``, and a constant
+  correction map after it where 'same' padding zeros the normalised border.
 
 Only a Mul/Add pair whose output feeds exactly one such chain is folded; anything else is left as it is.
 :func:`affine_after_maxpool` moves what is left past a following MaxPool, where it touches a quarter of the values.
@@ -175,11 +163,7 @@ def _is_plain_conv(graph: ONNXModel, conv: onnx.NodeProto, shapes: Shapes) -> bo
     return (len(conv.input) == 3 and all(_private_constant(graph, name) for name in conv.input[1:])
             and attrs.get("group", 1) == 1 and set(attrs.get("dilations", [1, 1])) == {1}
             and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
-            and _known_spatial(shapes.get(conv.input[0])))
-
-
-def _known_spatial(shape: list[int | str | None] | None) -> bool:
-    return shape is not None and len(shape) == 4 and known(shape[2:])
+            and len(shapes.get(conv.input[0]) or []) == 4 and known(shapes[conv.input[0]][2:]))
 
 
 def _through(passes: list[onnx.NodeProto], shapes: Shapes, scale: np.ndarray,
@@ -242,29 +226,20 @@ def _conv2d(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
     """A plain NCHW convolution in float64 (for the correction map only): x [1, C, H, W], w [O, C, kh, kw]."""
     top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
     stride_h, stride_w = attrs.get("strides", [1, 1])
-    kh, kw = w.shape[2:]
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    out_h = (padded.shape[2] - kh) // stride_h + 1
-    out_w = (padded.shape[3] - kw) // stride_w + 1
-    out = np.zeros((1, w.shape[0], out_h, out_w))
-    for i in range(kh):
-        for j in range(kw):
-            window = padded[:, :, i:i + stride_h * out_h:stride_h, j:j + stride_w * out_w:stride_w]
-            out += np.einsum("nchw,oc->nohw", window, w[:, :, i, j])
-    return out
+    windows = np.lib.stride_tricks.sliding_window_view(padded, w.shape[2:], axis=(2, 3))[:, :, ::stride_h, ::stride_w]
+    return np.einsum("nchwij,ocij->nohw", windows, w)
 
 
 def _scale_outputs(graph: ONNXModel, layer: onnx.NodeProto, s: np.ndarray) -> None:
     """Multiply a Conv's, or a Dense layer's (``layer`` is its bias Add), output channels by ``s``."""
     if layer.op_type == "Conv":
-        weight_name, bias_name = layer.input[1:]
-        weight, bias = graph.get_constant_value(weight_name), graph.get_constant_value(bias_name)
-        _set(graph, weight_name, (weight * s[:, None, None, None]).astype(weight.dtype))
+        weight, bias, weight_factor = layer.input[1], layer.input[2], s[:, None, None, None]
     else:
-        weight_name, bias_name = graph.get_parent(layer, 0).input[1], layer.input[1]
-        weight, bias = graph.get_constant_value(weight_name), graph.get_constant_value(bias_name)
-        _set(graph, weight_name, (weight * s[None, :]).astype(weight.dtype))
-    _set(graph, bias_name, (bias * s).astype(bias.dtype))
+        weight, bias, weight_factor = graph.get_parent(layer, 0).input[1], layer.input[1], s[None, :]
+    for name, factor in ((weight, weight_factor), (bias, s)):
+        value = graph.get_constant_value(name)
+        _set(graph, name, (value * factor).astype(value.dtype))
 
 
 def _fold_into_dense(graph: ONNXModel, matmul: onnx.NodeProto, s: np.ndarray, t: np.ndarray) -> None:

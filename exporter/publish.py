@@ -1,11 +1,8 @@
 """Publishing an export all at once: the variants and the manifest appear together, or not at all.
 
-The ``onnx/`` folder is a symbolic link to one generation directory in ``onnx.d/``. An export hard-links
-the current generation's files into a new one (free: no bytes copied), writes its variants and the
-merged manifest there, and then swaps the link with one ``rename``. A kill at any point leaves either
-the old generation or the new one in place, never a new int8 beside an old fp32 under an old manifest.
-Readers resolve the link once (:func:`current`), so a run sees one generation throughout.
-
+``onnx/`` is a symbolic link to one generation directory in ``onnx.d/``. An export hard-links the live files into
+a new generation, writes there, and swaps the link with one ``rename``: a kill at any point leaves the old
+generation or the new one, never a new int8 beside an old fp32. Readers resolve the link once (:func:`current`).
 One export per ``onnx/`` folder at a time (a lock); a second is told who holds it.
 """
 

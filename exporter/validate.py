@@ -1,12 +1,11 @@
-"""Validation of exported files: ONNX's checker, then parity with the Keras model on test images.
+"""Validation of exported files: ONNX's checker, then parity with the reference model on test images.
 
-As in optimum's exporter: explicit tolerances, and a failure names the model, the variant and the
-figures. A model that fails is never written.
+As in optimum's exporter: explicit tolerances, and a failure names the model, the variant and the figures.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +35,6 @@ class Parity:
     accuracy_fp32_onnx: float | None = None
     accuracy_change_points: float | None = None  # onnx - fp32 onnx, in percentage points
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 class ParityError(RuntimeError):
     pass
@@ -49,8 +45,7 @@ def check_model(path: Path) -> None:
 
 
 def cpu_session(path: Path | bytes) -> ort.InferenceSession:
-    source = str(path) if isinstance(path, Path) else path
-    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path) if isinstance(path, Path) else path, providers=["CPUExecutionProvider"])
 
 
 def run_probabilities(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
@@ -60,15 +55,12 @@ def run_probabilities(session: ort.InferenceSession, images: np.ndarray) -> np.n
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
-    """Parity of ``candidate`` with the Keras ``reference``: shapes first, so an ``(N, 1)`` output can never
-    broadcast against ``(N, 5)`` into a false pass, then the values."""
+    """Parity of ``candidate`` with ``reference``: shapes first, so an ``(N, 1)`` output can never broadcast
+    against ``(N, 5)`` into a false pass, then the values."""
     if reference.shape != candidate.shape:
         raise ParityError(f"output shape {candidate.shape} differs from the Keras model's {reference.shape}")
-    return Parity(
-        images=len(reference),
-        max_abs_diff=float(np.max(np.abs(reference - candidate))),
-        argmax_agreement=float(np.mean(reference.argmax(-1) == candidate.argmax(-1))),
-    )
+    return Parity(images=len(reference), max_abs_diff=float(np.max(np.abs(reference - candidate))),
+                  argmax_agreement=float(np.mean(reference.argmax(-1) == candidate.argmax(-1))))
 
 
 def enforce(model: str, variant: str, parity: Parity, tol: Tolerances, reference: str = "keras") -> None:

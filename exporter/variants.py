@@ -1,17 +1,13 @@
-"""The graphs that are published: fp32 rewritten for the runtimes, and its fp16 and int8 variants.
+"""The graphs that are published: fp32 rewritten for the runtimes (docs/graph.md), and its fp16 and int8 variants.
 
-fp32: tf2onnx's graph with BatchNormalization-after-ReLU folded exactly where a layer can take it
-(exporter/fold.py, exporter/affine.py) and Flatten's run-time shape made static (exporter/simplify.py).
-fp16: onnxconverter-common, float32 input and output kept (meant for the CUDA provider).
-int8: onnxruntime static quantization, QDQ, per-channel weights, calibrated on training images
-after onnxruntime's quantization pre-processing (which needs sympy).
+fp16: onnxconverter-common, float32 input and output kept (meant for the CUDA provider). int8: onnxruntime static
+quantization, per-channel weights, calibrated on training images after its pre-processing (which needs sympy).
 """
 
 from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +23,10 @@ from exporter.fold import affine_after_maxpool, fold_affine_forward
 from exporter.simplify import static_reshapes
 
 CALIBRATION_BATCH = 32
-
-
-# How the fp32 graph treats BatchNormalization after ReLU (every choice computes the same function; the
-# README's performance section has what each measured on the CPU provider):
+# How the fp32 graph lays out BatchNormalization after ReLU; all compute the same function. "fold"'s correction map
+# Add runs outside onnxruntime's NCHWc layout, which costs more than the depthwise Conv (docs/performance.md).
 FP32_GRAPHS = {
-    # feature maps: one depthwise 1x1 Conv each, which onnxruntime runs in its blocked NCHWc layout, so no
-    # layout reorders are needed around it; dense features: folded into the Dense layers exactly.
     "depthwise": "BatchNormalization after ReLU: depthwise 1x1 Conv on feature maps, folded into the Dense layers",
-    # also folded into the next Conv, with a border correction map Add after it (exact, but that Add runs
-    # outside the NCHWc layout, which costs more than the depthwise Conv it replaces).
     "fold": "BatchNormalization after ReLU: folded into the next Conv (border correction map) and Dense layers",
     "converted": "tf2onnx's graph as converted",
 }
@@ -67,8 +57,7 @@ class _Calibration(CalibrationDataReader):
 
     def __init__(self, images: np.ndarray):
         batches = max(1, len(images) // CALIBRATION_BATCH)
-        usable = len(images) if len(images) < CALIBRATION_BATCH else batches * CALIBRATION_BATCH
-        self._batches: Iterator[np.ndarray] = iter(np.split(images[:usable], batches))
+        self._batches = iter(np.split(images[: max(CALIBRATION_BATCH, batches * CALIBRATION_BATCH)], batches))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DIR = "artifacts"
 # Read once at import: os.umask can only be read by setting it, which is racy once threads run.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -47,12 +46,6 @@ def check_source(path: Path, label: str) -> None:
         raise ArtifactsError(f"{label}: {'not a file or folder' if path.exists() else 'no such file or folder'}")
 
 
-def resolve_artifacts_dir(option: str | os.PathLike | None = None) -> Path:
-    if option is not None:
-        return Path(option)
-    return Path(os.environ.get("FMNIST_ARTIFACTS") or DEFAULT_DIR)
-
-
 @dataclass(frozen=True)
 class Artifacts:
     """The layout of the artifacts folder (documented in artifacts/README.md)."""
@@ -61,7 +54,7 @@ class Artifacts:
 
     @classmethod
     def at(cls, option: str | os.PathLike | None = None) -> "Artifacts":
-        return cls(resolve_artifacts_dir(option))
+        return cls(Path(option if option is not None else os.environ.get("FMNIST_ARTIFACTS") or "artifacts"))
 
     def model_file(self, name: str) -> Path:
         return self.root / "models" / f"{name}.keras"
@@ -103,7 +96,7 @@ class Artifacts:
         return self.root / "onnx"
 
     def ensure(self, *folders: Path) -> None:
-        """Create folders, failing with one line that names the folder when it cannot."""
+        """Create ``folders`` (the root by default), failing with one line that names the folder when it cannot."""
         for folder in folders or (self.root,):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -115,14 +108,11 @@ class Artifacts:
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` only if the block succeeds.
-
-    The temporary name keeps the target's suffix (Keras insists on ``.keras``), and lives in the
-    same folder so the rename is atomic. A crash leaves no file that looks finished.
-    """
+    """Yield a temporary path beside ``target`` (same folder: the rename is atomic; same suffixes: Keras insists on
+    them); rename it over ``target`` only if the block succeeds. A crash leaves no file that looks finished."""
     target.parent.mkdir(parents=True, exist_ok=True)
     suffixes = "".join(target.suffixes)  # all of them: Keras wants ".weights.h5", not ".h5"
-    stem = target.name[: len(target.name) - len(suffixes)] if suffixes else target.name
+    stem = target.name.removesuffix(suffixes)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffixes}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -137,11 +127,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def writing(target: Path) -> Iterator[None]:
-    """Turn an OSError while writing ``target`` (a full disk, a folder gone) into one line that names it.
-
-    Wrap an ``atomic_path`` block with it: the temporary file is gone by the time the error is raised,
-    so the line is all that is left of the attempt.
-    """
+    """Turn an OSError while writing ``target`` (a full disk, a folder gone) into one line that names it; around an
+    ``atomic_path`` block, the temporary file is gone by then."""
     try:
         yield
     except ArtifactsError:
@@ -173,4 +160,4 @@ def write_text_atomic(target: Path, text: str) -> None:
 
 
 def write_json_atomic(target: Path, payload: Any) -> None:
-    write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    write_text_atomic(target, json.dumps(payload, indent=2, default=str) + "\n")

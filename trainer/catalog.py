@@ -1,13 +1,9 @@
-"""The report's six models as facts: names, display names, shapes. No TensorFlow here.
+"""The report's six models as facts: names, display names, shapes. No TensorFlow here: the bench runs without
+the training stack, yet names models as the report does. trainer/models.py adds the Keras builders.
 
-The bench and its report run on an edge device without the training stack (``pip install fmnist-edge``
-without ``[train]``), yet they name models the way the report does. They ask here; ``trainer/models.py``
-adds the Keras builders to these same records, and checks that every entry has one.
-
-A model of the user's own (a builder in a ``--model-file``, or an ONNX file given to ``fmnist-export
---onnx``) is any name that is not one of the six: it is shown with :data:`YOURS` after it everywhere. Its
-name is checked here (:func:`name_problem`), so that it can never stand for one of the six, nor collide
-with a file or a lock of the artifacts folder.
+A model of the user's own (a ``--model-file`` builder, or an ONNX file given to ``fmnist-export --onnx``) is
+any name that is not one of the six, shown with :data:`YOURS` after it everywhere. :func:`name_problem`
+checks its name, so that it can never stand for one of the six, nor collide with a file or a lock.
 """
 
 from __future__ import annotations
@@ -64,7 +60,6 @@ class ModelFileError(ValueError):
 
 
 def study_models() -> list[str]:
-    """The report's six, in its order."""
     return list(CATALOG)
 
 
@@ -82,7 +77,6 @@ def model_info(name: str) -> ModelInfo:
 
 
 def add_yours(info: ModelInfo) -> None:
-    """Record a user's model (trainer/models.py does, when a model file registers one)."""
     _YOURS[info.name] = info
 
 
@@ -91,13 +85,11 @@ def remove_yours(name: str) -> None:
 
 
 def source_sha256(name: str) -> str | None:
-    """The sha256 of the model file that defines ``name``, when it is the user's and loaded here; else None."""
     info = _YOURS.get(name)
     return info.source_sha256 if info else None
 
 
 def is_yours(name: str) -> bool:
-    """Whether ``name`` is a model of the user's (anything but the six)."""
     return name not in CATALOG
 
 
@@ -113,8 +105,7 @@ def display_name(name: str) -> str:
 
 def model_order(name: str) -> tuple[int, int, str]:
     """A sort key: the six in the report's order, then the user's by name."""
-    six = list(CATALOG)
-    return (0, six.index(name), "") if name in CATALOG else (1, 0, name)
+    return (0, list(CATALOG).index(name), "") if name in CATALOG else (1, 0, name)
 
 
 def name_problem(name: str) -> str | None:

@@ -5,11 +5,9 @@
     fmnist-train model4 --limit 2000 --epochs 1 --quiet
     fmnist-train sweep model4 --grid optimizer=sgd,adam
 
-The command line only: options become a configuration (trainer/config.py), the library does the
-work (trainer/training.py, trainer/sweep.py), and a known error is one line and exit status 2. Options
-and the files the command will need are checked before any work; a model that trained to no result
-(a loss or weights not finite) is not published, and the command ends with one line and exit status 1.
-REPORT.md is written by ``fmnist-bench report``, which reads the bench results too.
+Options become a configuration (trainer/config.py); the library does the work (trainer/training.py,
+trainer/sweep.py). Options and the files they name are checked before any work; a known error is one line
+and exit status 2, a model that trained to no result (not finite) one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ from trainer.training import TrainingFailed, load_data, model_lock, train_one  #
 PROG = "fmnist-train"
 REPORT_MOVED = f"{PROG}: error: 'report' moved: run 'fmnist-bench report' (it reads the bench results too)"
 BASE_WEIGHTS_WORDS = ("auto", "imagenet", "none")  # --base-weights values that are not a file (trainer/models.py)
-DATA_FILE_SUFFIXES = (".npy", ".npz")  # the data files the loader reads (trainer/data.py); else a folder of IDX files
 
 
 class OptionError(ValueError):
@@ -60,20 +57,27 @@ class _Parser(argparse.ArgumentParser):
         super().error(one_line(message))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=PROG, description="Train the report's Fashion-MNIST models.",
-        epilog=f"Also: '{PROG} sweep MODEL --grid NAME=V1,V2' (experiment tables). REPORT.md: 'fmnist-bench report'.",
-    )
-    parser.add_argument("models", nargs="+", metavar="MODEL", help=f"'all' or any of: {', '.join(list_models())}")
-    add_ray_option(parser, "each model one Ray task")
-    parser.add_argument("--through-base", action="store_true",
-                        help="resnet50/vgg16: run the frozen base on every batch, as the report did (slow; to measure the feature cache)")
-    add_training_options(parser)
-    return parser
-
-
-def add_training_options(parser: argparse.ArgumentParser) -> None:
+def build_parser(sweep: bool = False) -> argparse.ArgumentParser:
+    """``fmnist-train MODEL...``, or with ``sweep`` ``fmnist-train sweep MODEL --grid ...``."""
+    if sweep:
+        parser = _Parser(prog=f"{PROG} sweep", description="Train a grid of configurations; rows go to reports/experiments.csv.")
+        parser.add_argument("model", help=f"any of: {', '.join(list_models())}")
+        parser.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
+                            help="optimizer, batch_size, lr, epochs or seed; several --grid make a product")
+        parser.add_argument("--force", action="store_true", help="rerun configurations already in experiments.csv")
+    else:
+        parser = _Parser(
+            prog=PROG, description="Train the report's Fashion-MNIST models.",
+            epilog=f"Also: '{PROG} sweep MODEL --grid NAME=V1,V2' (experiment tables). REPORT.md: 'fmnist-bench report'.",
+        )
+        parser.add_argument("models", nargs="+", metavar="MODEL", help=f"'all' or any of: {', '.join(list_models())}")
+    parser.add_argument("--ray", nargs="?", const=cluster.LOCAL, metavar="ADDRESS",
+                        help=f"each {'configuration' if sweep else 'model'} one Ray task (needs the [ray] extra): no "
+                             "ADDRESS starts a local Ray instance; 'auto' or 'ray://host:port' joins a cluster. "
+                             "Give it after the model names.")
+    if not sweep:
+        parser.add_argument("--through-base", action="store_true", help="resnet50/vgg16: run the frozen base on every "
+                            "batch, as the report did (slow; to measure the feature cache)")
     lrs = ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULTS.lr_by_optimizer.items())
     parser.add_argument("--epochs", type=_positive_int, help=f"epochs (default {DEFAULTS.epochs}, the report's)")
     parser.add_argument("--batch-size", type=_positive_int, help=f"batch size (default {DEFAULTS.batch_size})")
@@ -89,64 +93,38 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", help="output folder (default: $FMNIST_ARTIFACTS, then ./artifacts)")
     parser.add_argument("--limit", type=_positive_int, help="use only the first N images (smoke runs)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    add_model_file_option(parser)
-    quiet.add_flag(parser)
-
-
-def add_model_file_option(parser: argparse.ArgumentParser) -> None:
-    """``--model-file PATH.py``: a Python file registering models of your own (trainer/userfile.py). It runs."""
     parser.add_argument("--model-file", action="append", metavar="PATH.py",
                         help="a Python file that registers your own models with @register('NAME') "
                              "(from trainer.models import register); it is run, so give only files you trust; repeatable")
-
-
-def build_sweep_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=f"{PROG} sweep", description="Train a grid of configurations; rows go to reports/experiments.csv.")
-    parser.add_argument("model", help=f"any of: {', '.join(list_models())}")
-    parser.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
-                        help="optimizer, batch_size, lr, epochs or seed; several --grid make a product")
-    parser.add_argument("--force", action="store_true", help="rerun configurations already in experiments.csv")
-    add_ray_option(parser, "each configuration one Ray task")
-    add_training_options(parser)
+    quiet.add_flag(parser)
     return parser
 
 
-def add_ray_option(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--ray", nargs="?", const=cluster.LOCAL, metavar="ADDRESS",
-                        help=f"{what} (needs the [ray] extra): no ADDRESS starts a local Ray instance; 'auto' or "
-                             "'ray://host:port' joins a cluster. Give it after the model names.")
-
-
-def _positive(kind: type) -> Callable[[str], int | float]:
-    """An argparse type: a finite positive int or float, with a one-line error naming the value."""
+def _number(kind: type, high: int | None = None) -> Callable[[str], int | float]:
+    """An argparse type: a finite positive ``kind`` (an int at most MAX_COUNT), or with ``high`` a whole number from
+    0 to ``high``; anything else is a one-line error naming the value."""
     def parse(text: str) -> int | float:
         shown = repr(clip(text))
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{shown} is not a {'whole number' if kind is int else 'number'}") from None
-        if not math.isfinite(value):  # inf trains to NaN and nan compares false with everything
-            raise argparse.ArgumentTypeError(f"{shown} must be a finite number")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{shown} must be positive")
-        if kind is int and value > MAX_COUNT:
-            raise argparse.ArgumentTypeError(f"{shown} must be at most {MAX_COUNT}")
+        if high is not None:
+            problem = "" if 0 <= value <= high else f"must be between 0 and {high}"
+        elif kind is float and not math.isfinite(value):  # inf trains to NaN and nan compares false with everything
+            problem = "must be a finite number"
+        elif not value > 0:
+            problem = "must be positive"
+        else:
+            problem = f"must be at most {MAX_COUNT}" if kind is int and value > MAX_COUNT else ""
+        if problem:
+            raise argparse.ArgumentTypeError(f"{shown} {problem}")
         return value
     return parse
 
 
-_positive_int, _positive_float = _positive(int), _positive(float)
-
-
-def _seed(text: str) -> int:
-    """An argparse type: what keras.utils.set_random_seed takes, 0 to 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{clip(text)!r} is not a whole number") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{clip(text)!r} must be between 0 and {MAX_SEED}")
-    return value
+# --seed: what keras.utils.set_random_seed takes.
+_positive_int, _positive_float, _seed = _number(int), _number(float), _number(int, high=MAX_SEED)
 
 
 def one_line(text: object, token_limit: int = 160, line_limit: int = 600) -> str:
@@ -184,7 +162,7 @@ def check_options(args: argparse.Namespace, names: list[str]) -> None:
         what = "is a folder" if os.path.isdir(weights) else "no such file"
         raise OptionError(f"--base-weights {weights}: {what}; expected {', '.join(BASE_WEIGHTS_WORDS)} or a weights file")
     source = data_mod.resolve_source(args.data)  # the loader's own look-up: a missing --data is its line
-    if source is not None and source.is_file() and source.suffix.lower() not in DATA_FILE_SUFFIXES:
+    if source is not None and source.is_file() and source.suffix.lower() not in (".npy", ".npz"):
         raise DataError(f"{source}: unsupported data file; expected a folder of IDX .gz files, a .npy dict or a .npz")
     data_mod.parse_class_map(args.class_map)
     if args.artifacts is not None:
@@ -192,14 +170,9 @@ def check_options(args: argparse.Namespace, names: list[str]) -> None:
 
 
 def config_from_args(name: str, args: argparse.Namespace) -> TrainConfig:
-    """The options of either command as a complete configuration; the defaults come from trainer.config."""
     return resolve_config(name, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                           seed=args.seed, base_weights=args.base_weights or "auto", limit=args.limit,
                           precision=args.precision)
-
-
-def _load_data(args: argparse.Namespace, artifacts: Artifacts, log: TextIO) -> tuple[Dataset, Splits]:
-    return load_data(artifacts, args.data, args.class_map, args.limit, quiet=args.quiet, log=log)
 
 
 def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata]:
@@ -223,7 +196,7 @@ def run(args: argparse.Namespace, log: TextIO | None = None) -> list[RunMetadata
         # Table 1 is written at the end from every model's metadata: a damaged file of another model
         # is named now, before any training, not after it. The models trained here rewrite theirs.
         table1(artifacts, [name for name in trained_models(artifacts) if name not in names])
-        dataset, splits = _load_data(args, artifacts, log)
+        dataset, splits = load_data(artifacts, args.data, args.class_map, args.limit, quiet=args.quiet, log=log)
         samples = artifacts.plot_file("samples")
         with writing(samples):
             sample_grid(splits.train, samples)
@@ -269,7 +242,7 @@ def run_sweep_command(args: argparse.Namespace, log: TextIO | None = None) -> li
     grid = parse_grid(args.grid)
     check_options(args, [args.model])
     artifacts = Artifacts.at(args.artifacts)
-    dataset, splits = _load_data(args, artifacts, log)
+    dataset, splits = load_data(artifacts, args.data, args.class_map, args.limit, quiet=args.quiet, log=log)
     rows = run_sweep(grid, config_from_args(args.model, args), dataset, splits, artifacts,
                      lr_given=args.lr is not None, force=args.force, quiet=args.quiet, log=log, ray_address=args.ray)
     print(f"sweep: {len(rows)} row(s) written to {artifacts.experiments_file}", file=log)
@@ -287,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv else None
     try:
         if command == "sweep":
-            run_sweep_command(build_sweep_parser().parse_args(argv[1:]))
+            run_sweep_command(build_parser(sweep=True).parse_args(argv[1:]))
         elif command == "report":
             print(REPORT_MOVED, file=sys.stderr)
             return 2
@@ -295,12 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             run(build_parser().parse_args(argv))
     except SystemExit as exc:  # argparse: --help (0) or a bad option (2), its line already printed
         return exc.code if isinstance(exc.code, int) else 2
-    except TrainingFailed as exc:  # the work was done and gave no result: not a refusal of the input (2)
+    except (TrainingFailed, *ERRORS) as exc:
         print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    except ERRORS as exc:
-        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, TrainingFailed) else 2  # 1: the work was done and gave no result
     except OSError as exc:  # a full disk or a folder gone where no caller named the file: still one line
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{PROG}: error: {one_line(f'{where}{exc.strerror or exc}')}", file=sys.stderr)

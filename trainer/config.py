@@ -1,11 +1,8 @@
 """Training defaults and the configuration of one training run: the one place that knows them.
 
-The defaults are the report's protocol (Adam, batch 128, 50 epochs, each optimizer at Keras' own
-default learning rate: the report used ``Adam()`` and ``'sgd'`` as they come). The command line, the
-sweep and the REPORT.md renderer all read them here, so a changed default changes every one of them.
-
-Imports no TensorFlow: resolving a configuration (or reading the defaults for a report) must not
-pay for loading it.
+The defaults are the report's protocol (Adam, batch 128, 50 epochs, each optimizer at Keras' own default
+learning rate: the report used ``Adam()`` and ``'sgd'`` as they come); the command line, the sweep and the
+REPORT.md renderer all read them here. Imports no TensorFlow: reading them must not pay for loading it.
 """
 
 from __future__ import annotations
@@ -18,8 +15,8 @@ from trainer.catalog import source_sha256
 
 # Keras' own default learning rate per optimizer; also the optimizers the toolkit knows.
 _KERAS_LR_BY_OPTIMIZER = MappingProxyType({"adam": 1e-3, "sgd": 1e-2})
-# ``--precision``: the Keras dtype policy each name trains under (trainer/fit.py's ``dtype_policy``).
-# bf16 is Keras' mixed precision: float32 variables, bfloat16 compute, the softmax output in float32.
+# ``--precision``: the Keras dtype policy each name trains under. bf16 is Keras' mixed precision: float32
+# variables, bfloat16 compute, the softmax output in float32.
 PRECISION_POLICIES = MappingProxyType({"fp32": "float32", "bf16": "mixed_bfloat16"})
 
 
@@ -30,22 +27,21 @@ class TrainDefaults:
     epochs: int = 50
     batch_size: int = 128
     optimizer: str = "adam"
-    precision: str = "fp32"  # the study's; see PRECISION_POLICIES
+    precision: str = "fp32"  # the study's
     # Per optimizer, because the report changed optimizers without setting a learning rate.
     lr_by_optimizer: Mapping[str, float] = field(default_factory=lambda: _KERAS_LR_BY_OPTIMIZER)
 
     @property
     def optimizers(self) -> tuple[str, ...]:
-        """The optimizer names a configuration may use."""
         return tuple(self.lr_by_optimizer)
 
     @property
     def lr(self) -> float:
-        """The learning rate of the default optimizer (the report's 1e-3)."""
+        """The default optimizer's (the report's 1e-3)."""
         return self.lr_for(self.optimizer)
 
     def lr_for(self, optimizer: str) -> float:
-        """The learning rate an ``optimizer`` runs at when the user gives none."""
+        """The learning rate ``optimizer`` runs at when the user gives none."""
         try:
             return self.lr_by_optimizer[optimizer]
         except KeyError:
@@ -53,7 +49,7 @@ class TrainDefaults:
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        """The ``--precision`` names a configuration may use, the default first."""
+        """The ``--precision`` names, the default first."""
         return (self.precision, *(p for p in PRECISION_POLICIES if p != self.precision))
 
 
@@ -62,12 +58,9 @@ DEFAULTS = TrainDefaults()
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides what one run trains.
-
-    Its ``identity`` is part of a checkpoint's identity (a checkpoint of another configuration is not
-    resumed) and of an experiment row's key: adding, renaming or reordering fields invalidates both,
-    unless the new field is left out of ``identity`` at its old implicit value (as ``precision`` is).
-    """
+    """Everything that decides what one run trains. Its ``identity`` keys checkpoints and experiment rows: a
+    field added, renamed or reordered invalidates both, unless ``identity`` leaves it out at its old implicit
+    value (as it does ``precision``)."""
 
     model: str
     epochs: int
@@ -77,7 +70,7 @@ class TrainConfig:
     seed: int
     base_weights: str = "auto"
     limit: int | None = None  # images used (smoke runs); None: all of them
-    precision: str = "fp32"  # "bf16": Keras' mixed_bfloat16 policy (PRECISION_POLICIES)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_POLICIES:
@@ -85,43 +78,26 @@ class TrainConfig:
 
     @property
     def dtype_policy(self) -> str:
-        """The Keras dtype policy the model is built under: ``float32`` or ``mixed_bfloat16``."""
         return PRECISION_POLICIES[self.precision]
 
     def identity(self) -> dict:
-        """The configuration as checkpoints (trainer/fit.py's state.json) and experiment keys see it.
-
-        Every field, except ``precision`` when it is fp32: every run before ``--precision`` existed
-        was fp32 and has no such field, so an fp32 run keeps the key of its existing experiments.csv
-        rows and may resume its checkpoint, while a bf16 run never matches an fp32 one, nor the reverse.
-        """
+        """The configuration as checkpoints and experiment keys see it: every field, except ``precision`` when it
+        is fp32, as every run before ``--precision`` was (so their rows and checkpoints still match)."""
         values = asdict(self)
         if self.precision == "fp32":
             del values["precision"]
         # A model of the user's (--model-file) is what its file says now: an edited file is another model,
         # whose checkpoint must not be resumed and whose experiment rows are not the old ones.
-        if source_sha256(self.model):
-            values["model_file_sha256"] = source_sha256(self.model)
+        if sha256 := source_sha256(self.model):
+            values["model_file_sha256"] = sha256
         return values
 
 
-def resolve_config(
-    model: str,
-    *,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    optimizer: str | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    base_weights: str = "auto",
-    limit: int | None = None,
-    precision: str | None = None,
-) -> TrainConfig:
-    """A complete configuration from the settings the user gave (``None``: the default).
-
-    An optimizer without an explicit ``lr`` runs at its own default rate, not the default
-    optimizer's: SGD at Adam's 1e-3 is not what the report measured.
-    """
+def resolve_config(model: str, *, epochs: int | None = None, batch_size: int | None = None,
+                   optimizer: str | None = None, lr: float | None = None, seed: int = 0, base_weights: str = "auto",
+                   limit: int | None = None, precision: str | None = None) -> TrainConfig:
+    """A complete configuration from the settings the user gave (``None``: the default). An optimizer without an
+    ``lr`` runs at its own default rate: SGD at Adam's 1e-3 is not what the report measured."""
     optimizer = optimizer or DEFAULTS.optimizer
     optimizer_lr = DEFAULTS.lr_for(optimizer)  # also refuses an unknown optimizer here, not epochs later
     return TrainConfig(

@@ -8,32 +8,31 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # The vector instructions that decide which kernels the runtimes pick (int8: VNNI or not; bf16: native or
 # emulated; AMX tiles), as /proc/cpuinfo names them.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
              "avx512_fp16", "asimd", "asimddp", "bf16", "i8mm", "sve")
+# The words cpu_class adds after its family's name, for each flag present.
+_AVX512_EXTRAS = {"avx512_vnni": "VNNI", "avx512_bf16": "BF16", "amx_tile": "AMX"}
+_NEON_EXTRAS = {"asimddp": "dot product", "i8mm": "I8MM", "bf16": "BF16", "sve": "SVE"}
+
+
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first line of Linux's /proc/cpuinfo that starts with one of ``keys``; None elsewhere."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[-1].strip() for line in lines if line.startswith(keys)), None)
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> tuple[str, ...]:
-    """The ISA_FLAGS this CPU reports (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ()
-    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
-    found = set(line.split(":", 1)[-1].split())
+    """The ISA_FLAGS this CPU reports (empty where /proc/cpuinfo is not)."""
+    found = set((_cpuinfo("flags", "Features") or "").split())
     return tuple(flag for flag in ISA_FLAGS if flag in found)
 
 
@@ -41,14 +40,11 @@ def cpu_class(flags: tuple[str, ...] | None = None) -> str:
     """The CPU class a figure depends on, in a few words: ``AVX-512 VNNI BF16 AMX``, ``AVX2 (no AVX-512, no VNNI)``."""
     flags = cpu_flags() if flags is None else flags
     if "avx512f" in flags:
-        extras = [name for name, flag in (("VNNI", "avx512_vnni"), ("BF16", "avx512_bf16"), ("AMX", "amx_tile"))
-                  if flag in flags]
-        return " ".join(["AVX-512", *extras])
+        return " ".join(["AVX-512", *(name for flag, name in _AVX512_EXTRAS.items() if flag in flags)])
     if "avx2" in flags:
         return "AVX2 VNNI (no AVX-512)" if "avx_vnni" in flags else "AVX2 (no AVX-512, no VNNI)"
     if "asimd" in flags:
-        return " ".join(["Arm NEON", *[name for name, flag in (("dot product", "asimddp"), ("I8MM", "i8mm"),
-                                                             ("BF16", "bf16"), ("SVE", "sve")) if flag in flags]])
+        return " ".join(["Arm NEON", *(name for flag, name in _NEON_EXTRAS.items() if flag in flags)])
     return platform.machine() or "unknown"
 
 
@@ -63,14 +59,8 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 
 def machine_info() -> dict[str, object]:
-    return {
-        "cpu": cpu_model(),
-        "cpu_class": cpu_class(),
-        "isa": list(cpu_flags()),
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "versions": package_versions(),
-    }
+    return {"cpu": cpu_model(), "cpu_class": cpu_class(), "isa": list(cpu_flags()), "cores": os.cpu_count(),
+            "platform": platform.platform(), "versions": package_versions()}
 
 
 def describe_machine(machine: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,18 +37,19 @@ def _timed(call, repeats: int) -> tuple[object, float, float]:
         start = time.perf_counter()
         result = call()
         times.append(time.perf_counter() - start)
-    warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
-    return result, times[0], warm
+    return result, times[0], statistics.median(times[1:] or times)
 
 
 def evaluate(model: keras.Model, test: Dataset, batch_size: int = 32, repeats: int = TIMING_REPEATS) -> Evaluation:
-    """``model`` must be compiled with the training loss and accuracy (its reported test loss includes regularisation, as Keras reports it)."""
+    """``model`` must be compiled with the training loss and accuracy (its test loss includes regularisation, as
+    Keras reports it)."""
     x, y_onehot = images(test), one_hot(test.y)
     scores, evaluate_s, evaluate_warm = _timed(lambda: model.evaluate(x, y_onehot, batch_size=batch_size, verbose=0), repeats)
     probabilities, predict_s, predict_warm = _timed(lambda: model.predict(x, batch_size=batch_size, verbose=0), repeats)
     y_pred = np.argmax(probabilities, axis=-1)
     labels = list(range(len(test.class_names)))
-    short_names = [f"Class {i + 1}" for i in labels]
+    report = functools.partial(classification_report, test.y, y_pred, labels=labels,
+                               target_names=[f"Class {i + 1}" for i in labels], zero_division=0)
     return Evaluation(
         loss=float(scores[0]),
         accuracy=float(scores[1]),
@@ -55,7 +57,7 @@ def evaluate(model: keras.Model, test: Dataset, batch_size: int = 32, repeats: i
         predict_s=predict_s,
         evaluate_warm_median_s=evaluate_warm,
         predict_warm_median_s=predict_warm,
-        classification_report=classification_report(test.y, y_pred, labels=labels, target_names=short_names, output_dict=True, zero_division=0),
-        classification_report_text=classification_report(test.y, y_pred, labels=labels, target_names=short_names, digits=4, zero_division=0),
+        classification_report=report(output_dict=True),
+        classification_report_text=report(digits=4),
         confusion_matrix=confusion_matrix(test.y, y_pred, labels=labels).tolist(),
     )

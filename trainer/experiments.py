@@ -29,18 +29,12 @@ LATER_COLUMNS = {"precision": "fp32"}  # every run before --precision trained in
 
 
 class ExperimentsError(ArtifactsError, ValueError):
-    """experiments.csv cannot be read as the experiment store; the message names it.
-
-    An ArtifactsError (every command reports those in one line) and a ValueError (as pandas' own errors were).
-    """
+    """experiments.csv cannot be read as the experiment store; the message names it (a ValueError, as pandas' were)."""
 
 
 def row_key(config: TrainConfig, data_sha256: str) -> str:
-    """The identity of a row: 16 hex digits of its configuration and data.
-
-    ``TrainConfig.identity`` leaves out an fp32 precision, so the rows of tables written before
-    ``--precision`` keep their keys (a sweep does not run them again).
-    """
+    """The identity of a row: 16 hex digits of its configuration and data (``TrainConfig.identity`` leaves out an
+    fp32 precision: rows written before ``--precision`` keep their keys)."""
     return hashlib.sha256(json.dumps([config.identity(), data_sha256], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -50,28 +44,25 @@ def run_dir(artifacts: Artifacts, config: TrainConfig, data_sha256: str) -> Path
 
 
 def read_experiments(path: Path) -> pd.DataFrame:
-    """Every row in ``path``; an empty table with the columns when there is no file yet."""
-    # Keys stay strings (an all-digit hex key must not turn into a number), and "n/a" (no base
-    # weights) stays text: only an empty cell is missing.
+    """Every row in ``path``, columns in EXPERIMENT_COLUMNS' order; an empty table when there is no file yet."""
     if not path.exists():
         return pd.DataFrame(columns=EXPERIMENT_COLUMNS)
-    try:
-        table = pd.read_csv(path, dtype={"key": str, "sweep": str, "base_weights": str}, keep_default_na=False, na_values=[""])
+    try:  # keys stay strings (an all-digit hex key is no number), "n/a" (no base weights) stays text
+        table = pd.read_csv(path, dtype={"key": str, "sweep": str, "base_weights": str}, keep_default_na=False,
+                            na_values=[""])
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=EXPERIMENT_COLUMNS)  # an empty file: no rows yet
     except ValueError as exc:  # pandas' ParserError and a UnicodeDecodeError are ValueErrors
         reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise ExperimentsError(f"{path}: not an experiment table ({reason}); move it aside to start a new one") from None
-    for column, value in LATER_COLUMNS.items():
-        if column not in table.columns:  # a table from before the column: its rows had the old value
-            before = EXPERIMENT_COLUMNS[EXPERIMENT_COLUMNS.index(column) - 1]
-            at = table.columns.get_loc(before) + 1 if before in table.columns else len(table.columns)
-            table.insert(at, column, value)
+        message = f"{path}: not an experiment table ({reason}); move it aside to start a new one"
+        raise ExperimentsError(message) from None
+    # A table from before a column: its rows had the old value.
+    table = table.assign(**{column: value for column, value in LATER_COLUMNS.items() if column not in table.columns})
     missing = [c for c in EXPERIMENT_COLUMNS if c not in table.columns]
     if missing:
         raise ExperimentsError(f"{path}: not an experiment table (no {', '.join(missing[:5])}"
                                f"{' ...' if len(missing) > 5 else ''} column); move it aside to start a new one")
-    return table
+    return table.reindex(columns=[*EXPERIMENT_COLUMNS, *(c for c in table.columns if c not in EXPERIMENT_COLUMNS)])
 
 
 def done_keys(path: Path) -> set[str]:

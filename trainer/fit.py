@@ -28,14 +28,12 @@ import numpy as np
 import pandas as pd
 
 from trainer.artifacts import Artifacts, ArtifactsError, atomic_path, clip, write_json_atomic, writing
-from trainer.config import DEFAULTS, PRECISION_POLICIES, TrainConfig
+from trainer.config import PRECISION_POLICIES, TrainConfig
 from trainer.data import NUM_CLASSES, Dataset, Splits
 from trainer.models import BuiltModel
 
 FEATURE_BATCH = 256
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
-if set(OPTIMIZERS) != set(DEFAULTS.optimizers):  # the CLI offers config's names; each must build here
-    raise RuntimeError(f"trainer.fit builds {sorted(OPTIMIZERS)}, trainer.config knows {sorted(DEFAULTS.optimizers)}")
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}  # trainer/config.py's DEFAULTS.optimizers
 
 
 @dataclass
@@ -53,29 +51,19 @@ class FitOutcome:
         return self.feature_extraction_s + float(self.history["epoch_time_s"].sum())
 
 
-def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
-    try:
-        return OPTIMIZERS[name](learning_rate=lr)
-    except KeyError:
-        raise ValueError(f"--optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}") from None
-
-
 def compile_for_training(model: keras.Model, config: TrainConfig) -> None:
-    model.compile(
-        loss="categorical_crossentropy",
-        optimizer=make_optimizer(config.optimizer, config.lr),
-        metrics=["accuracy"],
-    )
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"--optimizer {config.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+    model.compile(loss="categorical_crossentropy", optimizer=OPTIMIZERS[config.optimizer](learning_rate=config.lr),
+                  metrics=["accuracy"])
 
 
 @contextlib.contextmanager
 def dtype_policy(precision: str) -> Iterator[None]:
     """Build models under ``precision``'s Keras dtype policy; the global policy is restored on leaving.
 
-    A layer keeps the policy it was built under (and its saved ``.keras`` file records it), so the
-    policy is needed only while the model is built: one process can then train an fp32 model after a
-    bf16 one. ``mixed_bfloat16`` keeps the variables in float32 and computes in bfloat16; the output
-    layers set float32 themselves (trainer/models.py), as Keras advises for mixed precision.
+    A layer keeps the policy it was built under (its ``.keras`` file records it), so one process can train an
+    fp32 model after a bf16 one. The output layers set float32 themselves (trainer/models.py), as Keras advises.
     """
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
@@ -94,7 +82,25 @@ def images(dataset: Dataset) -> np.ndarray:
     return dataset.x[..., np.newaxis]
 
 
-# --------------------------------------------------------------------------- callbacks
+class EpochProgress(keras.callbacks.Callback):
+    """One line per epoch with the metrics and an ETA from the median epoch time."""
+
+    SHOWN = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
+
+    def __init__(self, label: str, epochs: int, stream: TextIO | None = None):
+        super().__init__()
+        self.label, self.epochs, self.stream = label, epochs, stream or sys.stdout
+        self._times: list[float] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._times.append(logs.get("epoch_time_s", 0.0))
+        metrics = "".join(f"  {shown} {logs.get(key, float('nan')):.4f}" for key, shown in self.SHOWN.items())
+        minutes, seconds = divmod(int(round(statistics.median(self._times) * (self.epochs - epoch - 1))), 60)
+        eta = f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+        print(f"[{self.label}] epoch {epoch + 1}/{self.epochs}{metrics}  {self._times[-1]:.1f}s  ETA {eta}",
+              file=self.stream, flush=True)
+
 
 class EpochTimer(keras.callbacks.Callback):
     """Adds ``epoch_time_s`` to the epoch's logs; must come before the loggers that read them."""
@@ -107,32 +113,11 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_time_s"] = time.perf_counter() - self._start
 
 
-class EpochProgress(keras.callbacks.Callback):
-    """One line per epoch with the metrics and an ETA from the median epoch time."""
-
-    def __init__(self, label: str, epochs: int, stream: TextIO | None = None):
-        super().__init__()
-        self.label, self.epochs, self.stream = label, epochs, stream or sys.stdout
-        self._times: list[float] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self._times.append(logs.get("epoch_time_s", 0.0))
-        eta_s = statistics.median(self._times) * (self.epochs - epoch - 1)
-        print(
-            f"[{self.label}] epoch {epoch + 1}/{self.epochs}"
-            f"  loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.4f}"
-            f"  val_loss {logs.get('val_loss', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}"
-            f"  {self._times[-1]:.1f}s  ETA {_fmt_duration(eta_s)}",
-            file=self.stream, flush=True,
-        )
-
-
 class HistoryLogger(keras.callbacks.Callback):
     """Appends each epoch's row to the history CSV (as CSVLogger: ``epoch``, then the logs sorted by name).
 
-    Unlike CSVLogger, which keeps a buffered file open, each row is one unbuffered append that is
-    undone if it fails: a full disk leaves no row cut short, and no buffer is flushed after the error.
+    Unlike CSVLogger's buffered file, each row is one unbuffered append, undone if it fails: a full disk
+    leaves no row cut short.
     """
 
     def __init__(self, path: Path):
@@ -186,20 +171,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _fmt_duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-# --------------------------------------------------------------------------- checkpoints
-#
-# checkpoints/<model>/epoch-0007/ holds all that resuming after epoch 7 needs: state.weights.h5 (the
-# trainable model's weights and its optimizer's state; Keras saves both), history.csv (the rows of
-# epochs 1-7) and state.json (the epoch, the run's identity, the optimizer's step count, each file's
-# sha256). At the end of each epoch, after its history row, it is written in a temporary folder (a
-# name starting with ".") and published with one rename; the one before is then renamed aside and
-# deleted. So whenever a kill comes, each folder with an epoch name is whole, and resuming is a
-# directory listing: the newest checkpoint that is this run's and loads, its history put back.
+# checkpoints/<model>/epoch-0007/ holds all that resuming after epoch 7 needs: state.weights.h5 (the trainable
+# model's weights and optimizer state), history.csv (epochs 1-7) and state.json (the epoch, the run's identity,
+# the optimizer's step count, each file's sha256). After the epoch's history row it is written in a temporary
+# folder (a name starting with ".") and published with one rename; the one before is then renamed aside and
+# deleted. Whenever a kill comes, each folder with an epoch name is whole: resuming takes the newest that is
+# this run's and loads, and puts its history back.
 
 PREFIX, WEIGHTS, HISTORY, STATE = "epoch-", "state.weights.h5", "history.csv", "state.json"
 
@@ -237,9 +214,8 @@ def _resume(config: TrainConfig, folder: Path, history: Path, identity: dict, tr
             log: TextIO) -> int:
     """Load the newest checkpoint of this run into ``trainable`` (compiled) and return its epoch; 0 to start over.
 
-    The history becomes the checkpoint's (a kill between an epoch's row and its checkpoint left one
-    row more: that epoch trains again). The other checkpoints are removed; those passed over are
-    named, with the reason, in one line.
+    The history becomes the checkpoint's (a kill between an epoch's row and its checkpoint left one row more:
+    that epoch trains again). The other checkpoints are removed; those passed over are named in one line.
     """
     _remove_leftovers(folder)
     found, chosen, problems = _checkpoints(folder), None, []
@@ -286,7 +262,7 @@ def _load(checkpoint: Path, identity: dict, trainable: keras.Model) -> str:
 
 
 def _load_weights(trainable: keras.Model, path: Path, steps: int) -> str:
-    """Load weights and optimizer state; on failure put back what was there (a fresh start needs the initial weights)."""
+    """Load weights and optimizer state; on failure put back what was there (a fresh start needs them)."""
     optimizer = trainable.optimizer
     if not optimizer.built:  # Keras would skip an unbuilt optimizer's state, with a warning only
         optimizer.build(trainable.trainable_variables)
@@ -305,11 +281,12 @@ def _load_weights(trainable: keras.Model, path: Path, steps: int) -> str:
 
 def _checkpoints(folder: Path) -> list[Path]:
     """The published checkpoints in ``folder``, newest first; temporary and discarded ones start with "."."""
-    return sorted((p for p in folder.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit()), key=_epoch, reverse=True)
+    return sorted((p for p in folder.glob(f"{PREFIX}*") if p.name.removeprefix(PREFIX).isdigit()), key=_epoch,
+                  reverse=True)
 
 
 def _epoch(checkpoint: Path) -> int:
-    return int(checkpoint.name[len(PREFIX):])
+    return int(checkpoint.name.removeprefix(PREFIX))
 
 
 def _steps(optimizer: keras.optimizers.Optimizer) -> int:
@@ -322,10 +299,8 @@ def _sha256(path: Path) -> str:
 
 
 def _discard(folder: Path) -> None:
-    """Remove a checkpoint (or a model's folder of them) at once: renamed aside (atomic), then deleted.
-
-    A folder renamed aside is never read again, so a kill while deleting leaves nothing half there.
-    """
+    """Remove a checkpoint (or a model's folder of them) at once: renamed aside (atomic; never read again), then
+    deleted, so a kill while deleting leaves nothing half there."""
     if not folder.exists():
         return
     aside = folder.with_name(f".{folder.name}.discarded-{os.getpid()}")
@@ -340,8 +315,6 @@ def _remove_leftovers(folder: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-# --------------------------------------------------------------------------- features
-
 def _weights_digest(model: keras.Model) -> str:
     digest = hashlib.sha256()
     for weight in model.weights:
@@ -351,12 +324,10 @@ def _weights_digest(model: keras.Model) -> str:
 
 def base_features(base: keras.Model, dataset: Dataset, cache_dir: Path, name: str,
                   precision: str = "fp32") -> tuple[np.ndarray, float, bool]:
-    """Features of the frozen base for every image; cached under a key of model, base weights, data and precision.
+    """(features of the frozen base for every image, seconds spent computing them, whether they came from the cache).
 
-    A bf16 base computes other features from the same float32 weights, so a non-fp32 precision is
-    part of the key (fp32 keys are as before it existed). Features are kept as float32 (bf16 values
-    are exact in it; numpy cannot save bfloat16 without pickling).
-    Returns (features, seconds spent computing them, whether they came from the cache).
+    Cached under a key of model, base weights, data and a non-fp32 precision (fp32 keys are as before it existed).
+    Kept as float32: bf16 values are exact in it, and numpy cannot save bfloat16 without pickling.
     """
     identity = f"{name}:{_weights_digest(base)}:{dataset.sha256}" + (f":{precision}" if precision != "fp32" else "")
     key = hashlib.sha256(identity.encode()).hexdigest()[:20]
@@ -366,30 +337,18 @@ def base_features(base: keras.Model, dataset: Dataset, cache_dir: Path, name: st
     start = time.perf_counter()
     features = np.asarray(base.predict(images(dataset), batch_size=FEATURE_BATCH, verbose=0), dtype=np.float32)
     elapsed = time.perf_counter() - start
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, features, allow_pickle=False)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, features, allow_pickle=False)
     return features, elapsed, False
 
 
-# --------------------------------------------------------------------------- fit
-
-def fit(
-    built: BuiltModel,
-    dataset: Dataset,
-    splits: Splits,
-    config: TrainConfig,
-    artifacts: Artifacts,
-    quiet: bool = False,
-    extra_callbacks: list[keras.callbacks.Callback] | None = None,
-    log: TextIO | None = None,
-    feature_cache: bool = True,
-) -> FitOutcome:
+def fit(built: BuiltModel, dataset: Dataset, splits: Splits, config: TrainConfig, artifacts: Artifacts,
+        quiet: bool = False, extra_callbacks: list[keras.callbacks.Callback] | None = None, log: TextIO | None = None,
+        feature_cache: bool = True) -> FitOutcome:
     """Train ``built`` per ``config``; resumes from ``artifacts``' checkpoint when one matches.
 
-    ``feature_cache=False`` trains a transfer model through its frozen base on every batch, as the
-    report did: the same result, many times slower; kept to measure that claim.
+    ``feature_cache=False`` trains a transfer model through its frozen base on every batch, as the report did:
+    the same result, many times slower; kept to measure that claim.
     """
     log = log or sys.stdout
     history, folder = artifacts.history_file(config.model), artifacts.backup_dir(config.model)
@@ -401,7 +360,8 @@ def fit(
                                                     config.precision)
         if not quiet:
             how = "from cache" if cached else f"computed in {feature_s:.1f}s"
-            print(f"[{config.model}] frozen-base features {features.shape[1:]} for {len(features)} images {how}", file=log)
+            print(f"[{config.model}] frozen-base features {features.shape[1:]} for {len(features)} images {how}",
+                  file=log)
         trainable = built.head
         x_train, x_val = features[splits.indices["train"]], features[splits.indices["val"]]
     else:
@@ -410,53 +370,38 @@ def fit(
         x_train, x_val = images(splits.train), images(splits.val)
 
     compile_for_training(trainable, config)
-    # Every field of the configuration, precision included unless fp32 (as before --precision existed),
-    # so a bf16 checkpoint is never resumed as fp32 nor the reverse.
-    identity = {**config.identity(), "data_sha256": dataset.sha256, "mode": "through-base" if through_base else "default"}
+    # Every field of the configuration (TrainConfig.identity): a bf16 checkpoint is never resumed as fp32.
+    identity = {**config.identity(), "data_sha256": dataset.sha256,
+                "mode": "through-base" if through_base else "default"}
     resume_epoch = _resume(config, folder, history, identity, trainable, log)
     extras = list(extra_callbacks or [])
+    first = [c for c in extras if getattr(c, "before_checkpoint", False)]
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.TerminateOnNaN(),  # a diverged run stops at once; train_one then fails it
         EpochTimer(),
-        # What an epoch's checkpoint vouches for is written before it: the sweep's weight snapshots
-        # and the history row. A kill after the checkpoint then never finds them missing.
-        *(c for c in extras if getattr(c, "before_checkpoint", False)),
-        HistoryLogger(history),
-        # Kept after fit(): a kill while evaluating or saving must not lose the finished epochs.
-        # train_one discards it once everything is written.
-        Checkpoint(folder, identity, history),
+        # What an epoch's checkpoint vouches for is written before it (the sweep's weight snapshots, the history
+        # row); the checkpoint is kept after fit(), until train_one has written everything.
+        *first, HistoryLogger(history), Checkpoint(folder, identity, history),
+        *([] if quiet else [EpochProgress(config.model, config.epochs, log)]),
+        *(c for c in extras if c not in first),
     ]
-    if not quiet:
-        callbacks.append(EpochProgress(config.model, config.epochs, log))
-    callbacks.extend(c for c in extras if not getattr(c, "before_checkpoint", False))
 
-    # The batch order then depends on the seed alone, not on what building the model drew. Seeds
-    # are below 2**32 (the CLI checks); a resumed run's offset must not push one past it.
+    # The batch order depends on the seed alone, not on what building the model drew; a resumed run's offset
+    # must not push a seed past 2**32.
     keras.utils.set_random_seed((config.seed + resume_epoch) % 2**32)
     start = time.perf_counter()
-    # TerminateOnNaN's note ("Batch 3: Invalid loss") goes to Keras' log, not stdout: train_one's error
-    # says it with the model, the epoch and what to try.
+    # TerminateOnNaN's note ("Batch 3: Invalid loss") goes to Keras' log, not stdout: train_one's error says it.
     interactive = keras.config.is_interactive_logging_enabled()
     keras.config.disable_interactive_logging()
     try:
-        trainable.fit(
-            x_train, one_hot(splits.train.y),
-            validation_data=(x_val, one_hot(splits.val.y)),
-            epochs=config.epochs, initial_epoch=resume_epoch, batch_size=config.batch_size,
-            callbacks=callbacks, verbose=0,
-        )
+        trainable.fit(x_train, one_hot(splits.train.y), validation_data=(x_val, one_hot(splits.val.y)),
+                      epochs=config.epochs, initial_epoch=resume_epoch, batch_size=config.batch_size,
+                      callbacks=callbacks, verbose=0)
     finally:
         if interactive:
             keras.config.enable_interactive_logging()
-    fit_wall_s = time.perf_counter() - start
-    return FitOutcome(
-        history=pd.read_csv(history),
-        resumed_from_epoch=resume_epoch,
-        feature_extraction_s=feature_s,
-        features_cached=cached,
-        fit_wall_s=fit_wall_s,
-        through_frozen_base=through_base,
-    )
+    return FitOutcome(history=pd.read_csv(history), resumed_from_epoch=resume_epoch, feature_extraction_s=feature_s,
+                      features_cached=cached, fit_wall_s=time.perf_counter() - start, through_frozen_base=through_base)
 
 
 def discard_checkpoint(artifacts: Artifacts, name: str) -> None:

@@ -1,18 +1,10 @@
-"""The model registry: the report's six models (named in trainer/catalog.py) with their Keras builders.
+"""The model registry: the report's six models (named in trainer/catalog.py) with their Keras builders, and
+the user's own from a model file (trainer/userfile.py). The bench, which runs without TensorFlow, asks
+trainer/catalog.py instead.
 
-The trainer and exporter ask here: ``list_models()``, ``get_spec(name)``, ``create_model(name, ...)``;
-the bench, which runs without TensorFlow, asks trainer/catalog.py for the same facts. A model is
-registered once with its builder and its input adapter, in the manner of timm's registry.
-Training defaults are not per model (the report trained all six alike): see trainer/config.py.
-
-Every model built here takes the trainer's canonical input, float32 ``(batch, 28, 28, 1)`` in
-[0, 1]. The transfer models' 32x32x3 input is made inside the model by their input adapter
-(the report's ``np.pad(x, ((0,0),(2,2),(2,2),(1,1)))``), so the saved ``.keras`` file, the ONNX
-graph and every benchmark see the same tensor without guessing.
-
-A model of your own is registered the same way, from a model file (trainer/userfile.py, ``--model-file``):
-``@register("mynet")`` above a builder that returns a ``keras.Model`` (or a ``BuiltModel``) taking
-``(N, 28, 28, 1)`` in [0, 1] and giving 5 softmax probabilities.
+Every model takes the trainer's canonical input, float32 ``(batch, 28, 28, 1)`` in [0, 1]. The transfer
+models' 32x32x3 input is made inside the model (the report's ``np.pad(x, ((0,0),(2,2),(2,2),(1,1)))``), so
+the ``.keras`` file, the ONNX graph and every benchmark see the same tensor without guessing.
 """
 
 from __future__ import annotations
@@ -23,7 +15,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -33,89 +25,82 @@ from trainer import catalog
 from trainer.catalog import INPUT_SHAPE, ModelFileError, ModelInfo, UnknownModelError, list_models, model_info  # noqa: F401 - re-exported
 
 TRANSFER_INPUT_SHAPE = (32, 32, 3)
-# The report's padding of (N, 28, 28, 1) to (N, 32, 32, 3): 2 pixels each side, and the
-# grey channel in the middle of three.
+# The report's padding of (N, 28, 28, 1) to (N, 32, 32, 3): 2 pixels each side, the grey channel in the middle.
 REPORT_PADDING = ((0, 0), (2, 2), (2, 2), (1, 1))
+Builder = Callable[..., "BuiltModel | keras.Model"]
+Adapter = Callable[[], list[keras.layers.Layer]]  # the layers that turn the canonical input into the network's
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec(ModelInfo):
     """One registered model: its catalogue entry (trainer/catalog.py) plus how to build it."""
 
-    builder: Callable[..., "BuiltModel"]
-    # Layers that turn the canonical (28, 28, 1) input into what the network was built for.
-    input_adapter: Callable[[], list[keras.layers.Layer]]
+    builder: Builder
+    input_adapter: Adapter  # ``list`` (no layers) where the network takes the canonical input
+
+
+@dataclass
+class BuiltModel:
+    model: keras.Model
+    # What the frozen base's weights are ("n/a", "imagenet", ...), for reports.
+    base_weights: str = "n/a"
+    # For transfer models: the frozen part (canonical input -> features) and the trainable head.
+    base: keras.Model | None = None
+    head: keras.Model | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
-Builder = Callable[..., "BuiltModel | keras.Model"]
-Adapter = Callable[[], list[keras.layers.Layer]]
+# (path, sha256) of the model file running now: its registrations are the user's models, checked as such.
+_LOADING: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("fmnist_model_file", default=None)
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """The model file being run (trainer/userfile.py): what it registers is the user's."""
+def register(name: str, *, input_adapter: Adapter | None = None,
+             display_name: str | None = None) -> Callable[[Builder], Builder]:
+    """Register ``@register("model1")`` above ``def build(spec, base_weights="none")``.
 
-    path: str
-    sha256: str
-
-
-# Set while a model file runs: its registrations are the user's models, checked as such.
-_LOADING: contextvars.ContextVar[ModelSource | None] = contextvars.ContextVar("fmnist_model_file", default=None)
-
-
-def register(name: str, *, input_adapter: Adapter | None = None, display_name: str | None = None) -> Callable[[Builder], Builder]:
-    """Register a builder under ``name``: ``@register("model1")`` above ``def build(spec, base_weights="none")``.
-
-    The builder gets its ``ModelSpec`` (name, input shape, classes) and returns a ``BuiltModel`` or a
-    bare ``keras.Model``. The six are registered so here; a model file registers the user's the same way,
-    where ``name`` must not be one of the six (trainer/catalog.py's ``name_problem``) and
-    ``display_name`` (default: the name) is shown with "(yours)" after it.
+    The builder gets its ``ModelSpec`` and returns a ``BuiltModel`` or a bare ``keras.Model``. From a model
+    file, ``name`` must not be one of the six (trainer/catalog.py's ``name_problem``) and ``display_name``
+    (default: the name) is shown with "(yours)" after it.
     """
     def decorate(builder: Builder) -> Builder:
-        _add(name, builder, input_adapter or no_adapter, display_name)
+        source = _LOADING.get()
+        if source is None:
+            info = model_info(name)  # one of the six: its catalogue entry must exist
+            if name in _REGISTRY:
+                raise ValueError(f"model {name!r} is registered twice")
+        else:
+            path, sha256 = source
+            problem = catalog.name_problem(name) if isinstance(name, str) else "is not text"
+            if problem:
+                raise ModelFileError(f"{path}: model name {str(name)[:80]!r} {problem}")
+            if name in _REGISTRY:
+                raise ModelFileError(f"{path}: model {name!r} is registered already "
+                                     "(twice in this file, or by another model file)")
+            shown = f"{str(display_name or name)[:80]} {catalog.YOURS}"
+            info = ModelInfo(name, shown, source_file=path, source_sha256=sha256)
+            catalog.add_yours(info)
+        _REGISTRY[name] = ModelSpec(**asdict(info), builder=builder, input_adapter=input_adapter or list)
         return builder
     return decorate
 
 
-def _add(name: str, builder: Builder, input_adapter: Adapter, display_name: str | None) -> ModelSpec:
-    source = _LOADING.get()
-    if source is None:
-        info = model_info(name)  # one of the six: its catalogue entry must exist
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-    else:
-        problem = catalog.name_problem(name) if isinstance(name, str) else "is not text"
-        if problem:
-            raise ModelFileError(f"{source.path}: model name {str(name)[:80]!r} {problem}")
-        if name in _REGISTRY:
-            raise ModelFileError(f"{source.path}: model {name!r} is registered already (twice in this file, or by another model file)")
-        shown = f"{str(display_name or name)[:80]} {catalog.YOURS}"
-        info = ModelInfo(name, shown, source_file=source.path, source_sha256=source.sha256)
-        catalog.add_yours(info)
-    spec = ModelSpec(**{f.name: getattr(info, f.name) for f in fields(ModelInfo)}, builder=builder, input_adapter=input_adapter)
-    _REGISTRY[name] = spec
-    return spec
-
-
 @contextlib.contextmanager
-def registering_from(source: ModelSource) -> Iterator[None]:
-    """Run a model file's code inside this block: what it registers is the user's, from ``source``. If the
-    block fails, the models it registered are unregistered again (nothing half-registered)."""
-    token = _LOADING.set(source)
+def registering_from(path: str, sha256: str) -> Iterator[None]:
+    """Run a model file's code inside this block: what it registers is the user's. If the block fails, the
+    models it registered are unregistered again (nothing half-registered)."""
+    token = _LOADING.set((path, sha256))
     try:
         yield
     except BaseException:
-        for name in registered_from(source):
+        for name in registered_from(path, sha256):
             unregister(name)
         raise
     finally:
         _LOADING.reset(token)
 
 
-def registered_from(source: ModelSource) -> list[str]:
-    """The models a model file registered, in its order."""
-    return [name for name, spec in _REGISTRY.items() if spec.source_sha256 == source.sha256 and spec.source_file == source.path]
+def registered_from(path: str, sha256: str) -> list[str]:
+    return [name for name, spec in _REGISTRY.items() if (spec.source_file, spec.source_sha256) == (path, sha256)]
 
 
 def unregister(name: str) -> None:
@@ -131,24 +116,17 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def create_model(name: str, base_weights: str = "none") -> "BuiltModel":
+def create_model(name: str, base_weights: str = "none") -> BuiltModel:
     """Build a registered model (uncompiled) on the canonical 28x28x1 input."""
     spec = get_spec(name)
     built = spec.builder(spec, base_weights=base_weights)
     return built if isinstance(built, BuiltModel) else BuiltModel(built)
 
 
-@dataclass
-class BuiltModel:
-    model: keras.Model
-    # What the frozen base's weights are ("not a transfer model", "imagenet", ...), for reports.
-    base_weights: str = "n/a"
-    # For transfer models: the frozen part (canonical input -> features) and the trainable head.
-    base: keras.Model | None = None
-    head: keras.Model | None = None
+def load_trained(path: Path) -> keras.Model:
+    """Load a ``.keras`` file written by the trainer (its custom layers are registered below)."""
+    return keras.saving.load_model(path, compile=False)
 
-
-# --------------------------------------------------------------------------- input adapters
 
 @keras.saving.register_keras_serializable(package="fmnist_edge")
 class ReportPadding(keras.layers.Layer):
@@ -161,10 +139,6 @@ class ReportPadding(keras.layers.Layer):
         return (input_shape[0], *TRANSFER_INPUT_SHAPE)
 
 
-def no_adapter() -> list[keras.layers.Layer]:
-    return []
-
-
 def report_padding_adapter() -> list[keras.layers.Layer]:
     return [ReportPadding(name="report_padding")]
 
@@ -172,23 +146,19 @@ def report_padding_adapter() -> list[keras.layers.Layer]:
 # --------------------------------------------------------------------------- the four CNNs
 
 def output_layer(spec: ModelSpec) -> layers.Dense:
-    """The softmax over the classes, in float32 whatever the policy the model is built under.
-
-    Under mixed precision (``fmnist-train --precision bf16``) Keras advises a float32 output: the
-    softmax and the loss stay exact and the model returns float32 probabilities. For an fp32 model
-    this is what the layer would have anyway (same config, same weights).
-    """
+    """The softmax in float32 whatever the policy: under mixed precision (``--precision bf16``) Keras advises it,
+    so the softmax and the loss stay exact; for fp32 it is the layer's config anyway."""
     return layers.Dense(spec.num_classes, activation="softmax", dtype="float32")
 
 
-def _cnn(spec: ModelSpec, body: list[keras.layers.Layer]) -> keras.Model:
-    model = keras.Sequential([keras.Input(spec.input_shape, name="image"), *spec.input_adapter(), *body], name=spec.name)
-    return model
+def _cnn(spec: ModelSpec, body: list[keras.layers.Layer]) -> BuiltModel:
+    return BuiltModel(keras.Sequential([keras.Input(spec.input_shape, name="image"), *spec.input_adapter(), *body],
+                                       name=spec.name))
 
 
 @register("model1")
 def build_model1(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
-    return BuiltModel(_cnn(spec, [
+    return _cnn(spec, [
         layers.Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_normal"),
         layers.MaxPooling2D((2, 2)),
         layers.Conv2D(64, (3, 3), activation="relu"),
@@ -197,12 +167,12 @@ def build_model1(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
         output_layer(spec),
-    ]))
+    ])
 
 
 @register("model2")
 def build_model2(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
-    return BuiltModel(_cnn(spec, [
+    return _cnn(spec, [
         layers.Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_normal"),
         layers.BatchNormalization(axis=-1),
         layers.Dropout(0.25),
@@ -219,34 +189,43 @@ def build_model2(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         layers.BatchNormalization(),
         layers.Dropout(0.3),
         output_layer(spec),
-    ]))
+    ])
+
+
+def _deep_cnn(spec: ModelSpec, conv: Callable[..., layers.Conv2D], first: dict, rates: tuple[float, ...]) -> BuiltModel:
+    """Models 3 and 4, one stack: ``conv(filters)`` makes its convolutions (the first with ``first`` too) and
+    ``rates`` are its five dropout rates in order."""
+    return _cnn(spec, [
+        conv(32, **first),
+        layers.BatchNormalization(),
+        conv(32),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D((2, 2)),
+        layers.Dropout(rates[0]),
+        conv(64),
+        layers.BatchNormalization(),
+        layers.Dropout(rates[1]),
+        conv(128),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D((2, 2)),
+        layers.Dropout(rates[2]),
+        layers.Flatten(),
+        layers.Dense(512, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(rates[3]),
+        layers.Dense(128, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(rates[4]),
+        output_layer(spec),
+    ])
 
 
 @register("model3")
 def build_model3(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
-    return BuiltModel(_cnn(spec, [
-        layers.Conv2D(32, (3, 3), activation="relu"),
-        layers.BatchNormalization(),
-        layers.Conv2D(32, (3, 3), activation="relu"),
-        layers.BatchNormalization(),
-        layers.MaxPooling2D((2, 2)),
-        layers.Dropout(0.2),
-        layers.Conv2D(64, (3, 3), activation="relu"),
-        layers.BatchNormalization(),
-        layers.Dropout(0.2),
-        layers.Conv2D(128, (3, 3), activation="relu"),
-        layers.BatchNormalization(),
-        layers.MaxPooling2D((2, 2)),
-        layers.Dropout(0.3),
-        layers.Flatten(),
-        layers.Dense(512, activation="relu"),
-        layers.BatchNormalization(),
-        layers.Dropout(0.4),
-        layers.Dense(128, activation="relu"),
-        layers.BatchNormalization(),
-        layers.Dropout(0.4),
-        output_layer(spec),
-    ]))
+    def conv(filters: int, **kwargs) -> layers.Conv2D:
+        return layers.Conv2D(filters, (3, 3), activation="relu", **kwargs)
+
+    return _deep_cnn(spec, conv, {}, (0.2, 0.2, 0.3, 0.4, 0.4))
 
 
 @register("model4")
@@ -255,29 +234,7 @@ def build_model4(spec: ModelSpec, base_weights: str = "none") -> BuiltModel:
         return layers.Conv2D(filters, (3, 3), padding="same", activation="relu",
                              kernel_regularizer=regularizers.l2(0.001), **kwargs)
 
-    return BuiltModel(_cnn(spec, [
-        conv(32, kernel_initializer="he_normal"),
-        layers.BatchNormalization(),
-        conv(32),
-        layers.BatchNormalization(),
-        layers.MaxPooling2D((2, 2)),
-        layers.Dropout(0.25),
-        conv(64),
-        layers.BatchNormalization(),
-        layers.Dropout(0.25),
-        conv(128),
-        layers.BatchNormalization(),
-        layers.MaxPooling2D((2, 2)),
-        layers.Dropout(0.4),
-        layers.Flatten(),
-        layers.Dense(512, activation="relu"),
-        layers.BatchNormalization(),
-        layers.Dropout(0.5),
-        layers.Dense(128, activation="relu"),
-        layers.BatchNormalization(),
-        layers.Dropout(0.5),
-        output_layer(spec),
-    ]))
+    return _deep_cnn(spec, conv, {"kernel_initializer": "he_normal"}, (0.25, 0.25, 0.4, 0.5, 0.5))
 
 
 # --------------------------------------------------------------------------- transfer models
@@ -345,8 +302,3 @@ register("resnet50", input_adapter=report_padding_adapter)(_transfer(keras.appli
 register("vgg16", input_adapter=report_padding_adapter)(_transfer(keras.applications.VGG16))
 if set(_REGISTRY) != set(catalog.study_models()):  # a catalogue entry without a builder is a bug here, found at import
     raise ImportError(f"trainer/catalog.py and trainer/models.py disagree on {sorted(set(catalog.study_models()) ^ set(_REGISTRY))}")
-
-
-def load_trained(path: Path) -> keras.Model:
-    """Load a ``.keras`` file written by the trainer (its custom layers are registered above)."""
-    return keras.saving.load_model(path, compile=False)

@@ -18,18 +18,15 @@ def accuracy_loss_plot(history: pd.DataFrame, title: str, target: Path) -> None:
     """The report's ``accuracy_loss_plot``: accuracy vs loss (train, val), accuracy and loss vs epoch."""
     epoch = history["epoch"] + 1
     fig, axes = plt.subplots(2, 2, figsize=(12, 10))
-    panels = [
-        (axes[0, 0], history["accuracy"], history["loss"], "Training Accuracy vs Loss", "Accuracy", "Loss", ["train set"]),
-        (axes[0, 1], history["val_accuracy"], history["val_loss"], "Validation Accuracy vs Loss", "Accuracy", "Loss", ["validation set"]),
-    ]
-    for ax, xs, ys, panel_title, xlabel, ylabel, legend in panels:
-        ax.plot(xs, ys, marker=".", color="C0" if legend == ["train set"] else "C1")
-        ax.set(title=panel_title, xlabel=xlabel, ylabel=ylabel)
-        ax.legend(legend, loc="upper right")
-    for ax, metric, ylabel, loc in ((axes[1, 0], "accuracy", "Accuracy", "lower right"), (axes[1, 1], "loss", "Loss", "upper right")):
-        ax.plot(epoch, history[metric], label="train set")
-        ax.plot(epoch, history[f"val_{metric}"], label="validation set")
-        ax.set(title=f"{ylabel} vs Epoch", xlabel="Epoch", ylabel=ylabel)
+    sets = (("", "Training", "train set"), ("val_", "Validation", "validation set"))  # column prefix, title, legend
+    for ax, (prefix, name, label), color in zip(axes[0], sets, ("C0", "C1")):
+        ax.plot(history[f"{prefix}accuracy"], history[f"{prefix}loss"], marker=".", color=color)
+        ax.set(title=f"{name} Accuracy vs Loss", xlabel="Accuracy", ylabel="Loss")
+        ax.legend([label], loc="upper right")
+    for ax, metric, loc in zip(axes[1], ("accuracy", "loss"), ("lower right", "upper right")):
+        for prefix, _, label in sets:
+            ax.plot(epoch, history[f"{prefix}{metric}"], label=label)
+        ax.set(title=f"{metric.capitalize()} vs Epoch", xlabel="Epoch", ylabel=metric.capitalize())
         ax.legend(loc=loc)
     fig.suptitle(title)
     fig.tight_layout()

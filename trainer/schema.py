@@ -1,11 +1,10 @@
 """One validator for every JSON file this toolkit writes: the dataclass that writes a record is its schema.
 
-The run metadata (``models/<name>.json``), the export manifest and the bench results are each written from
-a dataclass with a schema version; reading one back checks the JSON object against the same dataclass,
-field by field, from its type annotations: every field without a default is there, no field is unknown,
-and each value has the type the annotation says (numbers finite; ``X | None``, ``list[...]``,
-``dict[str, ...]`` and a ``TypedDict``'s required keys looked into). So a damaged or foreign file is one line naming the file, the record and
-the field, never a ``KeyError`` or ``TypeError`` later in a table or a figure.
+Reading a record back (run metadata, the export manifest, bench results) checks the JSON object against its
+dataclass from the type annotations: every field without a default is there, none is unknown, and each value
+has the annotated type (numbers finite; ``X | None``, ``list[...]``, ``dict[str, ...]`` and a ``TypedDict``'s
+required keys looked into). A damaged or foreign file is one line naming the file, the record and the field,
+never a ``KeyError`` or ``TypeError`` later in a table or a figure.
 """
 
 from __future__ import annotations
@@ -68,19 +67,14 @@ def mismatch(value: object, hint: object) -> str | None:
         return None
     if hint in (str, bool):
         return None if isinstance(value, hint) else f"is {_kind(value)}, expected {hint.__name__}"
-    if (origin or hint) is list:
-        if not isinstance(value, list):
-            return f"is {_kind(value)}, expected a list"
-        for i, item in enumerate(value if args else ()):
-            if (problem := mismatch(item, args[0])) is not None:
-                return f"[{i}]{_joined(problem)}"
-        return None
-    if (origin or hint) is dict:
-        if not isinstance(value, dict):
-            return f"is {_kind(value)}, expected an object"
-        for key, item in (value.items() if args else ()):
-            if (problem := mismatch(item, args[1])) is not None:
-                return f"[{clip(repr(key), 40)}]{_joined(problem)}"
+    container = origin or hint
+    if container in (list, dict):
+        if not isinstance(value, container):
+            return f"is {_kind(value)}, expected {_kind(container())}"
+        items = enumerate(value) if container is list else ((clip(repr(key), 40), item) for key, item in value.items())
+        for key, item in (items if args else ()):
+            if (problem := mismatch(item, args[-1])) is not None:  # list[item] or dict[key, item]
+                return f"[{key}]{_joined(problem)}"
         return None
     raise TypeError(f"check_fields cannot check the annotation {hint!r}")  # a programming error, not bad input
 
@@ -100,17 +94,15 @@ def _hints(cls: type) -> dict[str, object]:
 def _required_keys(typed_dict: type) -> frozenset[str]:
     """A TypedDict's required keys from its resolved annotations: ``__required_keys__`` cannot tell them when the
     annotations are strings (``from __future__ import annotations``)."""
-    total = typed_dict.__total__
-    required = set()
-    for key, hint in typing.get_type_hints(typed_dict, include_extras=True).items():
-        origin = typing.get_origin(hint)
-        if origin is typing.Required or (total and origin is not typing.NotRequired):
-            required.add(key)
-    return frozenset(required)
+    hints = typing.get_type_hints(typed_dict, include_extras=True)
+    origins = {key: typing.get_origin(hint) for key, hint in hints.items()}
+    return frozenset(key for key, origin in origins.items()
+                     if origin is typing.Required or (typed_dict.__total__ and origin is not typing.NotRequired))
+
+
+_KINDS = {type(None): "null", str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+          dict: "an object"}
 
 
 def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    return {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__)
+    return _KINDS.get(type(value), type(value).__name__)

@@ -1,7 +1,6 @@
 """Training as a library: load the data, train one model, write its artifacts and metadata.
 
-The command line (trainer/cli.py) and the sweep (trainer/sweep.py) both call ``train_one``; neither
-is imported here, so the library has no policy of its own beyond the configuration it is given.
+The command line (trainer/cli.py) and the sweep (trainer/sweep.py) both call ``train_one``.
 """
 
 from __future__ import annotations
@@ -45,19 +44,10 @@ class TrainingFailed(RuntimeError):
         self.kept = kept  # the folder its history and model were set aside in; None for a summary of several
 
 
-def load_data(
-    artifacts: Artifacts,
-    data: str | os.PathLike | None = None,
-    class_map: str | None = None,
-    limit: int | None = None,
-    quiet: bool = False,
-    log: TextIO | None = None,
-) -> tuple[Dataset, Splits]:
-    """The data set and its split, after making sure the artifacts folder can take the results.
-
-    The folder is checked first so that a run fails in a second, not after the data has loaded.
-    ``class_map`` is the ``--class-map`` text (None: the report's pairs).
-    """
+def load_data(artifacts: Artifacts, data: str | os.PathLike | None = None, class_map: str | None = None,
+              limit: int | None = None, quiet: bool = False, log: TextIO | None = None) -> tuple[Dataset, Splits]:
+    """The data set and its split; the artifacts folder is checked first, so that a run fails in a second, not
+    after the data has loaded. ``class_map`` is the ``--class-map`` text (None: the report's pairs)."""
     log = log or sys.stdout
     artifacts.ensure(artifacts.root, artifacts.reports_dir, artifacts.plot_file("samples").parent)
     dataset = data_mod.load_dataset(data, data_mod.parse_class_map(class_map)).limit(limit)
@@ -68,25 +58,15 @@ def load_data(
 
 
 def model_lock(artifacts: Artifacts, name: str) -> contextlib.AbstractContextManager[None]:
-    """The lock of one model's files in one artifacts folder: its model, metadata, history and checkpoint.
-
-    Two runs writing them at once corrupt each other's checkpoint and history; the second is refused
-    at once with one line naming the holder (trainer/locks.py raises LockedError). Nested holds by
-    one process are allowed, so the command line can take it before loading the data.
-    """
+    """The lock of one model's files in one artifacts folder: two runs writing them at once corrupt each other's
+    checkpoint and history, so the second is refused at once (LockedError naming the holder). One process may
+    nest holds, so the command line can take it before loading the data."""
     return exclusive(artifacts.lock_file(name), f"{name} in {artifacts.root} (its model, history and checkpoint)")
 
 
-def train_one(
-    config: TrainConfig,
-    dataset: Dataset,
-    splits: Splits,
-    artifacts: Artifacts,
-    quiet: bool = False,
-    extra_callbacks: list[keras.callbacks.Callback] | None = None,
-    log: TextIO | None = None,
-    feature_cache: bool = True,
-) -> RunMetadata:
+def train_one(config: TrainConfig, dataset: Dataset, splits: Splits, artifacts: Artifacts, quiet: bool = False,
+              extra_callbacks: list[keras.callbacks.Callback] | None = None, log: TextIO | None = None,
+              feature_cache: bool = True) -> RunMetadata:
     """Train, evaluate and save one model; returns the metadata written beside its ``.keras`` file.
 
     Resumes from a checkpoint of the same configuration and data; the checkpoint is discarded only
@@ -96,58 +76,44 @@ def train_one(
     Holds the model's lock (``model_lock``) throughout; a write that fails (a full disk) raises
     ArtifactsError naming the file, and leaves no file half written.
     """
-    with model_lock(artifacts, config.model):
-        return _train_one(config, dataset, splits, artifacts, quiet, extra_callbacks, log, feature_cache)
-
-
-def _train_one(
-    config: TrainConfig,
-    dataset: Dataset,
-    splits: Splits,
-    artifacts: Artifacts,
-    quiet: bool,
-    extra_callbacks: list[keras.callbacks.Callback] | None,
-    log: TextIO | None,
-    feature_cache: bool,
-) -> RunMetadata:
     log = log or sys.stdout
-    spec = get_spec(config.model)
-    keras.utils.set_random_seed(config.seed)
-    with dtype_policy(config.precision):  # the layers keep it; the global policy is restored after building
-        built = create_model(config.model, base_weights=config.base_weights)
-    if not quiet:
-        print(f"[{config.model}] {spec.display_name}: {built.model.count_params():,} parameters, "
-              f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
-              f"precision {config.precision}, base weights: {built.base_weights}", file=log, flush=True)
+    with model_lock(artifacts, config.model):
+        spec = get_spec(config.model)
+        keras.utils.set_random_seed(config.seed)
+        with dtype_policy(config.precision):  # the layers keep it; the global policy is restored after building
+            built = create_model(config.model, base_weights=config.base_weights)
+        if not quiet:
+            print(f"[{config.model}] {spec.display_name}: {built.model.count_params():,} parameters, "
+                  f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
+                  f"precision {config.precision}, base weights: {built.base_weights}", file=log, flush=True)
 
-    outcome = fit(built, dataset, splits, config, artifacts, quiet=quiet, extra_callbacks=extra_callbacks, log=log,
-                  feature_cache=feature_cache)
-    problem = _divergence(built.model, outcome.history, config.epochs)
-    if problem:
-        raise _set_aside(config, built, artifacts, problem)
-    if built.head is not None and feature_cache:
-        compile_for_training(built.model, config)  # the full model (base + head) is what gets evaluated
-    result = evaluate(built.model, splits.test)
+        outcome = fit(built, dataset, splits, config, artifacts, quiet=quiet, extra_callbacks=extra_callbacks, log=log,
+                      feature_cache=feature_cache)
+        problem = _divergence(built.model, outcome.history, config.epochs)
+        if problem:
+            raise _set_aside(config, built, artifacts, problem)
+        if built.head is not None and feature_cache:
+            compile_for_training(built.model, config)  # the full model (base + head) is what gets evaluated
+        result = evaluate(built.model, splits.test)
 
-    model_path = artifacts.model_file(config.model)
-    artifacts.ensure(model_path.parent, artifacts.plot_file(config.model).parent)
-    with writing(model_path), atomic_path(model_path) as tmp:
-        built.model.save(tmp)
-    plot_path = artifacts.plot_file(config.model)
-    with writing(plot_path):
-        accuracy_loss_plot(outcome.history, f"{spec.display_name}: accuracy and loss", plot_path)
+        model_path, plot_path = artifacts.model_file(config.model), artifacts.plot_file(config.model)
+        artifacts.ensure(model_path.parent, plot_path.parent)
+        with writing(model_path), atomic_path(model_path) as tmp:
+            built.model.save(tmp)
+        with writing(plot_path):
+            accuracy_loss_plot(outcome.history, f"{spec.display_name}: accuracy and loss", plot_path)
 
-    metadata = build_metadata(config, built, dataset, splits, outcome, result, model_path)
-    metadata_path = artifacts.metadata_file(config.model)
-    with writing(metadata_path):
-        metadata.write(metadata_path)
-    discard_checkpoint(artifacts, config.model)
-    if not quiet:
-        print(f"[{config.model}] test accuracy {result.accuracy:.4f}, loss {result.loss:.4f}; "
-              f"evaluate {result.evaluate_s * 1000:.0f} ms, predict {result.predict_s * 1000:.0f} ms; "
-              f"trained in {outcome.training_time_s / 60:.2f} min -> {model_path}", file=log, flush=True)
-        print(result.classification_report_text, file=log, flush=True)
-    return metadata
+        metadata = build_metadata(config, built, dataset, splits, outcome, result, model_path)
+        metadata_path = artifacts.metadata_file(config.model)
+        with writing(metadata_path):
+            metadata.write(metadata_path)
+        discard_checkpoint(artifacts, config.model)
+        if not quiet:
+            print(f"[{config.model}] test accuracy {result.accuracy:.4f}, loss {result.loss:.4f}; "
+                  f"evaluate {result.evaluate_s * 1000:.0f} ms, predict {result.predict_s * 1000:.0f} ms; "
+                  f"trained in {outcome.training_time_s / 60:.2f} min -> {model_path}", file=log, flush=True)
+            print(result.classification_report_text, file=log, flush=True)
+        return metadata
 
 
 def _divergence(model: keras.Model, history: pd.DataFrame, epochs: int) -> str:
@@ -164,36 +130,24 @@ def _divergence(model: keras.Model, history: pd.DataFrame, epochs: int) -> str:
 
 def _set_aside(config: TrainConfig, built: BuiltModel, artifacts: Artifacts, problem: str) -> TrainingFailed:
     """Move a diverged run's history, with its model as it ended, out of the next run's way; the error to raise.
-
-    Its checkpoint goes too: resuming a run that diverged would only diverge again.
-    """
+    Its checkpoint goes too: resuming a run that diverged would only diverge again."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = artifacts.root / FAILED_DIR / f"{config.model}-{stamp}"
     artifacts.ensure(aside.parent)
-    with writing(aside):
-        staging = Path(tempfile.mkdtemp(prefix=f".{aside.name}.", suffix=".tmp", dir=aside.parent))
-        try:
-            built.model.save(staging / f"{config.model}.keras")
-            write_json_atomic(staging / "failure.json", {"problem": problem, "config": asdict(config)})
-            shutil.copyfile(artifacts.history_file(config.model), staging / f"{config.model}.csv")
-            os.replace(staging, aside)  # one rename: the folder is there whole or not at all
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with writing(aside), tempfile.TemporaryDirectory(prefix=f".{aside.name}.", suffix=".tmp", dir=aside.parent,
+                                                      ignore_cleanup_errors=True) as staging:
+        built.model.save(Path(staging, f"{config.model}.keras"))
+        write_json_atomic(Path(staging, "failure.json"), {"problem": problem, "config": asdict(config)})
+        shutil.copyfile(artifacts.history_file(config.model), Path(staging, f"{config.model}.csv"))
+        os.replace(staging, aside)  # one rename: the folder is there whole or not at all
     artifacts.history_file(config.model).unlink()
     discard_checkpoint(artifacts, config.model)
     return TrainingFailed(f"{config.model} diverged ({problem}): not published; its history and the model as it "
                           f"ended are in {aside}; try a lower learning rate than {config.lr:g} (--lr)", kept=aside)
 
 
-def build_metadata(
-    config: TrainConfig,
-    built: BuiltModel,
-    dataset: Dataset,
-    splits: Splits,
-    outcome: FitOutcome,
-    result: Evaluation,
-    model_path: Path,
-) -> RunMetadata:
+def build_metadata(config: TrainConfig, built: BuiltModel, dataset: Dataset, splits: Splits, outcome: FitOutcome,
+                   result: Evaluation, model_path: Path) -> RunMetadata:
     """Everything a report or an exporter needs about a trained model, so neither reloads it to find out."""
     spec = get_spec(config.model)
     model = built.model

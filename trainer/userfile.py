@@ -1,31 +1,11 @@
-"""Your own Keras models: a model file (``--model-file PATH.py``) that registers builders as the six are.
+"""Your own Keras models: a model file (``--model-file PATH.py``, docs/train.md) that registers builders as the
+six are. **A model file is Python that runs**, with your permissions: give only files you would run yourself.
 
-    # mynet.py
-    import keras
-    from keras import layers
-    from trainer.models import register
-
-    @register("mynet")
-    def build(spec, base_weights="none"):
-        return keras.Sequential([
-            keras.Input(spec.input_shape, name="image"),          # (28, 28, 1), pixels in [0, 1]
-            layers.Conv2D(16, 3, activation="relu"),
-            layers.Flatten(),
-            layers.Dense(spec.num_classes, activation="softmax"),  # 5 probabilities
-        ], name=spec.name)
-
-**A model file is Python that runs**: loading it executes it with your permissions, as ``python mynet.py``
-would. Give only files you would run yourself.
-
-The file runs as a module of its own; what it registers while it runs is the user's (trainer/models.py's
-``registering_from``), under a name that cannot be one of the six. Each builder it registers is then built
-once and checked: one ``(N, 28, 28, 1)`` input, one ``(N, 5)`` output of softmax probabilities. Anything
-wrong is a :class:`ModelFileError` naming the file, and nothing of the file stays registered.
-
-On a Ray cluster the workers have not seen the file: :func:`carried` wraps a task so that it runs the same
-file contents (sent with the task, not read from the worker's disk) before it trains.
-
-This module imports neither Keras nor TensorFlow until a file is loaded (trainer/cluster.py imports it).
+The file runs as a module of its own; what it registers meanwhile is the user's (trainer/models.py's
+``registering_from``), under a name that cannot be one of the six. Each builder is then built once and checked:
+one ``(N, 28, 28, 1)`` input, one ``(N, 5)`` softmax output. Anything wrong is a :class:`ModelFileError` naming
+the file, and nothing of the file stays registered. Ray workers have not seen the file: :func:`carried` sends
+its contents with the task. No Keras import until a file is loaded (trainer/cluster.py imports this module).
 """
 
 from __future__ import annotations
@@ -36,11 +16,11 @@ import os
 import sys
 import traceback
 import types
-from trainer.artifacts import exception_line
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.artifacts import exception_line
 from trainer.catalog import ModelFileError
 
 MAX_FILE_BYTES = 1 << 20  # a model file is source code; a bigger one was not meant
@@ -56,24 +36,39 @@ class ModelFile:
     text: str
     sha256: str
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.path, self.sha256
 
-# Files run in this process, by (path, sha256): running one twice would register its models twice.
+    @property
+    def module_name(self) -> str:
+        return f"fmnist_model_file_{self.sha256[:16]}"
+
+
+# Files run in this process, by key: running one twice would register its models twice.
 _LOADED: dict[tuple[str, str], ModelFile] = {}
 
 
 def load_model_files(paths: Iterable[str | os.PathLike] | None) -> list[str]:
-    """Run each model file and check what it registers; returns the names of the models registered."""
+    """Run each model file and check what it registers; returns the names of the models registered.
+
+    Each model is built once and checked now, so a bad builder fails with its file named before the data
+    loads; every model of the file is unregistered if one fails."""
     names: list[str] = []
     for path in paths or ():
         model_file = read_model_file(Path(path))
         registered = install(model_file)
-        check_builders(model_file, registered)
+        try:
+            for name in registered:
+                _check_builder(model_file, name)
+        except ModelFileError:
+            forget(model_file)
+            raise
         names += registered
     return names
 
 
 def read_model_file(path: Path) -> ModelFile:
-    """The file's text, or ModelFileError saying why it cannot be a model file."""
     shown = f"--model-file {path}"
     if not path.exists():
         raise ModelFileError(f"{shown}: no such file")
@@ -81,8 +76,9 @@ def read_model_file(path: Path) -> ModelFile:
         raise ModelFileError(f"{shown}: not a file")
     if path.suffix != ".py":
         raise ModelFileError(f"{shown}: not a Python file (a model file is a .py file that registers builders)")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ModelFileError(f"{shown}: {path.stat().st_size:,} bytes; a model file is source code of at most {MAX_FILE_BYTES:,} bytes")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ModelFileError(f"{shown}: {size:,} bytes; a model file is source code of at most {MAX_FILE_BYTES:,} bytes")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -95,48 +91,35 @@ def install(model_file: ModelFile) -> list[str]:
     """Run ``model_file`` as a module of its own and return the models it registered (once per process)."""
     from trainer import models  # noqa: PLC0415 - Keras only once a model file is given
 
-    source = models.ModelSource(model_file.path, model_file.sha256)
-    if (model_file.path, model_file.sha256) in _LOADED:
-        return models.registered_from(source)
+    if model_file.key in _LOADED:
+        return models.registered_from(*model_file.key)
     # A module of its own, importable by name: classes it defines (custom layers) pickle and serialize.
-    module_name = f"fmnist_model_file_{model_file.sha256[:16]}"
-    module = types.ModuleType(module_name)
+    module = types.ModuleType(model_file.module_name)
     module.__file__ = model_file.path
-    sys.modules[module_name] = module
+    sys.modules[model_file.module_name] = module
     try:
         code = compile(model_file.text, model_file.path, "exec")
-        with models.registering_from(source):
+        with models.registering_from(*model_file.key):  # unregisters what it registered if it fails
             exec(code, module.__dict__)  # noqa: S102 - running the user's own model file is the point
     except ModelFileError:
-        sys.modules.pop(module_name, None)
         raise
     except SyntaxError as exc:
-        sys.modules.pop(module_name, None)
         raise ModelFileError(f"{model_file.path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except Exception as exc:  # whatever the user's code raises: one line, at the file's line
-        sys.modules.pop(module_name, None)
         raise ModelFileError(f"{_where(exc, model_file.path)}: running it failed: {exception_line(exc)}") from None
-    registered = models.registered_from(source)
+    finally:
+        registered = models.registered_from(*model_file.key)
+        if not registered:
+            sys.modules.pop(model_file.module_name, None)
     if not registered:
-        sys.modules.pop(module_name, None)
         raise ModelFileError(f"{model_file.path}: registers no model; decorate a builder with @register('NAME') "
-                     "(from trainer.models import register)")
-    _LOADED[(model_file.path, model_file.sha256)] = model_file
+                             "(from trainer.models import register)")
+    _LOADED[model_file.key] = model_file
     return registered
 
 
-def check_builders(model_file: ModelFile, names: list[str]) -> None:
-    """Build each model once and check its interface: a bad builder fails now, with its file named, not
-    after the data has loaded. Every model of the file is unregistered if one fails."""
-    try:
-        for name in names:
-            _check_builder(model_file, name)
-    except ModelFileError:
-        forget(model_file)
-        raise
-
-
 def _check_builder(model_file: ModelFile, name: str) -> None:
+    """Build ``name`` and check its interface: one (N, 28, 28, 1) input, one (N, 5) softmax output."""
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
@@ -165,22 +148,22 @@ def _check_builder(model_file: ModelFile, name: str) -> None:
         raise ModelFileError(f"{where}: running it on {PROBE_IMAGES} images failed: {exception_line(exc)}") from None
     sums = out.sum(axis=-1)
     if not np.all(np.isfinite(out)) or out.min() < -SUM_TOLERANCE or np.max(np.abs(sums - 1)) > SUM_TOLERANCE:
-        raise ModelFileError(f"{where}: its outputs are not softmax probabilities (rows sum to {sums.min():.4g}..{sums.max():.4g}, "
-                     f"smallest {out.min():.4g}); end it with Dense({spec.num_classes}, activation='softmax')")
+        raise ModelFileError(f"{where}: its outputs are not softmax probabilities (rows sum to "
+                             f"{sums.min():.4g}..{sums.max():.4g}, smallest {out.min():.4g}); "
+                             f"end it with Dense({spec.num_classes}, activation='softmax')")
 
 
 def forget(model_file: ModelFile) -> None:
     """Unregister every model of ``model_file`` (it failed its checks)."""
     from trainer import models  # noqa: PLC0415
 
-    for name in models.registered_from(models.ModelSource(model_file.path, model_file.sha256)):
+    for name in models.registered_from(*model_file.key):
         models.unregister(name)
-    _LOADED.pop((model_file.path, model_file.sha256), None)
-    sys.modules.pop(f"fmnist_model_file_{model_file.sha256[:16]}", None)
+    _LOADED.pop(model_file.key, None)
+    sys.modules.pop(model_file.module_name, None)
 
 
 def loaded() -> tuple[ModelFile, ...]:
-    """The model files run in this process, in order."""
     return tuple(_LOADED.values())
 
 
@@ -207,8 +190,6 @@ def _where(exc: BaseException, path: str) -> str:
     """``path:LINE`` of the deepest frame of the traceback in the model file, else ``path``."""
     lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == path]
     return f"{path}:{lines[-1]}" if lines else path
-
-
 
 
 def _shapes(shapes: list[tuple]) -> str:

@@ -1,8 +1,6 @@
-"""What to benchmark (the query sample library, in LoadGen's terms): the exported files from
-``onnx/manifest.json``, checked to be the very files the manifest describes, each on every runtime of the
-registry that runs its variant; and the test split they are judged on.
-
-Imports no TensorFlow: an edge machine needs only the ``onnx/`` folder and the data.
+"""What to benchmark: the exported files of ``onnx/manifest.json``, each checked to be the very file the manifest
+describes, on every runtime that runs its variant; and the test split they are judged on. Imports no TensorFlow:
+an edge machine needs only the ``onnx/`` folder and the data.
 """
 
 from __future__ import annotations
@@ -65,9 +63,13 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
         props = read_metadata_props(path)
         check_file_identity(props, entry, path)
         chosen = [runtime for runtime in runtimes if entry.variant in runtime.variants]
-        # An imported file has no .keras source: its Keras rows are skipped with that reason (bench/runtimes).
-        if any(runtime.from_keras for runtime in chosen) and not is_imported(props):
-            _check_keras_source(artifacts, entry.model, props, path)
+        # The reference rows must run the very .keras file the ONNX file was exported from. An imported file has
+        # none, and a device may be given only the ONNX files: those rows are skipped with the reason (bench/runtimes).
+        keras_file = artifacts.model_file(entry.model)
+        if (any(runtime.from_keras for runtime in chosen) and not is_imported(props) and keras_file.is_file()
+                and sha256_of(keras_file) != props.get("source_keras_sha256")):
+            raise ContractError(f"{keras_file}: not the model {path.name} was exported from (sha256 differs: "
+                                f"retrained since?); export again: fmnist-export {entry.model}")
         cases += [Case(entry.model, entry.variant, runtime.key, path, count) for runtime in chosen
                   for count in (threads if runtime.threads else (0,))]
     if not cases:
@@ -76,32 +78,15 @@ def discover(artifacts: Artifacts, models: list[str] | None = None, variants: li
     return cases
 
 
-def _check_keras_source(artifacts: Artifacts, model: str, props: dict[str, str], onnx_path: Path) -> None:
-    """The reference rows must run the very ``.keras`` file the ONNX files were exported from."""
-    keras_file = artifacts.model_file(model)
-    if not keras_file.is_file():
-        return  # a device given only the ONNX files: those rows are skipped with the reason (bench/runtimes/__init__.py)
-    if sha256_of(keras_file) != props.get("source_keras_sha256"):
-        raise ContractError(f"{keras_file}: not the model {onnx_path.name} was exported from (sha256 differs: "
-                            f"retrained since?); export again: fmnist-export {model}")
-
-
 def load_test_split(artifacts: Artifacts, model: str, data: str | None = None) -> HeldOutSplit:
-    """The test split of the data ``model`` was trained on (hash-checked), as the model's input tensor."""
+    """The test split of the data ``model`` was trained on (hash-checked), as the model's input tensor. Without
+    ``data``: where it was recorded, else a folder made by ``fmnist-bench pack`` on the device."""
     _, manifest = read_exports(artifacts)
     record = manifest.models[model]
     if data is None:
-        data = carried_data(artifacts, record["data"])  # a folder made by `fmnist-bench pack`, on the device
+        recorded = Path(source_location(record["data"]["source"]))
+        carried = artifacts.carried_data_dir() / recorded.name
+        data = carried if carried.exists() and not recorded.exists() else None
     dataset = reload_dataset(record["data"], record["limit"], data)
     test = split_dataset(dataset).test
     return HeldOutSplit(test.x[..., np.newaxis], test.y, tuple(record["data"]["class_names"]), dataset.source)
-
-
-def carried_data(artifacts: Artifacts, record: dict) -> Path | None:
-    """Where a folder made by ``fmnist-bench pack`` holds the data of ``record`` (a model's ``data`` record),
-    when the place it was recorded at is not on this machine."""
-    recorded = Path(source_location(record["source"]))
-    carried = artifacts.carried_data_dir() / recorded.name
-    if recorded.exists() or not carried.exists():
-        return None
-    return carried

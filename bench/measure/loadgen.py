@@ -1,24 +1,19 @@
-"""MLPerf LoadGen as the engine of the bench's scenarios, for every runtime, through the systems under test of
-``bench/runtimes`` (``sut(batch)`` answers one query).
+"""MLPerf LoadGen as the engine of the bench's scenarios, for every runtime's system under test (``sut(batch)``
+answers one query with its real outputs). The query sample library is the test split, already in memory.
 
-- The query sample library is the test split, already in memory (``HeldOutSplit``): loading a sample costs
-  nothing, and a sample index is a row of ``split.x``.
-- Every query is answered with the runtime's real outputs: ``QuerySamplesComplete`` gets a pointer to each
-  sample's probabilities, which LoadGen logs in accuracy mode (checked against the predict pass).
 - single-stream, multi-stream, offline and accuracy answer inside LoadGen's issue callback (single-stream's next
-  query is issued when this one completes, as MLPerf's SingleStream wants); server answers from one worker
-  thread, in arrival order, so LoadGen's Poisson arrivals are never held up by the runtime.
-- Each LoadGen test writes its logs to a folder of its own; the summary and detail logs stay (a reader can check
-  any row against LoadGen's words), the trace is read for each query's latency and then deleted (it holds every
-  sample).
+  query is issued when this one completes); server answers from one worker thread, in arrival order, so
+  LoadGen's Poisson arrivals are never held up by the runtime.
+- Each test logs to a folder of its own; the summary and detail logs stay (a reader can check any row against
+  them), the trace is read for each query's latency and deleted (it holds every sample).
 
-``mlperf_loadgen`` is imported when an :class:`Engine` is made: where it is not installed those scenarios are
-skipped with the reason (:class:`LoadGenUnavailable` is a ``ProviderUnavailable``), the rest of the bench unchanged.
+``mlperf_loadgen`` is imported when an :class:`Engine` is made; where it is not installed those scenarios are
+skipped with the reason, the rest of the bench unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import queue
 import shutil
 import tempfile
@@ -32,7 +27,6 @@ import numpy as np
 
 from bench.measure import loadgen_log
 from bench.measure.cases import HeldOutSplit
-from bench.measure.loadgen_log import LoadGenError
 from bench.measure.server import BudgetTooShort, search
 from bench.results.record import LoadGenResult, ServerSearch, ServerTrial
 from bench.runtimes.base import SUT, ProviderUnavailable
@@ -41,8 +35,6 @@ from exporter.contract import OUTPUT_SHAPE, ContractError
 
 INSTALL = ("pip install mlcommons-loadgen; wheels exist for Linux x86_64, macOS and Windows x86_64, elsewhere "
            "pip builds it from source with a C++ compiler")
-# LoadGen's logs kept beside a results file; the trace is read and deleted, an empty accuracy log dropped.
-KEPT_LOGS = (loadgen_log.SUMMARY, loadgen_log.DETAIL)
 
 
 class LoadGenUnavailable(ProviderUnavailable):
@@ -52,8 +44,7 @@ class LoadGenUnavailable(ProviderUnavailable):
         super().__init__(message, "not-installed")
 
 
-# A LoadGen scenario that did not run, for a reason that is the skipped record's: LoadGen not installed, or a server
-# search whose budget cannot hold one trial.
+# Why a LoadGen scenario is skipped: LoadGen not installed, or a server search budget too short for one trial.
 SCENARIO_SKIPPED = (LoadGenUnavailable, BudgetTooShort)
 
 
@@ -77,65 +68,45 @@ class Run:
     wall_s: float  # LoadGen's StartTest, start to end
     outputs: np.ndarray | None = None  # accuracy mode: the logged probabilities, one row per sample of the split
 
-    @property
-    def query_latencies_s(self) -> list[float] | None:
-        return loadgen_log.query_latencies_s(self.samples) if self.samples else None
-
-    @property
-    def batch_times_s(self) -> list[float] | None:
-        return loadgen_log.batch_times_s(self.samples) if self.samples else None
-
 
 class Engine:
     """LoadGen for one bench run: its settings, where its logs go (``logs_dir``; None: a temporary folder, removed),
-    and its own cost, measured once (:meth:`noop_latency_ms`)."""
+    and its own cost, measured once (``noop_latency_ms``)."""
 
     def __init__(self, settings: LoadGenSettings, logs_dir: Path | None = None):
         self.settings = settings
         self.lg = import_loadgen()
         self.logs_dir = Path(logs_dir) if logs_dir is not None else None
-        self._noop: dict[str, float] | None = None
         self._error: BaseException | None = None
 
-    # ------------------------------------------------------------------ LoadGen's own cost
-
+    @functools.cached_property
     def noop_latency_ms(self) -> dict[str, float]:
-        """LoadGen's own cost per query: SingleStream on a system under test that completes each query inside the
-        issue callback and does nothing else, with the run's log settings (its trace included): p50, p90, p99 in
-        ms. Measured on first use, so once per run."""
-        if self._noop is None:
-            lg = self.lg
-            response = np.zeros(OUTPUT_SHAPE, np.float32)
-            address, size = response.__array_interface__["data"][0], response.nbytes
+        """LoadGen's own cost per query, p50, p90, p99 in ms: SingleStream with the run's log settings (its trace
+        included) on a system under test that completes each query inside the issue callback. Measured once."""
+        lg = self.lg
+        response = np.zeros(OUTPUT_SHAPE, np.float32)
+        address, size = response.__array_interface__["data"][0], response.nbytes
 
-            def issue(samples) -> None:
-                lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, address, size) for s in samples])
+        def issue(samples) -> None:
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, address, size) for s in samples])
 
-            settings = self.settings.test_settings(lg, "single-stream", samples=NOOP_QUERIES, expected_latency_s=5e-6)
-            settings.min_query_count, settings.min_duration_ms = NOOP_QUERIES, 0
-            run = self._test("loadgen-noop", issue, NOOP_QUERIES, settings)
-            self._noop = {key: run.result.latency_ms[key] for key in ("p50", "p90", "p99")}
-        return self._noop
+        settings = self.settings.test_settings(lg, "single-stream", samples=NOOP_QUERIES, expected_latency_s=5e-6)
+        settings.min_query_count, settings.min_duration_ms = NOOP_QUERIES, 0
+        run = self._test("loadgen-noop", issue, NOOP_QUERIES, settings)
+        return {key: run.result.latency_ms[key] for key in ("p50", "p90", "p99")}
 
-    # ------------------------------------------------------------------ the scenarios
-
-    def single_stream(self, sut: SUT, split: HeldOutSplit, expected_latency_s: float, name: str) -> Run:
-        """One sample per query; LoadGen issues the next when this one completes."""
-        settings = self.settings.test_settings(self.lg, "single-stream", samples=len(split.y),
-                                               expected_latency_s=expected_latency_s)
-        return self._test(name, lambda samples: self._respond(sut, split.x, samples), len(split.y), settings)
-
-    def multi_stream(self, sut: SUT, split: HeldOutSplit, expected_latency_s: float, name: str) -> Run:
-        """``samples_per_query`` samples per query, answered as one batch; the next query when this one completes."""
-        settings = self.settings.test_settings(self.lg, "multi-stream", samples=len(split.y),
+    def stream(self, sut: SUT, split: HeldOutSplit, operation: str, expected_latency_s: float, name: str) -> Run:
+        """single-stream (one sample per query) or multi-stream (``samples_per_query``, answered as one batch);
+        LoadGen issues the next query when this one completes."""
+        settings = self.settings.test_settings(self.lg, operation, samples=len(split.y),
                                                expected_latency_s=expected_latency_s)
         return self._test(name, lambda samples: self._respond(sut, split.x, samples), len(split.y), settings)
 
     def offline(self, sut: SUT, split: HeldOutSplit, batch: int, expected_qps: float, name: str) -> Run:
-        """Every sample in one query (more, repeated, when the minimum duration needs them: LoadGen plans that from
-        ``expected_qps``), answered in batches of ``batch``. LoadGen issues 1.1 x expected rate x minimum duration
-        samples, so a run faster than expected ends before the minimum duration (INVALID): it is asked for half as
-        much again as ``expected_qps`` (the warm-up's fastest batch), as submitters over-state it."""
+        """Every sample in one query (more, repeated, when the minimum duration needs them), answered in batches of
+        ``batch``. LoadGen issues 1.1 x expected rate x minimum duration samples, so a run faster than expected
+        ends before the minimum duration (INVALID): it is asked for half as much again as ``expected_qps`` (the
+        warm-up's fastest batch), as submitters over-state it."""
         settings = self.settings.test_settings(self.lg, "offline", samples=len(split.y), expected_qps=1.5 * expected_qps)
         return self._test(name, self._in_batches(sut, split.x, batch), len(split.y), settings)
 
@@ -143,10 +114,32 @@ class Engine:
         """LoadGen's AccuracyOnly mode: every sample of the split once (Offline, in batches of ``batch``); the
         outputs LoadGen logged come back in ``Run.outputs``, one row per sample index."""
         settings = self.settings.test_settings(self.lg, "accuracy", samples=len(split.y))
-        run = self._test(name, self._in_batches(sut, split.x, batch), len(split.y), settings, keep_accuracy_log=True)
-        return run
+        return self._test(name, self._in_batches(sut, split.x, batch), len(split.y), settings, keep_accuracy_log=True)
 
-    def server_trial(self, sut: SUT, split: HeldOutSplit, target_qps: float, name: str) -> Run:
+    def server(self, sut: SUT, split: HeldOutSplit, service_s: float, name: str) -> tuple[ServerSearch, Run]:
+        """The highest rate LoadGen calls VALID under the latency bound (bench/measure/server.py), starting from the
+        capacity one query at a time gives (1 / ``service_s``); the search and the trial its figures come from."""
+        settings = self.settings
+        runs: list[Run] = []
+
+        def trial(rate: float) -> ServerTrial:
+            run = self._server_trial(sut, split, rate, f"{name}/trial-{len(runs) + 1:02d}-{rate:.0f}qps")
+            runs.append(run)
+            r = run.result
+            return ServerTrial(rate, r.valid, r.samples_per_s, r.latency_ms.get("p50"), r.latency_ms.get("p99"), r.queries,
+                               run.wall_s, why_invalid(r))
+
+        def cost(rate: float) -> float:
+            # LoadGen issues queries for the minimum duration or the minimum count, whichever is longer; the margin
+            # is the queue's drain after the last arrival.
+            duration = 600.0 if settings.mlperf_rules else settings.min_duration_s
+            return 1.25 * max(duration, settings.min_queries_for("server") / rate)
+
+        found, best = search(trial, cost, 1 / service_s, settings.latency_bound_ms, settings.server_search_s,
+                             alone_ms=service_s * 1000)
+        return found, runs[best]
+
+    def _server_trial(self, sut: SUT, split: HeldOutSplit, target_qps: float, name: str) -> Run:
         """One Server test: Poisson arrivals at ``target_qps``, answered by one worker in arrival order."""
         work: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -166,31 +159,6 @@ class Engine:
         finally:
             work.put(None)
             worker.join()
-
-    def server(self, sut: SUT, split: HeldOutSplit, service_s: float, name: str) -> tuple[ServerSearch, Run]:
-        """The highest rate LoadGen calls VALID under the latency bound (bench/measure/server.py), starting from the
-        capacity one query at a time gives (1 / ``service_s``); the search and the trial its figures come from."""
-        settings = self.settings
-        runs: list[Run] = []
-
-        def trial(rate: float) -> ServerTrial:
-            run = self.server_trial(sut, split, rate, f"{name}/trial-{len(runs) + 1:02d}-{rate:.0f}qps")
-            runs.append(run)
-            r = run.result
-            return ServerTrial(rate, r.valid, r.samples_per_s, r.latency_ms.get("p50"), r.latency_ms.get("p99"), r.queries,
-                         run.wall_s, why_invalid(r))
-
-        def cost(rate: float) -> float:
-            # LoadGen issues queries for the minimum duration or the minimum count, whichever is longer; the margin
-            # is the queue's drain after the last arrival.
-            duration = 600.0 if settings.mlperf_rules else settings.min_duration_s
-            return 1.25 * max(duration, settings.min_queries_for("server") / rate)
-
-        found, best = search(trial, cost, 1 / service_s, settings.latency_bound_ms, settings.server_search_s,
-                             alone_ms=service_s * 1000)
-        return found, runs[best]
-
-    # ------------------------------------------------------------------ answering queries
 
     def _respond(self, sut: SUT, x: np.ndarray, samples) -> None:
         """Answer ``samples`` as one batch with the runtime's outputs; after a failure, complete them empty. Nothing
@@ -221,7 +189,8 @@ class Engine:
 
     def _test(self, name: str, issue, total: int, settings, keep_accuracy_log: bool = False) -> Run:
         """One LoadGen test with ``issue`` as the system under test, the split (``total`` samples, all in memory)
-        as the query sample library; its logs read back."""
+        as the query sample library; its logs read back, then all but the summary and detail logs (and an accuracy
+        run's accuracy log) removed."""
         lg = self.lg
         temporary = self.logs_dir is None
         folder = Path(tempfile.mkdtemp(prefix="fmnist-loadgen-")) if temporary else self.logs_dir / name
@@ -247,9 +216,15 @@ class Engine:
                 result.target_qps = settings.server_target_qps
                 result.latency_bound_ms = settings.server_target_latency_ns / 1e6
             samples = loadgen_log.sample_completions(folder)
-            outputs = _ordered_outputs(folder, total) if keep_accuracy_log else None
+            outputs = loadgen_log.logged_outputs(folder, total, OUTPUT_SHAPE[0]) if keep_accuracy_log else None
         finally:
-            _tidy(folder, temporary, keep_accuracy_log)
+            if temporary:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                kept = {loadgen_log.SUMMARY, loadgen_log.DETAIL, *([loadgen_log.ACCURACY] if keep_accuracy_log else [])}
+                for path in folder.iterdir():
+                    if path.is_file() and path.name not in kept:
+                        path.unlink(missing_ok=True)
         return Run(result, samples, wall_s, outputs)
 
 
@@ -261,31 +236,5 @@ def why_invalid(result: LoadGenResult) -> str:
                                      ("early stopping not satisfied", result.early_stopping_met),
                                      ("minimum duration not met", result.min_duration_met),
                                      ("minimum query count not met", result.min_queries_met)) if met is False]
-    if result.invalid_reason:
-        unmet.append(f"LoadGen: {result.invalid_reason.rstrip('.')}")
+    unmet += [f"LoadGen: {result.invalid_reason.rstrip('.')}"] if result.invalid_reason else []
     return "; ".join(unmet) or "INVALID"
-
-
-def with_cost(result: LoadGenResult, noop_latency_ms: dict[str, float]) -> LoadGenResult:
-    return dataclasses.replace(result, noop_latency_ms=dict(noop_latency_ms))
-
-
-def _ordered_outputs(folder: Path, total: int) -> np.ndarray:
-    logged = loadgen_log.logged_outputs(folder, int(np.prod(OUTPUT_SHAPE)))
-    missing = sorted(set(range(total)) - set(logged))
-    if missing or len(logged) != total:
-        raise LoadGenError(f"{folder / loadgen_log.ACCURACY}: LoadGen logged {len(logged)} of {total} samples "
-                           f"(first missing: {missing[:3]})")
-    return np.stack([logged[i] for i in range(total)])
-
-
-def _tidy(folder: Path, temporary: bool, keep_accuracy_log: bool) -> None:
-    """Keep LoadGen's summary and detail logs (and the accuracy log of an accuracy run); the trace holds every
-    sample and has been read."""
-    if temporary:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    kept = (*KEPT_LOGS, loadgen_log.ACCURACY) if keep_accuracy_log else KEPT_LOGS
-    for path in folder.iterdir():
-        if path.is_file() and path.name not in kept:
-            path.unlink(missing_ok=True)

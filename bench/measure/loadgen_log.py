@@ -1,6 +1,6 @@
 """What MLPerf LoadGen wrote, read back: its verdict and figures (``mlperf_log_detail.txt``, the machine-readable
 twin of ``mlperf_log_summary.txt``), each sample's completion from its trace (``mlperf_log_trace.json``), and the
-outputs it logged in accuracy mode (``mlperf_log_accuracy.json``).
+outputs it logged in accuracy mode (``mlperf_log_accuracy.json``). LoadGen's Python API returns none of these.
 
 LoadGen's figures are taken as LoadGen states them, never recomputed: a record's p90 is LoadGen's p90, and a
 reader can check any row against the summary kept beside the results file.
@@ -19,8 +19,7 @@ DETAIL = "mlperf_log_detail.txt"
 SUMMARY = "mlperf_log_summary.txt"
 TRACE = "mlperf_log_trace.json"
 ACCURACY = "mlperf_log_accuracy.json"
-# LoadGen's latency percentiles, by the names our records use.
-PERCENTILES = {"p50": "50.00", "p90": "90.00", "p95": "95.00", "p97": "97.00", "p99": "99.00", "p99.9": "99.90"}
+PERCENTILES = ("p50", "p90", "p95", "p97", "p99", "p99.9")  # LoadGen's, as "50.00" ... "99.90" in its keys
 
 
 class LoadGenError(RuntimeError):
@@ -36,7 +35,6 @@ def read_detail(folder: Path) -> dict[str, object]:
     except FileNotFoundError:
         raise LoadGenError(f"{path}: LoadGen wrote no detail log") from None
     values: dict[str, object] = {}
-    errors = []
     for line in text.splitlines():
         _, marker, payload = line.partition(":::MLLOG ")
         if not marker:
@@ -45,11 +43,9 @@ def read_detail(folder: Path) -> dict[str, object]:
             entry = json.loads(payload)
         except ValueError:  # a line LoadGen cut short: the others still stand
             continue
-        values[entry.get("key")] = entry.get("value")
         if (entry.get("metadata") or {}).get("is_error"):
-            errors.append(f"{entry.get('key')}: {entry.get('value')}")
-    if errors:
-        raise LoadGenError(f"LoadGen: {errors[0]}"[:400])
+            raise LoadGenError(f"LoadGen: {entry.get('key')}: {entry.get('value')}"[:400])
+        values[entry.get("key")] = entry.get("value")
     if "result_validity" not in values and values.get("effective_test_mode") != "AccuracyOnly":
         raise LoadGenError(f"{path}: LoadGen logged no result")
     return values
@@ -64,45 +60,42 @@ def result(folder: Path, **extra: object) -> LoadGenResult:
         value = d.get(key)
         return float(value) / 1e6 if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    latency = {"min": ns("result_min_query_latency_ns" if per_query else "result_min_latency_ns"),
-               "mean": ns("result_mean_query_latency_ns" if per_query else "result_mean_latency_ns"),
-               "max": ns("result_max_query_latency_ns" if per_query else "result_max_latency_ns")}
-    for name, percent in PERCENTILES.items():
+    latency = {name: ns(f"result_{name}_query_latency_ns" if per_query else f"result_{name}_latency_ns")
+               for name in ("min", "mean", "max")}
+    for name in PERCENTILES:
+        percent = f"{float(name[1:]):.2f}"
         latency[name] = ns(f"result_{percent}_percentile_per_query_latency_ns" if per_query
                            else f"result_{percent}_percentile_latency_ns")
     # SingleStream logs its p90 estimate as ..._ss, MultiStream its p99 per query as ..._ms; 0 when not reached.
     early = ns("early_stopping_latency_ss") or ns("early_stopping_latency_ms") or None
     samples_per_s = d.get("result_samples_per_second", d.get("result_completed_samples_per_sec"))
     return LoadGenResult(
-        scenario=str(d.get("effective_scenario")), mode=str(d.get("effective_test_mode")), result=str(d.get("result_validity") or ""),
-        min_duration_met=d.get("result_min_duration_met"), min_queries_met=d.get("result_min_queries_met"),
-        early_stopping_met=d.get("early_stopping_met"), queries=int(d.get("result_query_count") or 0),
-        samples_per_query=int(d.get("effective_samples_per_query") or 1),
+        scenario=str(d.get("effective_scenario")), mode=str(d.get("effective_test_mode")),
+        result=str(d.get("result_validity") or ""), min_duration_met=d.get("result_min_duration_met"),
+        min_queries_met=d.get("result_min_queries_met"), early_stopping_met=d.get("early_stopping_met"),
+        queries=int(d.get("result_query_count") or 0), samples_per_query=int(d.get("effective_samples_per_query") or 1),
         latency_ms={k: v for k, v in latency.items() if v is not None},
-        early_stopping=" ".join(str(d.get("early_stopping_result") or "").split()),
-        early_stopping_ms=early,
+        early_stopping=" ".join(str(d.get("early_stopping_result") or "").split()), early_stopping_ms=early,
         samples_per_s=float(samples_per_s) if isinstance(samples_per_s, (int, float)) else None,
         latency_bound_met=d.get("result_perf_constraints_met"),
-        invalid_reason=" ".join(str(d.get("result_invalid_reason") or "").split()),
-        **extra,
+        invalid_reason=" ".join(str(d.get("result_invalid_reason") or "").split()), **extra,
     )
 
 
 def sample_completions(folder: Path) -> list[tuple[int, int]] | None:
-    """(query sequence number, latency in ns) of every sample in LoadGen's trace, in the order LoadGen traced them;
-    the latency is LoadGen's own (its ``complete_ns``: from the query's scheduled issue to its completion). None
-    when the trace is off or empty. The trace is read line by line: LoadGen writes one event per line (and a few
-    lines of it are not valid JSON, so the file as a whole cannot be parsed)."""
+    """(query sequence number, latency in ns) of every sample in LoadGen's trace, in the order traced; the latency
+    is LoadGen's own (``complete_ns``: from the query's scheduled issue to its completion). None when the trace is
+    off or empty. Read line by line: LoadGen writes one event per line, and a few lines are not valid JSON, so the
+    file as a whole cannot be parsed."""
     path = Path(folder) / TRACE
     if not path.is_file() or path.stat().st_size == 0:
         return None
     samples = []
     with path.open(encoding="utf-8", errors="replace") as trace:
         for line in trace:
-            if not line.startswith('{"name":"Sample"') or '"ph":"b"' not in line:
-                continue
-            args = json.loads(line.rstrip().rstrip(","))["args"]
-            samples.append((int(args["query_seq"]), int(args["complete_ns"])))
+            if line.startswith('{"name":"Sample"') and '"ph":"b"' in line:
+                args = json.loads(line.rstrip().rstrip(","))["args"]
+                samples.append((int(args["query_seq"]), int(args["complete_ns"])))
     return samples or None
 
 
@@ -121,8 +114,9 @@ def batch_times_s(samples: list[tuple[int, int]]) -> list[float]:
     return [(end - start) / 1e9 for start, end in zip([0, *ends], ends)]
 
 
-def logged_outputs(folder: Path, outputs: int) -> dict[int, np.ndarray]:
-    """Accuracy mode: the response LoadGen logged for each sample index, as ``outputs`` float32 probabilities."""
+def logged_outputs(folder: Path, total: int, values: int) -> np.ndarray:
+    """Accuracy mode: the ``values`` float32 probabilities LoadGen logged for each of the ``total`` sample indexes,
+    one row per index, in order."""
     path = Path(folder) / ACCURACY
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
@@ -131,7 +125,10 @@ def logged_outputs(folder: Path, outputs: int) -> dict[int, np.ndarray]:
     logged = {}
     for entry in entries:
         row = np.frombuffer(bytes.fromhex(entry["data"]), dtype="<f4")
-        if row.size != outputs:
-            raise LoadGenError(f"{path}: sample {entry['qsl_idx']} logged {row.size} values, expected {outputs}")
+        if row.size != values:
+            raise LoadGenError(f"{path}: sample {entry['qsl_idx']} logged {row.size} values, expected {values}")
         logged[int(entry["qsl_idx"])] = row
-    return logged
+    missing = sorted(set(range(total)) - set(logged))
+    if missing or len(logged) != total:
+        raise LoadGenError(f"{path}: LoadGen logged {len(logged)} of {total} samples (first missing: {missing[:3]})")
+    return np.stack([logged[i] for i in range(total)])

@@ -4,27 +4,31 @@ and the code (commit hash, dirty flag, branch), kept apart as pytest-benchmark k
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import onnxruntime as ort
 
-from bench.measure.peaks import as_records, best_of, cpu_mhz, measure_yardsticks, theoretical_gops
+from bench.measure.peaks import best_of, cpu_mhz, measure_yardsticks, theoretical_gops
 from trainer.environment import machine_info
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def gpu_name() -> str | None:
-    if not shutil.which("nvidia-smi"):
-        return None
+def _output(command: list[str], timeout_s: float, cwd: Path | None = None) -> str | None:
+    """The command's stripped stdout; None when it is not installed, fails or times out."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout_s)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def gpu_name() -> str | None:
+    out = _output(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], 20)
+    return out.splitlines()[0] if out else None
 
 
 def machine(threads: tuple[int, ...], yardstick_s: float) -> dict:
@@ -42,20 +46,14 @@ def yardsticks(threads: tuple[int, ...], seconds: float, before: list[dict] | No
     them at its start and again at its end); none at 0 seconds (``--yardstick-s 0``: no row gets a share of peak)."""
     if seconds == 0:
         return before or []
-    return best_of(before or [], as_records([y for t in dict.fromkeys(threads) for y in measure_yardsticks(t, seconds)]))
+    return best_of(before or [], [asdict(y) for t in dict.fromkeys(threads) for y in measure_yardsticks(t, seconds)])
 
 
 def commit_info(repo: Path = REPO) -> dict:
     """The code that measured: full hash, whether the work tree had uncommitted changes, and the branch."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
+    commit = _output(["git", "rev-parse", "HEAD"], 10, repo)
     if commit is None:
         return {"id": None, "dirty": None, "branch": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"id": commit, "dirty": bool(status), "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+    status = _output(["git", "status", "--porcelain", "--untracked-files=no"], 10, repo)
+    branch = _output(["git", "rev-parse", "--abbrev-ref", "HEAD"], 10, repo)
+    return {"id": commit, "dirty": bool(status), "branch": branch}

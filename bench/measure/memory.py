@@ -1,13 +1,10 @@
 """Peak resident memory of one case, measured in a fresh process of its own.
 
-In one bench process resident memory only grows: TensorFlow, OpenVINO and every earlier session's
-arena stay mapped after their case, and resetting the high-water mark (``/proc/self/clear_refs``) resets
-it to the current size, which still holds all of that. So a case's figure read there was the run's
-history (328, 846, 887, 942 ... 1865 MB across Model 4's rows, in the order they ran). Here each case
-gets a child process that imports the bench, builds that one system under test exactly as the timed run
-does, predicts one batch and reports its own peak (VmHWM): the interpreter, the runtime's libraries, the
-model, its session and one batch. That is what a process serving that case alone would hold. It is
-measured once per case (not per operation) and costs a process start each, which ``--no-memory`` skips.
+In one bench process resident memory only grows (TensorFlow, OpenVINO and every earlier session's arena stay
+mapped, and resetting the high-water mark resets it to the current size), so a case's figure read there was the
+run's history (328, 846 ... 1865 MB across Model 4's rows, in the order they ran). Here a child process builds
+that one system under test as the timed run does, predicts one batch and reports its own peak (VmHWM): what a
+process serving that case alone would hold. Once per case, a process start each (``--memory off`` skips it).
 """
 
 from __future__ import annotations

@@ -1,30 +1,21 @@
 """What this machine can do, per arithmetic: the yardsticks a row's achieved GFLOP/s is a share of.
 
-A share of peak only means something against a peak of the same arithmetic, reached by the kernels the
-rows run on. So each yardstick is the fastest large matrix product (2048 x 2048 x 2048, the weight a
-constant the runtime may pre-pack, as it does a model's weights) that an installed runtime reaches here:
-
-- ``fp32``: onnxruntime's ``MatMul`` (MLAS) and OpenVINO's at ``INFERENCE_PRECISION_HINT=f32`` (oneDNN);
-- ``int8``: onnxruntime's QDQ ``MatMul`` (fused to its u8 x s8 integer GEMM: VNNI or AMX where the CPU has
-  them) and OpenVINO's (low-precision transformations to its int8 GEMM);
-- ``bf16``: OpenVINO's at ``INFERENCE_PRECISION_HINT=bf16``, only on a CPU with native bf16 (AVX-512 BF16 or
-  AMX); onnxruntime's CPU provider has no bf16 GEMM.
-
-Each is also measured as a large 3x3 convolution (an implicit GEMM), since a runtime's convolution kernels can
-outrun its matrix product (OpenVINO's AMX bf16 ones did: a row above a GEMM-only yardstick). The fp16 files run
-on onnxruntime's CPU provider as float32 (it inserts Casts around kernels it has only in float32): they are
-set against the fp32 yardstick.
-
-numpy is never a yardstick: its BLAS, and the kernel its environment selects (``OPENBLAS_CORETYPE``), are
-not what any row runs. Beside them, :func:`theoretical_gops` gives the ISA's bound from the CPU's flags,
-logical CPUs and clock, an upper bound stated with its assumptions.
+A share of peak only means something against a peak of the same arithmetic, reached by the kernels the rows run
+on. So each yardstick is the fastest large matrix product (the weight a constant the runtime may pre-pack, as it
+does a model's weights) or large 3x3 convolution (a runtime's convolution kernels can outrun its matrix product,
+as OpenVINO's AMX bf16 ones did) an installed runtime reaches here: ``fp32`` on onnxruntime (MLAS) and OpenVINO
+(oneDNN); ``int8`` as a QDQ graph each fuses to its integer kernels (VNNI or AMX where the CPU has them); ``bf16``
+on OpenVINO only, and only with native bf16 (onnxruntime's CPU provider has no bf16 GEMM). The fp16 files run on
+onnxruntime's CPU provider as float32: they are set against fp32. numpy is never a yardstick: its BLAS is not
+what any row runs. :func:`theoretical_gops` gives the ISA's bound beside them, with its assumptions.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +26,14 @@ from trainer.environment import cpu_flags
 
 SIZE = 2048  # m = n = k: large enough that packing and threading costs vanish, small enough for ~0.1 s a product
 CONV_BATCH, CONV_CHANNELS, CONV_SIDE = 32, 128, 28  # a 3x3 convolution of 3.7 G multiply-adds, 'same' padding
-ARITHMETICS = ("fp32", "bf16", "int8")
+# op -> (input shape, weight shape, attributes, multiply-adds of a call)
+PROBLEMS = {"MatMul": ((SIZE, SIZE), (SIZE, SIZE), {}, SIZE**3),
+            "Conv": ((CONV_BATCH, CONV_CHANNELS, CONV_SIDE, CONV_SIDE), (CONV_CHANNELS, CONV_CHANNELS, 3, 3),
+                     {"pads": [1, 1, 1, 1]}, CONV_BATCH * CONV_SIDE**2 * CONV_CHANNELS**2 * 9)}
+# (arithmetic, runtime, quantized graph, OpenVINO's inference precision; None: onnxruntime)
+CANDIDATES = (("fp32", "onnxruntime", False, None), ("int8", "onnxruntime", True, None),
+              ("fp32", "openvino", False, "f32"), ("bf16", "openvino", False, "bf16"),
+              ("int8", "openvino", True, "f32"))
 
 
 @dataclass(frozen=True)
@@ -52,16 +50,19 @@ def measure_yardsticks(threads: int = 0, seconds: float = 1.0, repeats: int = 5)
     call of at least ``repeats`` and ``seconds`` of calls. A peak is the best a machine does, and on a shared
     virtual machine the same product varies by 2x from call to call (AMX's most of all): a few calls can miss it."""
     found = []
-    for arithmetic, runtime, build, multiply_adds in _candidates():
-        try:
-            run = build(threads)
-        except Exception:  # noqa: BLE001 - a runtime without that kernel (bf16 without the hardware)
-            continue
-        run()  # the first call packs the weight and sizes the buffers
-        times, started = [], time.perf_counter()
-        while len(times) < repeats or time.perf_counter() - started < seconds:
-            times.append(_seconds(run))
-        found.append(Yardstick(arithmetic, runtime, 2 * multiply_adds / min(times) / 1e9, threads))
+    for op, (_, _, _, multiply_adds) in PROBLEMS.items():
+        for arithmetic, runtime, quantized, precision in CANDIDATES:
+            try:
+                run = _build(op, quantized, precision, threads)
+            except Exception:  # noqa: BLE001 - a runtime without that kernel (bf16 without the hardware)
+                continue
+            run()  # the first call packs the weight and sizes the buffers
+            times, started = [], time.perf_counter()
+            while len(times) < repeats or time.perf_counter() - started < seconds:
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+            found.append(Yardstick(arithmetic, runtime, 2 * multiply_adds / min(times) / 1e9, threads))
     return found
 
 
@@ -71,13 +72,9 @@ def peak_gops(yardsticks: list[dict], arithmetic: str, threads: int = 0) -> floa
     return max(matching) if matching else None
 
 
-def as_records(yardsticks: list[Yardstick]) -> list[dict]:
-    return [asdict(y) for y in yardsticks]
-
-
 def best_of(*measured: list[dict]) -> list[dict]:
-    """Each yardstick's best over several measurements (records of :func:`as_records`), in first-seen order: of
-    a product and a convolution of the same arithmetic and runtime, and of a run's two measurements.
+    """Each yardstick's best over several measurements (``asdict`` records), in first-seen order: of a product and
+    a convolution of the same arithmetic and runtime, and of a run's two measurements.
 
     A run measures them at its start and again at its end: on a shared VM the vector units run at one speed
     for minutes and then at another (AMX's by 2x), and a peak taken only before the cases can sit below a row
@@ -143,33 +140,15 @@ def cpu_mhz() -> float | None:
     return None
 
 
-def _candidates() -> list[tuple[str, str, Callable[[int], Callable[[], object]], int]]:
-    """(arithmetic, runtime, build(threads) -> one call, multiply-adds of a call): a large matrix product and a
-    large 3x3 convolution (an implicit GEMM; a runtime's convolution kernels may outrun its matrix product, as
-    OpenVINO's AMX bf16 ones do) of each arithmetic on each runtime."""
-    gemm, conv = SIZE**3, CONV_BATCH * CONV_SIDE**2 * CONV_CHANNELS**2 * 9
-    found = []
-    for multiply_adds, float_graph, int8_graph, feed in ((gemm, _matmul, _qdq_matmul, _input),
-                                                         (conv, _conv, _qdq_conv, _conv_input)):
-        found += [("fp32", "onnxruntime", lambda t, g=float_graph, f=feed: _ort(g(), t, f), multiply_adds),
-                  ("int8", "onnxruntime", lambda t, g=int8_graph, f=feed: _ort(g(), t, f), multiply_adds),
-                  ("fp32", "openvino", lambda t, g=float_graph, f=feed: _openvino(g(), "f32", t, f), multiply_adds),
-                  ("bf16", "openvino", lambda t, g=float_graph, f=feed: _openvino(g(), "bf16", t, f), multiply_adds),
-                  ("int8", "openvino", lambda t, g=int8_graph, f=feed: _openvino(g(), "f32", t, f), multiply_adds)]
-    return found
-
-
-def _input() -> np.ndarray:
-    return np.random.default_rng(0).random((SIZE, SIZE), dtype=np.float32)
-
-
-def _conv_input() -> np.ndarray:
-    return np.random.default_rng(0).random((CONV_BATCH, CONV_CHANNELS, CONV_SIDE, CONV_SIDE), dtype=np.float32)
-
-
-def _graph(op: str, in_shape: list[int], weight: np.ndarray, quantized: bool, **attributes) -> bytes:
-    """``y = op(a, w)``; ``quantized``: through u8 activations and s8 weights, as the int8 exports write their
-    layers (QDQ), which each runtime fuses into its integer kernels."""
+def _build(op: str, quantized: bool, precision: str | None, threads: int) -> Callable[[], object]:
+    """One call of ``y = op(a, w)`` on onnxruntime (``precision`` None) or OpenVINO at ``precision``; ``quantized``:
+    through u8 activations and s8 weights, as the int8 exports write their layers (QDQ), which each runtime fuses
+    into its integer kernels."""
+    in_shape, weight_shape, attributes, _ = PROBLEMS[op]
+    inputs = np.random.default_rng(0).random(in_shape, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    weight = (rng.integers(-127, 128, weight_shape, dtype=np.int8) if quantized
+              else rng.random(weight_shape, dtype=np.float32))
     nodes = [helper.make_node(op, ["a_dq" if quantized else "a", "w_dq" if quantized else "w"], ["y"], **attributes)]
     constants = [numpy_helper.from_array(weight, "w")]
     if quantized:
@@ -180,43 +159,19 @@ def _graph(op: str, in_shape: list[int], weight: np.ndarray, quantized: bool, **
                       numpy_helper.from_array(np.float32(1 / 255), "a_scale"), numpy_helper.from_array(np.uint8(0), "a_zero")]
     graph = helper.make_graph(nodes, op.lower(), [helper.make_tensor_value_info("a", TensorProto.FLOAT, in_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=constants)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    if precision is None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        return functools.partial(session.run, None, {"a": inputs})
+    return _openvino(model, precision, threads, inputs)
 
 
-def _matmul() -> bytes:
-    return _graph("MatMul", [SIZE, SIZE], _input(), quantized=False)
-
-
-def _qdq_matmul() -> bytes:
-    return _graph("MatMul", [SIZE, SIZE], _int8((SIZE, SIZE)), quantized=True)
-
-
-def _conv() -> bytes:
-    weight = np.random.default_rng(1).random((CONV_CHANNELS, CONV_CHANNELS, 3, 3), dtype=np.float32)
-    return _graph("Conv", [CONV_BATCH, CONV_CHANNELS, CONV_SIDE, CONV_SIDE], weight, quantized=False, pads=[1, 1, 1, 1])
-
-
-def _qdq_conv() -> bytes:
-    return _graph("Conv", [CONV_BATCH, CONV_CHANNELS, CONV_SIDE, CONV_SIDE], _int8((CONV_CHANNELS, CONV_CHANNELS, 3, 3)),
-                  quantized=True, pads=[1, 1, 1, 1])
-
-
-def _int8(shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(1).integers(-127, 128, shape, dtype=np.int8)
-
-
-def _ort(model: bytes, threads: int, feed: Callable[[], np.ndarray]) -> Callable[[], object]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-    inputs = {"a": feed()}
-    return lambda: session.run(None, inputs)
-
-
-def _openvino(model: bytes, precision: str, threads: int, feed: Callable[[], np.ndarray]) -> Callable[[], object]:
+def _openvino(model: bytes, precision: str, threads: int, inputs: np.ndarray) -> Callable[[], object]:
     import openvino as ov  # noqa: PLC0415 - optional: a machine without it has onnxruntime's yardsticks
 
-    if precision == "bf16" and not _native_bf16():
+    if precision == "bf16" and not {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
         raise RuntimeError("no native bf16 here: OpenVINO would run f32 and call it bf16")
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
@@ -225,16 +180,4 @@ def _openvino(model: bytes, precision: str, threads: int, feed: Callable[[], np.
     compiled = core.compile_model(core.read_model(model, b""), "CPU", config)
     if compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() != precision:
         raise RuntimeError(f"OpenVINO did not take {precision}")
-    request = compiled.create_infer_request()
-    inputs = {0: feed()}
-    return lambda: request.infer(inputs)
-
-
-def _native_bf16() -> bool:
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
-
-
-def _seconds(call: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    call()
-    return time.perf_counter() - t0
+    return functools.partial(compiled.create_infer_request().infer, {0: inputs})

@@ -1,14 +1,7 @@
 """Where the time goes: each runtime's own per-operator profile of one case, by operator type, beside each
-type's share of the multiply-adds.
-
-- onnxruntime: its session profiler (``SessionOptions.enable_profiling``), one event per node run with the
-  kernel's op type (the optimised graph's own nodes: fused, quantized and NCHWc ones);
-- OpenVINO: ``PERF_COUNT`` and the infer request's ``get_profiling_info()``: real time per executed node, by
-  its node type.
-
-Multiply-adds come from the exported graph (:func:`shares` says how they are matched to the runtime's nodes).
-- LiteRT and TF Lite: their Python interpreter offers no per-operator profile (LiteRT's ``benchmark_model``
-  does, outside Python): no profile is recorded for those rows, and the report says so.
+type's share of the multiply-adds (of the exported graph: :func:`shares` says how they are matched). onnxruntime
+gives one event per node run of its optimised graph (fused, quantized and NCHWc nodes); OpenVINO, with
+``PERF_COUNT``, real time per executed node. LiteRT's and TF Lite's Python interpreters offer none.
 
 The profiled session is a second one, never the timed one: a profiler's bookkeeping is not in the rows'
 times. It runs the same batch a few times after a warm-up, and the shares are of the summed kernel time.
@@ -19,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,19 +77,14 @@ def shares(kernels: list[tuple[str, float]], runs: int, graph_macs: list[tuple[s
         time_ms[op] += ms / runs
     per_run = kernels[: len(kernels) // runs] if runs else []
     macs: dict[str, float] = defaultdict(float)
-    for family in ("conv", "matmul"):
+    for family in FAMILIES:
         graph = [m for f, m in graph_macs if f == family]
         ran = [(op, ms) for op, ms in per_run if _family(op) == family]
-        if len(ran) == len(graph):
-            for (op, _), m in zip(ran, graph):
-                macs[op] += m
-        elif ran:
-            total = sum(ms for _, ms in ran) or 1.0
-            for op, ms in ran:
-                macs[op] += sum(graph) * ms / total
-    nodes: dict[str, int] = defaultdict(int)
-    for op, _ in kernels:
-        nodes[op] += 1
+        total_ms = sum(ms for _, ms in ran) or 1.0
+        spread = graph if len(ran) == len(graph) else [sum(graph) * ms / total_ms for _, ms in ran]
+        for (op, _), m in zip(ran, spread):
+            macs[op] += m
+    nodes = Counter(op for op, _ in kernels)
     total_time, total_macs = sum(time_ms.values()), sum(macs.values())
     found = [OperatorShare(op, t, t / total_time if total_time else 0.0, macs[op] / total_macs if total_macs else 0.0,
                            round(nodes[op] / runs)) for op, t in time_ms.items()]

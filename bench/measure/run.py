@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from bench.runtimes import Case
-
-from bench.measure.cases import HeldOutSplit, load_test_split
+from bench.measure.cases import load_test_split
 from bench.measure.core import case_memory_mb, measure, plan
 from bench.measure.loadgen import SCENARIO_SKIPPED, Engine, LoadGenUnavailable
+from bench.measure.machine import commit_info, machine, yardsticks
 from bench.measure.memory import MemoryProbeError
 from bench.results.record import BenchRecord, BenchRun, loadgen_words
-from bench.settings import LOADGEN_OPERATIONS, RunSettings
-from bench.measure.machine import commit_info, machine, yardsticks
-from bench.runtimes import make_sut
+from bench.runtimes import Case, make_sut
 from bench.runtimes.base import ProviderUnavailable
+from bench.settings import LOADGEN_OPERATIONS, RunSettings
 from trainer.artifacts import Artifacts
 
 
@@ -28,9 +27,9 @@ def run(artifacts: Artifacts, cases: list[Case], settings: RunSettings, data: st
     results = BenchRun(machine=machine(settings.threads, settings.yardstick_s), settings=settings.to_dict(), commit=commit_info(),
                        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     engine, no_loadgen = _engine(settings, loadgen_logs, log)
-    splits: dict[str, HeldOutSplit] = {}
+    split_of = functools.cache(functools.partial(load_test_split, artifacts, data=data))  # one load per model
     for i, case in enumerate(cases, 1):
-        split = splits.get(case.model) or splits.setdefault(case.model, load_test_split(artifacts, case.model, data))
+        split = split_of(case.model)
         _say(log, f"[{i}/{len(cases)}] {case.id} ({len(split.y)} test images)")
         try:
             sut = make_sut(case, artifacts, settings.session)
@@ -79,7 +78,7 @@ def _engine(settings: RunSettings, logs: Path | None, log: TextIO | None) -> tup
     except LoadGenUnavailable as exc:
         _say(log, f"LoadGen scenarios skipped: {exc}")
         return None, str(exc)
-    noop = engine.noop_latency_ms()
+    noop = engine.noop_latency_ms
     _say(log, f"LoadGen's own cost (a no-op system under test, SingleStream): p50 {noop['p50'] * 1000:.1f} µs, "
               f"p99 {noop['p99'] * 1000:.1f} µs per query")
     return engine, ""

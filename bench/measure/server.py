@@ -1,23 +1,17 @@
 """The server scenario's question: the highest rate of Poisson arrivals a runtime serves while LoadGen still
-calls the run VALID (its p99 within the latency bound, early stopping satisfied), found as submitters find it:
-coarse steps, then a bisection, within a time budget.
+calls the run VALID (p99 within the latency bound, early stopping satisfied), found as submitters find it. The
+search is handed ``trial(rate) -> ServerTrial`` and ``cost(rate) -> seconds``, so its rules are tested with
+made-up trials:
 
-The search knows nothing of LoadGen: it is handed ``trial(rate) -> ServerTrial`` and ``cost(rate) -> seconds``
-(what a trial at that rate is expected to take), so its rules are tested with made-up trials.
+- coarse: from ``start_qps`` (single-stream's capacity), double a VALID rate until INVALID, or halve an INVALID
+  one until VALID (at most MAX_DOUBLINGS or MAX_HALVINGS times);
+- fine: bisect (geometrically) between the highest VALID and the lowest INVALID rate until within RESOLUTION;
+- bounded: a trial starts only if its expected cost fits in what is left of ``budget_s``
+  (:class:`BudgetTooShort` when not even the first does: LoadGen's early stopping needs its queries at any rate).
 
-- Coarse: the first trial at ``start_qps`` (the capacity single-stream measured: one query at a time, one
-  worker); from a VALID rate, double (at most MAX_DOUBLINGS times) until INVALID; from an INVALID one, halve (at
-  most MAX_HALVINGS times) until VALID.
-- Fine: bisect (geometrically) between the highest VALID and the lowest INVALID rate until they are within
-  RESOLUTION of each other.
-- Bounded: a trial starts only if its expected cost fits in what is left of ``budget_s``; when not even the first
-  fits, :class:`BudgetTooShort` says how long one takes (LoadGen's early stopping needs its queries at any rate).
-
-No VALID rate is a result, said in the verdict, never an error. It is "at any rate" when it is: a query alone
-(``alone_ms``, single-stream's median) already takes longer than the bound, so no arrival rate can bring the
-latency under it (one trial is run for LoadGen's word); or halving has brought the load down to
-1/2**MAX_HALVINGS of the capacity, where queries barely queue and the latency is the query's own. Otherwise
-the budget ended the search first, and the verdict says that instead.
+No VALID rate is a result, said in the verdict, never an error: "at any rate" when a query alone (``alone_ms``)
+already takes longer than the bound, or when halving reached 1/2**MAX_HALVINGS of the capacity, where queries
+barely queue; otherwise the budget ended the search first.
 """
 
 from __future__ import annotations
@@ -47,59 +41,36 @@ def search(trial: Callable[[float], ServerTrial], cost: Callable[[float], float]
         raise ValueError(f"start_qps {start_qps!r}: expected a positive rate")
     began = clock()
     trials: list[ServerTrial] = []
+    bounds: dict[bool, float] = {}  # True: the highest VALID rate so far; False: the lowest INVALID one
 
     def run(rate: float) -> ServerTrial | None:
         if clock() - began + cost(rate) > budget_s:
             return None  # would not end within the budget
         trials.append(trial(rate))
+        bounds[trials[-1].valid] = rate
         return trials[-1]
 
-    valid_qps = invalid_qps = None
-    ended = "resolution"  # why the search stopped: resolution | budget | halvings | alone | doublings
     first = run(start_qps)
     if first is None:
         raise BudgetTooShort(f"one LoadGen trial at {start_qps:,.0f} queries/s (this runtime's single-stream capacity) "
                              f"takes about {cost(start_qps):.0f} s, more than the search's {budget_s:g} s "
                              "(raise --server-search-s)")
-    if first.valid:
-        valid_qps, rate = start_qps, start_qps
-        ended = "doublings"
-        for _ in range(MAX_DOUBLINGS):
-            rate *= 2
-            result = run(rate)
-            if result is None:
-                ended = "budget"
-                break
-            if not result.valid:
-                invalid_qps, ended = rate, "resolution"
-                break
-            valid_qps = rate
-    elif alone_ms is not None and alone_ms > latency_bound_ms:
-        invalid_qps, ended = start_qps, "alone"
+    # Why the search stopped: resolution | budget | doublings | halvings | alone.
+    if not first.valid and alone_ms is not None and alone_ms > latency_bound_ms:
+        ended = "alone"
     else:
-        invalid_qps, rate = start_qps, start_qps
-        ended = "halvings"
-        for _ in range(MAX_HALVINGS):
-            rate /= 2
+        ended, rate, factor = ("doublings", start_qps, 2) if first.valid else ("halvings", start_qps, 0.5)
+        for _ in range(MAX_DOUBLINGS if first.valid else MAX_HALVINGS):
+            rate *= factor
             result = run(rate)
-            if result is None:
-                ended = "budget"
+            if result is None or result.valid != first.valid:
+                ended = "budget" if result is None else "resolution"
                 break
-            if result.valid:
-                valid_qps, ended = rate, "resolution"
-                break
-            invalid_qps = rate
-    while valid_qps is not None and invalid_qps is not None and invalid_qps > valid_qps * (1 + RESOLUTION):
-        rate = math.sqrt(valid_qps * invalid_qps)
-        result = run(rate)
-        if result is None:
+    while ended != "budget" and len(bounds) == 2 and bounds[False] > bounds[True] * (1 + RESOLUTION):
+        if run(math.sqrt(bounds[True] * bounds[False])) is None:
             ended = "budget"
-            break
-        if result.valid:
-            valid_qps = rate
-        else:
-            invalid_qps = rate
 
+    valid_qps, invalid_qps = bounds.get(True), bounds.get(False)
     if valid_qps is not None:
         best = max((i for i, t in enumerate(trials) if t.valid), key=lambda i: trials[i].target_qps)
     else:

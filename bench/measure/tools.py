@@ -1,15 +1,13 @@
 """The peers' own benchmark tools, run on the same files and shapes as our rows: a cross-check no other
 toolkit makes of itself.
 
-- OpenVINO's ``benchmark_app`` (installed with openvino): the same ``.onnx`` file, the same batch, the same
-  performance hint and inference precision, synchronous requests (one at a time, as our calls), for a fixed
-  time. It times ``infer()`` in its own loop around the C++ runtime, with its inputs filled once.
-- LiteRT's ``litert-benchmark`` (installed with ai-edge-litert): the same ``.tflite`` conversion, batch 1 (the
-  file's own shape: it cannot resize the input), the same thread count, through LiteRT's CompiledModel API.
+- OpenVINO's ``benchmark_app``: the same ``.onnx`` file, batch, performance hint and inference precision,
+  synchronous requests (one at a time, as our calls), for a fixed time; it times ``infer()`` in its own C++ loop.
+- LiteRT's ``litert-benchmark``: the same ``.tflite`` conversion and thread count, batch 1 (it cannot resize the
+  input), through LiteRT's CompiledModel API.
 
-Each figure is what the tool printed (medians, throughput), kept beside our row with the command that made
-it. A difference beyond the noise between the two is explained by what each timer includes
-(docs/measurement.md) or is a finding; a tool that is not installed, or fails, is a reason, never a number.
+Each figure is what the tool printed, kept beside our row with its command (docs/measurement.md explains what
+each timer includes); a tool that is not installed, or fails, is a reason, never a number.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ from pathlib import Path
 from exporter.contract import shown
 
 TIMEOUT_S = 300
-_BENCHMARK_APP_LINES = {"median_ms": r"Median:\s+([\d.]+) (ms|us)", "mean_ms": r"Average:\s+([\d.]+) (ms|us)",
-                        "min_ms": r"Min:\s+([\d.]+) (ms|us)", "throughput_ips": r"Throughput:\s+([\d.]+) FPS"}
 
 
 @dataclass(frozen=True)
@@ -57,15 +53,17 @@ def benchmark_app(onnx_file: Path, batch: int, hint: str, precision: str, thread
     if threads:
         command += ["-nthreads", str(threads)]
     out = _run(command)
-    figures = {}
-    for key, pattern in _BENCHMARK_APP_LINES.items():
-        found = re.search(pattern, out)
-        if found is None and key == "median_ms":
-            raise ToolUnavailable(f"benchmark_app printed no median latency ({_last_line(out)})")
-        if found is not None:
-            figures[key] = float(found.group(1)) / (1000 if len(found.groups()) > 1 and found.group(2) == "us" else 1)
-    return ToolFigures("benchmark_app", batch, figures["median_ms"], figures.get("mean_ms"), figures.get("min_ms"),
-                       figures.get("throughput_ips"), _shown(command))
+
+    def ms(label: str) -> float | None:
+        found = re.search(rf"{label}:\s+([\d.]+) (ms|us)", out)
+        return float(found[1]) / (1000 if found[2] == "us" else 1) if found else None
+
+    median_ms = ms("Median")
+    if median_ms is None:
+        raise ToolUnavailable(f"benchmark_app printed no median latency ({_last_line(out)})")
+    throughput = re.search(r"Throughput:\s+([\d.]+) FPS", out)
+    return ToolFigures("benchmark_app", batch, median_ms, ms("Average"), ms("Min"),
+                       float(throughput[1]) if throughput else None, _shown(command))
 
 
 def litert_benchmark(tflite_file: Path, threads: int, runs: int) -> ToolFigures:

@@ -1,16 +1,9 @@
-"""REPORT.md's "At a glance" figures, drawn from the bench results and the trainer's metadata.
-
-- :func:`tradeoff_figure`: test accuracy against predict time per image (and against model size), one
-  point per model x variant x runtime, with the Pareto front (:func:`pareto_front`) marked and labelled;
-- :func:`latency_figure`: the single-stream latency of one model per runtime, from every query's time;
-- :func:`server_figure`: the server scenario's latency against offered rate (p50 and p99 of each rate
-  MLPerf LoadGen ran), one line per runtime, the latency bound drawn and each max rate under it marked;
-- :func:`confusion_figure`: a model's confusion matrix as a heat map, beside its per-class precision,
-  recall and F1.
+"""REPORT.md's "At a glance" figures, drawn from the bench results and the trainer's metadata: accuracy against
+speed and size with the Pareto front, one model's single-stream latency per runtime, its server latency
+against offered rate (MLPerf LoadGen's Server scenario) and a confusion matrix beside per-class scores.
 
 The data come in as plain values (:func:`tradeoff_points`, :func:`latency_series`, :func:`server_series` read
-the records), so
-each figure can be drawn, and each rule tested, without a bench run. matplotlib runs headless (Agg).
+the records), so each figure can be drawn, and each rule tested, without a bench run. matplotlib runs headless.
 """
 
 from __future__ import annotations
@@ -38,10 +31,8 @@ DPI = 100
 # bxp's "orientation" arrived in matplotlib 3.10 and "vert" is deprecated from 3.11; pyproject allows 3.8.
 HORIZONTAL = {"orientation": "horizontal"} if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10) else {"vert": False}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
-
-
-# --------------------------------------------------------------------------------------------------
-# The Pareto front
+_ROW_ORDER = {row: i for i, row in enumerate(ROWS)}
+Records = Mapping[str, tuple[BenchRecord, dict]]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -52,18 +43,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     speed against accuracy. Equal points are all kept. Points with a NaN are never on the front.
     """
     usable = [i for i, (t, a) in enumerate(points) if not (math.isnan(t) or math.isnan(a))]
-    front = []
-    for i in usable:
-        t_i, a_i = points[i]
-        dominated = any(points[j][0] <= t_i and points[j][1] >= a_i and (points[j][0] < t_i or points[j][1] > a_i)
-                        for j in usable if j != i)
-        if not dominated:
-            front.append(i)
+    front = [i for i in usable if not any(
+        points[j][0] <= points[i][0] and points[j][1] >= points[i][1] and points[j] != points[i] for j in usable)]
     return sorted(front, key=lambda i: (points[i][0], -points[i][1], i))
-
-
-# --------------------------------------------------------------------------------------------------
-# Data from the bench records
 
 
 @dataclass(frozen=True)
@@ -80,7 +62,7 @@ class Point:
     megabytes: float | None
 
 
-def report_batch(records: Mapping[str, tuple[BenchRecord, dict]], preferred: int = 128) -> int | None:
+def report_batch(records: Records, preferred: int = 128) -> int | None:
     """The predict batch size the figure uses: ``preferred`` where measured, else the most measured one."""
     batches = [r.batch_size for r, _ in records.values() if r.operation == "predict" and not r.skipped and r.median_s]
     if not batches:
@@ -88,7 +70,7 @@ def report_batch(records: Mapping[str, tuple[BenchRecord, dict]], preferred: int
     return preferred if preferred in batches else max(set(batches), key=lambda b: (batches.count(b), -b))
 
 
-def tradeoff_points(records: Mapping[str, tuple[BenchRecord, dict]], batch_size: int) -> tuple[list[Point], list[str]]:
+def tradeoff_points(records: Records, batch_size: int) -> tuple[list[Point], list[str]]:
     """The measured predict rows at ``batch_size`` with an accuracy; and the ids of those without one."""
     points, unmeasured = [], []
     for record, _ in records.values():
@@ -101,7 +83,7 @@ def tradeoff_points(records: Mapping[str, tuple[BenchRecord, dict]], batch_size:
         ms = record.median_s * 1000 / record.images
         points.append(Point(record.model, record.provider, record.variant, runtime_name(record.provider, record.variant, record),
                             ms, 1000 / ms, float(accuracy), record.model_bytes / 1e6 if record.model_bytes else None))
-    return sorted(points, key=lambda p: (p.model, _runtime_order(p.provider, p.variant))), unmeasured
+    return sorted(points, key=lambda p: (p.model, runtime_order(p.provider, p.variant))), unmeasured
 
 
 @dataclass(frozen=True)
@@ -115,12 +97,8 @@ class LatencySeries:
     p50: float
     p99: float
 
-    @property
-    def queries(self) -> int | None:
-        return len(self.times_ms) if self.times_ms else None
 
-
-def latency_series(records: Mapping[str, tuple[BenchRecord, dict]], model: str) -> list[LatencySeries]:
+def latency_series(records: Records, model: str) -> list[LatencySeries]:
     """The model's measured single-stream rows, fastest (p50) first."""
     series = []
     for record, _ in records.values():
@@ -130,10 +108,9 @@ def latency_series(records: Mapping[str, tuple[BenchRecord, dict]], model: str) 
         latency = record.latency_ms or {}
         p50 = latency.get("p50", float(np.percentile(times, 50)) if times else None)
         p99 = latency.get("p99", float(np.percentile(times, 99)) if times else None)
-        if p50 is None or p99 is None:
-            continue
-        series.append(LatencySeries(record.provider, record.variant, runtime_name(record.provider, record.variant, record),
-                                    times, float(p50), float(p99)))
+        if p50 is not None and p99 is not None:
+            series.append(LatencySeries(record.provider, record.variant, runtime_name(record.provider, record.variant, record),
+                                        times, float(p50), float(p99)))
     return sorted(series, key=lambda s: s.p50)
 
 
@@ -153,43 +130,39 @@ class ServerCurve:
     verdict: str = ""  # the search's own line: the rate, or why there is none (LoadGen's reasons)
 
 
-def server_series(records: Mapping[str, tuple[BenchRecord, dict]], model: str) -> list[ServerCurve]:
+def server_series(records: Records, model: str) -> list[ServerCurve]:
     """The model's measured server searches, highest max rate first (none last)."""
     curves = []
     for record, _ in records.values():
         if record.model != model or record.operation != "server" or record.skipped or not record.server:
             continue
-        trials = sorted((t for t in record.server["trials"] if t["p50_ms"] and t["p99_ms"]), key=lambda t: t["target_qps"])
-        if not trials:
-            continue
-        curves.append(ServerCurve(record.provider, record.variant, runtime_name(record.provider, record.variant, record),
-                                  float(record.server["latency_bound_ms"]), tuple(t["target_qps"] for t in trials),
-                                  tuple(t["p50_ms"] for t in trials), tuple(t["p99_ms"] for t in trials),
-                                  tuple(bool(t["valid"]) for t in trials), record.server["max_qps"],
-                                  record.server.get("verdict") or ""))
-    return sorted(curves, key=lambda c: (c.max_qps is None, -(c.max_qps or 0), _runtime_order(c.provider, c.variant)))
+        found = record.server
+        trials = sorted((t for t in found["trials"] if t["p50_ms"] and t["p99_ms"]), key=lambda t: t["target_qps"])
+        if trials:
+            rates, p50, p99 = (tuple(t[key] for t in trials) for key in ("target_qps", "p50_ms", "p99_ms"))
+            curves.append(ServerCurve(record.provider, record.variant, runtime_name(record.provider, record.variant, record),
+                                      float(found["latency_bound_ms"]), rates, p50, p99, tuple(bool(t["valid"]) for t in trials),
+                                      found["max_qps"], found.get("verdict") or ""))
+    return sorted(curves, key=lambda c: (c.max_qps is None, -(c.max_qps or 0), runtime_order(c.provider, c.variant)))
 
 
-# --------------------------------------------------------------------------------------------------
-# Figures
-
-
-def _runtime_order(provider: str, variant: str) -> int:
-    try:
-        return ROWS.index((provider, variant))
-    except ValueError:
-        return len(ROWS)
+def runtime_order(provider: str, variant: str) -> int:
+    """A row's place in the summary table's order; unknown rows last."""
+    return _ROW_ORDER.get((provider, variant), len(ROWS))
 
 
 def _colours(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
     """A colour per (provider, variant), the same one in every figure: by the summary table's order."""
     palette = plt.get_cmap("tab20").colors
-    known = list(ROWS)
-    extra = sorted(k for k in set(keys) if k not in known)
-    order = known + extra
+    order = list(ROWS) + sorted(k for k in set(keys) if k not in _ROW_ORDER)
     # tab20 pairs a dark and a light tone: even indices first keeps neighbouring runtimes apart.
-    tones = [palette[i] for i in range(0, 20, 2)] + [palette[i] for i in range(1, 20, 2)]
+    tones = [*palette[0::2], *palette[1::2]]
     return {key: tones[order.index(key) % len(tones)] for key in set(keys)}
+
+
+def _key(label: str, **style) -> Line2D:
+    """A legend entry with no line unless ``style`` draws one."""
+    return Line2D([], [], **{"linestyle": "", "label": label, **style})
 
 
 def tradeoff_figure(points: Sequence[Point], target: Path, batch_size: int, names: Mapping[str, str] | None = None) -> list[int]:
@@ -218,40 +191,36 @@ def tradeoff_figure(points: Sequence[Point], target: Path, batch_size: int, name
             speed.annotate(str(n), (p.ms_per_image, 100 * p.accuracy), xytext=(7, 7 if n % 2 else -13), textcoords="offset points",
                            fontsize=8, fontweight="bold", zorder=5,
                            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="0.6", alpha=0.9))
-        listing = [Line2D([], [], linestyle="", label=f"{n}  {names.get(points[i].model, points[i].model)} · {points[i].runtime}: "
-                          f"{format_ms(points[i].ms_per_image)}/image, {100 * points[i].accuracy:.2f}%")
-                   for n, i in enumerate(front, start=1)]
 
-    speed.set_xscale("log")
-    speed.set_xlabel(f"Predict time per image (ms, batch {batch_size}; log scale; left is faster)")
-    speed.set_ylabel("Test accuracy (%)")
-    speed.set_title("Accuracy vs speed; circled and joined: the Pareto front")
-    top = speed.secondary_xaxis("top", functions=(_per_second, _per_second))
-    top.set_xlabel("Images per second")
-    size.set_xscale("log")
-    size.set_xlabel("Model file size (MB, log scale)")
-    size.set_ylabel("Test accuracy (%)")
-    size.set_title("Accuracy vs size")
-    for ax in (speed, size):
+    for ax, xlabel, title in ((speed, f"Predict time per image (ms, batch {batch_size}; log scale; left is faster)",
+                               "Accuracy vs speed; circled and joined: the Pareto front"),
+                              (size, "Model file size (MB, log scale)", "Accuracy vs size")):
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("Test accuracy (%)")
+        ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)
         ax.grid(True, which="minor", axis="x", alpha=0.1)
         _pad_y(ax, [100 * p.accuracy for p in points])
+    top = speed.secondary_xaxis("top", functions=(_per_second, _per_second))
+    top.set_xlabel("Images per second")
 
     # One legend (colour: runtime, then shape: model): a second one outside the axes would be cropped.
-    runtime_keys = sorted(colours, key=lambda k: (_runtime_order(*k), k))
     by_key = {(p.provider, p.variant): p.runtime for p in points}
-    handles = [Line2D([], [], linestyle="", marker="o", markersize=8, markerfacecolor=colours[k], markeredgecolor="black",
-                      markeredgewidth=0.4, label=by_key[k]) for k in runtime_keys]
+    handles = [_key(by_key[k], marker="o", markersize=8, markerfacecolor=colours[k], markeredgecolor="black", markeredgewidth=0.4)
+               for k in sorted(colours, key=lambda k: (runtime_order(*k), k))]
     if len(models) > 1:
-        handles.append(Line2D([], [], linestyle="", label=""))
-        handles.append(Line2D([], [], linestyle="", label="Model (shape)"))
-        handles += [Line2D([], [], linestyle="", marker=marker[m], markersize=8, color="0.4", label=names.get(m, m)) for m in models]
+        handles += [_key(""), _key("Model (shape)")]
+        handles += [_key(names.get(m, m), marker=marker[m], markersize=8, color="0.4") for m in models]
     size.legend(handles=handles, title="Runtime (colour)", loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
                 title_fontsize=9, frameon=False, alignment="left")
     for axis in (speed.xaxis, size.xaxis, top.xaxis):
         _plain_log_ticks(axis)
     fig.tight_layout()
     if front:  # below both panels, after the layout: the layout does not make room for it between them
+        listing = [_key(f"{n}  {names.get(points[i].model, points[i].model)} · {points[i].runtime}: "
+                        f"{format_ms(points[i].ms_per_image)}/image, {100 * points[i].accuracy:.2f}%")
+                   for n, i in enumerate(front, start=1)]
         fig.legend(handles=listing, title="Pareto front, fastest first (no other point is better on one axis and no worse on the other)",
                    loc="upper left", bbox_to_anchor=(0.01, 0.0), ncol=2 if len(front) > 4 else 1, fontsize=8, title_fontsize=9,
                    handlelength=0, handletextpad=0, frameon=False, alignment="left")
@@ -273,18 +242,25 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(_PlainLog(labelOnlyBase=False, minor_thresholds=(2.5, 1.0)))
 
 
+def _log_if_wide(ax: plt.Axes, which: str, values: Sequence[float], span: float) -> bool:
+    """A log scale on the ``which`` ("x" or "y") axis, with plain tick labels, where the values span over ``span`` times."""
+    if max(values) / max(min(values), 1e-9) <= span:
+        return False
+    getattr(ax, f"set_{which}scale")("log")
+    _plain_log_ticks(getattr(ax, f"{which}axis"))
+    return True
+
+
 def _per_second(ms: np.ndarray) -> np.ndarray:
     ms = np.asarray(ms, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ms > 0, 1000.0 / np.where(ms > 0, ms, 1.0), np.inf)
+    return np.divide(1000.0, ms, out=np.full_like(ms, np.inf), where=ms > 0)
 
 
 def _pad_y(ax: plt.Axes, values: Sequence[float]) -> None:
-    if not values:
-        return
-    low, high = min(values), max(values)
-    pad = max(0.5, 0.08 * (high - low))
-    ax.set_ylim(low - pad, min(100.0 + pad / 4, high + pad))
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.5, 0.08 * (high - low))
+        ax.set_ylim(low - pad, min(100.0 + pad / 4, high + pad))
 
 
 def latency_figure(series: Sequence[LatencySeries], target: Path, title: str) -> None:
@@ -305,23 +281,19 @@ def latency_figure(series: Sequence[LatencySeries], target: Path, title: str) ->
             ax.plot([s.p50, s.p99], [row, row], color=colours[(s.provider, s.variant)], linewidth=2, zorder=2)
         ax.scatter([s.p50], [row], marker="|", s=250, color="black", zorder=4)
         ax.scatter([s.p99], [row], marker="D", s=30, color="crimson", zorder=4)
-    values = [v for s in series for v in ((*s.times_ms,) if s.times_ms else (s.p50, s.p99))]
-    low, high = min(values), max(values)
-    scale = "log scale" if high / max(low, 1e-9) > 20 else "linear scale"
-    if scale == "log scale":
-        ax.set_xscale("log")
-        _plain_log_ticks(ax.xaxis)
+    values = [v for s in series for v in (s.times_ms or (s.p50, s.p99))]
+    scale = "log scale" if _log_if_wide(ax, "x", values, 20) else "linear scale"
     labels = [f"{s.runtime}\np50 {format_ms(s.p50)} · p99 {format_ms(s.p99)}"
-              + (f" · {s.queries:,} queries" if s.queries else " (no per-query times)") for s in series]
+              + (f" · {len(s.times_ms):,} queries" if s.times_ms else " (no per-query times)") for s in series]
     ax.set_yticks(rows, labels, fontsize=8)
     ax.set_ylim(-0.7, len(series) - 0.3)
     ax.set_xlabel(f"Single-stream latency per query (ms, batch 1, {scale}; left is faster)")
     ax.set_title(title)
     ax.grid(True, axis="x", which="both", alpha=0.25)
     fig.tight_layout()
-    fig.legend(handles=[Line2D([], [], color="black", marker="|", linestyle="", markersize=12, label="p50 (median)"),
-                        Line2D([], [], color="crimson", marker="D", linestyle="", markersize=5, label="p99"),
-                        Line2D([], [], color="0.5", linewidth=6, alpha=0.6, label="box: p25-p75; whisker: p1-p99")],
+    fig.legend(handles=[_key("p50 (median)", color="black", marker="|", markersize=12),
+                        _key("p99", color="crimson", marker="D", markersize=5),
+                        _key("box: p25-p75; whisker: p1-p99", color="0.5", linewidth=6, alpha=0.6, linestyle="-")],
                loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
     _save(fig, target)
 
@@ -329,7 +301,7 @@ def latency_figure(series: Sequence[LatencySeries], target: Path, title: str) ->
 def server_figure(curves: Sequence[ServerCurve], target: Path, title: str) -> None:
     """Latency against offered rate, one colour per runtime: p99 solid, p50 dashed, each rate LoadGen ran a point
     (filled: VALID, hollow: INVALID), the latency bound a horizontal line and each runtime's max rate under it a
-    star on its p99. Both axes logarithmic where the values span more than a decade: a knee is read at a glance."""
+    star on its p99. Each axis logarithmic where its values span more than a decade: a knee is read at a glance."""
     colours = _colours([(c.provider, c.variant) for c in curves])
     fig, ax = plt.subplots(figsize=(11, 6.2))
     for curve in curves:
@@ -340,34 +312,25 @@ def server_figure(curves: Sequence[ServerCurve], target: Path, title: str) -> No
         for rate, p50, p99, valid in zip(curve.rates_qps, curve.p50_ms, curve.p99_ms, curve.valid):
             face = colour if valid else "white"
             ax.scatter([rate, rate], [p99, p50], s=[34, 18], facecolors=face, edgecolors=colour, linewidths=1.2, zorder=4)
-        if curve.max_qps is not None:
-            at = curve.rates_qps.index(curve.max_qps) if curve.max_qps in curve.rates_qps else None
-            if at is not None:
-                ax.scatter([curve.max_qps], [curve.p99_ms[at]], marker="*", s=220, color=colour, edgecolors="black",
-                           linewidths=0.6, zorder=5)
+        if curve.max_qps in curve.rates_qps:
+            ax.scatter([curve.max_qps], [curve.p99_ms[curve.rates_qps.index(curve.max_qps)]], marker="*", s=220, color=colour,
+                       edgecolors="black", linewidths=0.6, zorder=5)
     bounds = sorted({c.latency_bound_ms for c in curves})
     for bound in bounds:
         ax.axhline(bound, color="crimson", linewidth=1.2, linestyle=":", zorder=2)
         ax.annotate(f"bound: p99 ≤ {bound:g} ms", (0.005, bound), xycoords=("axes fraction", "data"), xytext=(0, 4),
                     textcoords="offset points", color="crimson", fontsize=8)
-    rates = [r for c in curves for r in c.rates_qps]
-    latencies = [v for c in curves for v in (*c.p50_ms, *c.p99_ms)] + bounds
-    if max(rates) / max(min(rates), 1e-9) > 10:
-        ax.set_xscale("log")
-        _plain_log_ticks(ax.xaxis)
-    if max(latencies) / max(min(latencies), 1e-9) > 10:
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
+    _log_if_wide(ax, "x", [r for c in curves for r in c.rates_qps], 10)
+    _log_if_wide(ax, "y", [v for c in curves for v in (*c.p50_ms, *c.p99_ms)] + bounds, 10)
     ax.set_xlabel("Offered rate (queries/s, Poisson arrivals; one image per query)")
     ax.set_ylabel("Latency per query (ms, LoadGen's: scheduled issue to completion)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], color="0.3", linewidth=1.8, label="p99"),
-                Line2D([], [], color="0.3", linewidth=1.2, linestyle="--", label="p50"),
-                Line2D([], [], color="0.3", marker="o", linestyle="", label="LoadGen: VALID"),
-                Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="", label="INVALID"),
-                Line2D([], [], color="0.3", marker="*", markersize=12, linestyle="", label="max rate under the bound")]
+    handles += [_key("p99", color="0.3", linewidth=1.8, linestyle="-"), _key("p50", color="0.3", linewidth=1.2, linestyle="--"),
+                _key("LoadGen: VALID", color="0.3", marker="o"),
+                _key("INVALID", color="0.3", marker="o", markerfacecolor="white"),
+                _key("max rate under the bound", color="0.3", marker="*", markersize=12)]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, target)
@@ -435,9 +398,7 @@ def _score(entry: Mapping[str, float], key: str) -> float:
 def _wrap(name: str) -> str:
     """'Class 1 (T-shirt/top + Trouser)' -> 'Class 1\\n(T-shirt/top\\n+ Trouser)': axis labels that fit."""
     head, _, rest = name.partition(" (")
-    if not rest:
-        return name
-    return f"{head}\n({rest.replace(' + ', chr(10) + '+ ')}"
+    return f"{head}\n({rest.replace(' + ', chr(10) + '+ ')}" if rest else name
 
 
 def _save(fig: plt.Figure, target: Path) -> None:

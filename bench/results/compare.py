@@ -1,22 +1,15 @@
 """Compare two saved results, ours (``fmnist-bench run``) or a pytest-benchmark save of ``pytest bench``.
 
-pytest-benchmark flags a fixed percentage whatever the noise. On a shared machine sub-millisecond
-latencies move by tens of percent between rounds, so a fixed gate is either noise or blind. Here a
-case is a **regression** only when both hold:
+pytest-benchmark flags a fixed percentage whatever the noise; on a shared machine sub-millisecond latencies
+move by tens of percent between rounds, so a fixed gate is either noise or blind. Here a case is a
+**regression** only when the ratio of medians (new/old) exceeds ``1 + threshold`` *and* the 95% bootstrap
+interval of that ratio, from each run's own rounds, lies wholly above 1. One over the threshold inside the noise
+is reported as such; results without rounds (schema 1) are judged on the threshold alone, and say so. A
+comparison that compared nothing is an error, not a pass.
 
-- the ratio of medians (new/old) exceeds ``1 + threshold``, and
-- the change is beyond the measured noise: the 95% bootstrap interval of that ratio, from each run's
-  own rounds, lies wholly above 1.
-
-A case that exceeds the threshold inside the noise is reported as such, never silently passed or
-failed. Results without stored rounds (schema 1) can only be judged on the threshold, and say so.
-A comparison that compared nothing is an error, not a pass.
-
-A server record (MLPerf LoadGen's Server scenario) compares by its max rate under the latency bound, old/new
-(above 1: the new one serves less), with the p99 at that rate beside it; its interval is the search's own
-bracket (the true maximum lies between the highest VALID and the lowest INVALID rate tried), so it is a
-regression only when even the most favourable reading of both brackets is slower. An accuracy-mode record
-is not timed: its accuracy is shown.
+A server record (LoadGen's Server scenario) compares its max rate under the latency bound, old/new (above 1: the
+new one serves less), within the searches' own brackets (the true maximum lies between the highest VALID and
+the lowest INVALID rate tried). An accuracy-mode record is not timed: its accuracy is shown.
 """
 
 from __future__ import annotations
@@ -28,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.results.record import BenchRecord
-from bench.results.store import Results, differences, load_any
+from bench.results.record import BenchRecord, BenchRun
+from bench.results.store import differences, load_any
 
 CONFIDENCE = 0.95
 RESAMPLES = 4000
@@ -50,14 +43,6 @@ class Row:
     verdict: str = ""  # regression | slower, within noise | faster | same | only in old | only in new | skipped
     unit: str = "ms"  # what old/new show: ms (a median) or q/s (a server's max rate)
     judged: bool = False  # compared in both (what a comparison must have at least one of)
-
-    @property
-    def old_s(self) -> float | None:
-        return self.old.median_s if self.old else None
-
-    @property
-    def new_s(self) -> float | None:
-        return self.new.median_s if self.new else None
 
     def shown(self, record: BenchRecord | None) -> str:
         """The old or new column: the median in ms, a server's max rate, or '-'."""
@@ -96,29 +81,18 @@ def judge(row: Row, threshold: float) -> Row:
     old, new = row.old, row.new
     if old is None or new is None:
         row.verdict = "only in old" if new is None else "only in new"
-        return row
-    if old.skipped or new.skipped:
+    elif old.skipped or new.skipped:
         row.verdict = f"skipped in {'old' if old.skipped else 'new'}"
-        return row
-    if old.server or new.server:
-        return judge_server(row, threshold)
-    if old.operation == "accuracy":
+    elif old.server or new.server:
+        judge_server(row, threshold)
+    elif old.operation == "accuracy":
         before, after = ((r.quality or {}).get("accuracy") for r in (old, new))
         row.verdict = f"not timed: accuracy {_fraction(before)} -> {_fraction(after)}"
-        return row
-    row.judged = True
-    row.ratio = new.median_s / old.median_s
-    if old.times_s and new.times_s:
-        row.low, row.high = ratio_interval(old.times_s, new.times_s)
-        beyond_noise_up, beyond_noise_down = row.low > 1, row.high < 1
-    else:  # schema 1: no rounds kept, only the threshold can judge
-        beyond_noise_up = beyond_noise_down = True
-    if row.ratio > 1 + threshold:
-        row.verdict = "REGRESSION" if beyond_noise_up else "slower, within noise"
-    elif row.ratio < 1 / (1 + threshold) and beyond_noise_down:
-        row.verdict = "faster"
     else:
-        row.verdict = "same"
+        row.judged, row.ratio = True, new.median_s / old.median_s
+        if old.times_s and new.times_s:
+            row.low, row.high = ratio_interval(old.times_s, new.times_s)
+        row.verdict = _verdict(row, threshold, "slower, within noise")  # schema 1: no rounds, the threshold alone
     return row
 
 
@@ -143,14 +117,18 @@ def judge_server(row: Row, threshold: float) -> Row:
     # Each maximum lies in [highest VALID, lowest INVALID); no INVALID rate reached: unbounded above.
     old_high, new_high = (found["invalid_above_qps"] or math.inf for found in (old, new))
     row.low, row.high = old["max_qps"] / new_high, old_high / new["max_qps"]
-    if row.ratio > 1 + threshold:
-        row.verdict = "REGRESSION" if row.low > 1 else "slower, within the search's resolution"
-    elif row.ratio < 1 / (1 + threshold) and row.high < 1:
-        row.verdict = "faster"
-    else:
-        row.verdict = "same"
-    row.verdict += f" (p99 {_fraction(old['p99_ms'], '.3g')} -> {_fraction(new['p99_ms'], '.3g')} ms at the max rate)"
+    row.verdict = (_verdict(row, threshold, "slower, within the search's resolution")
+                   + f" (p99 {_fraction(old['p99_ms'], '.3g')} -> {_fraction(new['p99_ms'], '.3g')} ms at the max rate)")
     return row
+
+
+def _verdict(row: Row, threshold: float, within: str) -> str:
+    """Beyond the threshold and beyond the interval (none: the threshold alone) is a change; the threshold alone is not."""
+    if row.ratio > 1 + threshold:
+        return "REGRESSION" if row.low is None or row.low > 1 else within
+    if row.ratio < 1 / (1 + threshold) and (row.high is None or row.high < 1):
+        return "faster"
+    return "same"
 
 
 def _fraction(value: float | None, fmt: str = ".4f") -> str:
@@ -159,8 +137,8 @@ def _fraction(value: float | None, fmt: str = ".4f") -> str:
 
 @dataclass
 class Comparison:
-    old: Results
-    new: Results
+    old: BenchRun
+    new: BenchRun
     rows: list[Row]
     threshold: float
     notes: list[str]

@@ -1,10 +1,9 @@
 """Bench results as plain JSON with a schema version (as pytest-benchmark's), and their Markdown table.
 
-Schema 3 adds what MLPerf LoadGen said of each scenario it drove (``loadgen``: its verdict, percentiles,
-early-stopping estimate, its own cost and where its logs are) and the server scenario's search (``server``:
-the max rate under the latency bound and every trial, the latency-against-rate curve). Schema 2 keeps every
-timed round (``times_s``) so a comparison can tell a change from noise, and adds the spread (``iqr_s``) and
-the CUDA provider's placement and device-only figures. Schema 1 and 2 reports are still read.
+Schema 3 adds what MLPerf LoadGen said of each scenario it drove (``loadgen``) and the server scenario's search
+(``server``: the max rate under the latency bound and every trial). Schema 2 keeps every timed round
+(``times_s``) so a comparison can tell a change from noise, the spread (``iqr_s``) and the CUDA provider's
+placement and device-only figures. Schema 1 and 2 reports are still read.
 """
 
 from __future__ import annotations
@@ -21,8 +20,13 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 
 
+class _AsDict:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
-class LoadGenResult:
+class LoadGenResult(_AsDict):
     """One LoadGen test in LoadGen's words (read from its logs by bench/measure/loadgen_log.py): a record's
     ``loadgen`` field."""
 
@@ -53,15 +57,10 @@ class LoadGenResult:
     def valid(self) -> bool:
         return self.result == "VALID"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 
 @dataclass
 class ServerTrial:
-    """One LoadGen Server test at one offered rate: a point of the latency-against-rate curve (a ``ServerSearch``'s
-    ``trials``)."""
+    """One LoadGen Server test at one offered rate: a point of the latency-against-rate curve."""
 
     target_qps: float  # offered: LoadGen's Poisson arrival rate
     valid: bool  # LoadGen's verdict
@@ -74,7 +73,7 @@ class ServerTrial:
 
 
 @dataclass
-class ServerSearch:
+class ServerSearch(_AsDict):
     """What the server scenario's search found (bench/measure/server.py): a server record's ``server`` field."""
 
     latency_bound_ms: float
@@ -87,13 +86,9 @@ class ServerSearch:
     budget_s: float = 0.0
     verdict: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 
 @dataclass
-class BenchRecord:
+class BenchRecord(_AsDict):
     """One (model, variant, provider, operation, batch) measurement, or the reason it was skipped."""
 
     model: str
@@ -141,9 +136,6 @@ class BenchRecord:
     def id(self) -> str:
         return record_id(self.model, self.variant, self.provider, self.operation, self.batch_size, self.threads)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def record_id(model: str, variant: str, provider: str, operation: str, batch: int, threads: int = 0) -> str:
     """``model4-int8-cpu-predict-b128`` (``-t1`` at one thread): the same id in our results and in
@@ -178,8 +170,8 @@ class SchemaError(ValueError):
 
 
 def validate(payload: object, source: str) -> None:
-    """Refuse a results file this toolkit cannot read, naming the file, the record and what is wrong: the same
-    check for ``summary``, ``compare`` and ``report``, so no malformed record reaches a table or a figure."""
+    """Refuse a results file this toolkit cannot read, naming the file, the record and what is wrong: the one
+    check behind ``summary``, ``compare`` and ``report``, so no malformed record reaches a table or a figure."""
     if not isinstance(payload, dict):
         raise SchemaError(f"{source}: not a JSON object")
     if payload.get("schema_version") not in READABLE_VERSIONS:
@@ -200,8 +192,7 @@ def validate(payload: object, source: str) -> None:
         for key in ("accuracy", "loss"):  # what the summary, the figures and the recommendation compute with
             if (problem := mismatch((row.get("quality") or {}).get(key), float | None)) is not None:
                 raise SchemaError(f"{what} quality.{key} {problem}")
-        # What LoadGen said and the server search: checked as their own dataclasses, so a table or the server
-        # figure never meets a damaged one.
+        # LoadGen's result and the server search as their own dataclasses: a table or figure never meets a damaged one.
         if row.get("loadgen") is not None:
             check_fields(row["loadgen"], LoadGenResult, source, SchemaError, f"record {i} loadgen")
         if row.get("server") is not None:
@@ -212,35 +203,31 @@ def validate(payload: object, source: str) -> None:
 
 def markdown(report: BenchRun) -> str:
     machine, commit = report.machine, report.commit or {}
+    versions = machine.get("versions", {})
     lines = [
         f"# Bench {report.created_at}",
         "",
         f"{describe_machine(machine)}; GPU: {machine.get('gpu') or 'none'}; "
-        f"onnxruntime {machine.get('versions', {}).get('onnxruntime-gpu') or machine.get('versions', {}).get('onnxruntime')}; "
-        f"{describe_yardsticks(machine)}; "
-        + f"commit {commit.get('id') or 'unknown'}"
-        + (" (with uncommitted changes)" if commit.get("dirty") else ""),
+        f"onnxruntime {versions.get('onnxruntime-gpu') or versions.get('onnxruntime')}; {describe_yardsticks(machine)}; "
+        f"commit {commit.get('id') or 'unknown'}" + (" (with uncommitted changes)" if commit.get("dirty") else ""),
         "",
-        "| model | variant | runtime (ran on) | operation | batch | median ms | IQR ms | device-only ms | images/s | p50 / p99 ms | GFLOP/s | accuracy | loss | MB | cold start ms | peak RSS MB | LoadGen |",
+        "| model | variant | runtime (ran on) | operation | batch | median ms | IQR ms | device-only ms | images/s | p50 / p99 ms "
+        "| GFLOP/s | accuracy | loss | MB | cold start ms | peak RSS MB | LoadGen |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report.records:
+        head = f"| {r.model} | {r.variant} | {r.provider}"
         if r.skipped:
-            lines.append(f"| {r.model} | {r.variant} | {r.provider} | {r.operation} | {r.batch_size} | skipped: {r.skipped} ||||||||||||")
+            lines.append(f"{head} | {r.operation} | {r.batch_size} | skipped: {r.skipped} ||||||||||||")
             continue
-        ran = ", ".join(r.providers_used)
-        if r.placement and r.placement.get("label"):
-            ran += f"; {r.placement['label']}"
-        latency = f"{r.latency_ms['p50']:.2f} / {r.latency_ms['p99']:.2f}" if r.latency_ms else ""
+        ran = ", ".join(r.providers_used) + (f"; {r.placement['label']}" if r.placement and r.placement.get("label") else "")
         quality = r.quality or {}
-        lines.append(
-            f"| {r.model} | {r.variant} | {r.provider} ({ran}) | {r.operation} | {r.batch_size} | {r.median_s * 1000:.1f} | "
-            f"{_num(r.iqr_s and r.iqr_s * 1000, '.2f')} | {_num(r.device_median_s and r.device_median_s * 1000, '.2f')} | "
-            f"{_num(r.throughput_ips, '.0f')} | {latency} | {_num(r.gflops, '.1f')} | "
-            f"{_num(quality.get('accuracy'), '.4f')} | {_num(quality.get('loss'), '.4f')} | "
-            f"{_num(r.model_bytes and r.model_bytes / 1e6, '.2f')} | {_num(r.session_create_s and r.session_create_s * 1000, '.0f')} | "
-            f"{_num(r.peak_rss_mb, '.0f')} | {loadgen_words(r)} |"
-        )
+        cells = [f"{r.median_s * 1000:.1f}", _ms(r.iqr_s, ".2f"), _ms(r.device_median_s, ".2f"), _num(r.throughput_ips, ".0f"),
+                 f"{r.latency_ms['p50']:.2f} / {r.latency_ms['p99']:.2f}" if r.latency_ms else "", _num(r.gflops, ".1f"),
+                 _num(quality.get("accuracy"), ".4f"), _num(quality.get("loss"), ".4f"),
+                 _num(r.model_bytes and r.model_bytes / 1e6, ".2f"), _ms(r.session_create_s, ".0f"),
+                 _num(r.peak_rss_mb, ".0f"), loadgen_words(r)]
+        lines.append(f"{head} ({ran}) | {r.operation} | {r.batch_size} | {' | '.join(cells)} |")
     logged = [r for r in report.records if r.loadgen and r.loadgen.get("logs")]
     if logged:
         lines += ["", "LoadGen column: what MLPerf LoadGen said of the scenarios it drove; its own summary and detail logs "
@@ -259,7 +246,6 @@ def loadgen_words(record: BenchRecord) -> str:
     lg = record.loadgen
     if not lg:
         return ""
-    latency = lg.get("latency_ms") or {}
     if record.server:
         found = record.server
         words = (f"max {found['max_qps']:,.0f} q/s with p99 ≤ {found['latency_bound_ms']:g} ms (p99 {_num(found['p99_ms'], '.3g')})"
@@ -271,7 +257,7 @@ def loadgen_words(record: BenchRecord) -> str:
     else:
         key = "p99" if lg.get("scenario") == "MultiStream" else "p90"
         early = f", early stopping {_num(lg.get('early_stopping_ms'), '.3g')}" if lg.get("early_stopping_ms") else ""
-        words = f"{lg.get('result')}, {key} {_num(latency.get(key), '.3g')}{early}"
+        words = f"{lg.get('result')}, {key} {_num((lg.get('latency_ms') or {}).get(key), '.3g')}{early}"
     noop = lg.get("noop_latency_ms") or {}
     if noop and record.latency_ms and record.latency_ms.get("p50", SUB_MILLISECOND) < SUB_MILLISECOND:
         words += f"; LoadGen's own p50 {noop['p50'] * 1000:.1f} µs"
@@ -281,3 +267,6 @@ def loadgen_words(record: BenchRecord) -> str:
 def _num(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
+
+def _ms(seconds: float | None, fmt: str) -> str:
+    return _num(seconds and seconds * 1000, fmt)

@@ -1,10 +1,7 @@
-"""Where bench results live, what they are called and how they are read back: one module, as
-pytest-benchmark's ``storage/file.py``.
-
-- naming: ``bench-<UTC timestamp>.json`` (and ``.md``) in a results folder, never overwriting one, with MLPerf
-  LoadGen's logs beside them in ``bench-<UTC timestamp>.loadgen/`` (:func:`loadgen_folder`), one folder per record;
-- lookup: :func:`find_results`, :func:`load` (ours), :func:`load_any` (ours or a pytest-benchmark save);
-- :func:`differences` between the machines two results came from (``bench/measure/machine.py`` records them).
+"""Where bench results live, what they are called and how they are read back (as pytest-benchmark's
+``storage/file.py``): ``bench-<UTC timestamp>.json`` and ``.md`` in a results folder, never overwriting one, with
+MLPerf LoadGen's logs beside them in ``bench-<UTC timestamp>.loadgen/``; :func:`load` reads ours,
+:func:`load_any` ours or a pytest-benchmark save; :func:`differences` tells the machines two results came from apart.
 """
 
 from __future__ import annotations
@@ -14,29 +11,27 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.results.record import SCHEMA_VERSION, BenchRecord, BenchRun, SchemaError, markdown
 from trainer.artifacts import write_text_atomic
 
-RESULTS_PREFIX = "bench-"
-RESULTS_GLOB = f"{RESULTS_PREFIX}*.json"
 # The machine facts that make two results comparable; anything else (platform string, ...) is informative.
 IDENTITY = ("host", "cpu", "cores", "gpu")
 VERSIONS = ("python", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorflow")
+RECORD_KEYS = {"model", "variant", "provider", "operation", "batch_size", "median_s", "times_s"}
+# pytest-benchmark's test names: test_latency[model4-int8-cpu-predict-b128]
+_PYTEST_ID = re.compile(r"\[(?P<id>[^\]]+)\]")
 
 
 def loadgen_folder(results: Path) -> Path:
-    """Where MLPerf LoadGen's logs of a results file are: beside it, named like it (a record's ``loadgen.logs``
-    is a folder in there)."""
+    """Where MLPerf LoadGen's logs of a results file are: beside it, named like it."""
     return Path(results).with_suffix(".loadgen")
 
 
 def loadgen_staging(report_dir: Path) -> Path:
-    """A hidden folder in ``report_dir`` for LoadGen's logs while a run lasts (its results file has no name yet);
-    :func:`save` moves it to the results file's :func:`loadgen_folder`."""
+    """A hidden folder in ``report_dir`` for LoadGen's logs while a run lasts (its results file has no name yet)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=".loadgen-", dir=report_dir))
 
@@ -47,12 +42,11 @@ def save(run: BenchRun, report_dir: Path, loadgen_logs: Path | None = None) -> P
     report_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.fromisoformat(run.created_at).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
-        path = report_dir / f"{RESULTS_PREFIX}{stamp}{f'-{n}' if n else ''}.json"
+        path = report_dir / f"bench-{stamp}{f'-{n}' if n else ''}.json"
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # claims the name
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))  # claims the name
         except FileExistsError:
             continue
-        os.close(fd)
         try:
             write_text_atomic(path, run.to_json())
             write_text_atomic(path.with_suffix(".md"), markdown(run))
@@ -67,37 +61,23 @@ def save(run: BenchRun, report_dir: Path, loadgen_logs: Path | None = None) -> P
 
 def find_results(report_dir: Path) -> list[Path]:
     """Our results files in a folder, oldest name first."""
-    return sorted(report_dir.glob(RESULTS_GLOB))
+    return sorted(report_dir.glob("bench-*.json"))
 
 
 def load(path: Path) -> BenchRun:
     return BenchRun.from_dict(_read_json(path), str(path))
 
 
-# pytest-benchmark's test names: test_latency[model4-int8-cpu-predict-b128]
-_PYTEST_ID = re.compile(r"\[(?P<id>[^\]]+)\]")
-
-
-@dataclass
-class Results:
-    """Either kind of saved result, as records with their rounds: what compare and summary read."""
-
-    path: Path
-    records: list[BenchRecord]
-    machine: dict
-    commit: dict | None
-    created_at: str
-    kind: str  # "fmnist-bench" | "pytest-benchmark"
-
-
-def load_any(path: Path) -> Results:
+def load_any(path: Path) -> BenchRun:
     """Our report, or a pytest-benchmark JSON save of ``pytest bench`` (whose extra_info holds our record)."""
     payload = _read_json(path)
-    if isinstance(payload, dict) and "benchmarks" in payload and "machine_info" in payload:
-        return Results(Path(path), _pytest_records(payload, path), _pytest_machine(payload["machine_info"]),
-                       payload.get("commit_info"), str(payload.get("datetime", "")), "pytest-benchmark")
-    report = BenchRun.from_dict(payload, str(path))
-    return Results(Path(path), report.records, report.machine, report.commit, report.created_at, "fmnist-bench")
+    if not (isinstance(payload, dict) and "benchmarks" in payload and "machine_info" in payload):
+        return BenchRun.from_dict(payload, str(path))
+    records, info = _pytest_records(payload, path), payload["machine_info"]
+    cpu = info.get("cpu", {}) if isinstance(info, dict) else {}
+    machine = {"cpu": cpu.get("brand_raw"), "cores": cpu.get("count"), "gpu": info.get("gpu"),
+               "versions": {"python": info.get("python_version")}}  # enough for differences()
+    return BenchRun(machine, {}, str(payload.get("datetime", "")), records, commit=payload.get("commit_info"))
 
 
 def _pytest_records(payload: dict, path: Path) -> list[BenchRecord]:
@@ -111,22 +91,12 @@ def _pytest_records(payload: dict, path: Path) -> list[BenchRecord]:
         rows.append(info)
     # The same validation as our own reports: the records are ours, saved through pytest-benchmark.
     records = BenchRun.from_dict({"schema_version": SCHEMA_VERSION, "machine": {}, "settings": {}, "created_at": "",
-                                     "records": rows}, str(path)).records
+                                  "records": rows}, str(path)).records
     for i, (bench, record) in enumerate(zip(payload["benchmarks"], records)):
         found = _PYTEST_ID.search(str(bench.get("name", "")))
         if found and found.group("id") != record.id:
             raise SchemaError(f"{path}: benchmark {i} is named {found.group('id')[:80]!r} but records {record.id}")
     return records
-
-
-RECORD_KEYS = {"model", "variant", "provider", "operation", "batch_size", "median_s", "times_s"}
-
-
-def _pytest_machine(info: dict) -> dict:
-    """pytest-benchmark's machine_info in our terms, enough for :func:`differences`."""
-    cpu = info.get("cpu", {}) if isinstance(info, dict) else {}
-    return {"cpu": cpu.get("brand_raw"), "cores": cpu.get("count"), "gpu": info.get("gpu"),
-            "versions": {"python": info.get("python_version")}}
 
 
 def differences(a: dict, b: dict) -> list[str]:

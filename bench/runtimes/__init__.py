@@ -25,7 +25,6 @@ from trainer.catalog import is_yours
 
 Build = Callable[[Case, Artifacts, SessionSettings], SUT]
 
-
 # OpenVINO's INFERENCE_PRECISION_HINT names -> ours
 PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
@@ -47,16 +46,6 @@ class Runtime:
     @property
     def variants(self) -> tuple[str, ...]:
         return tuple(self.names)
-
-    def row_name(self, variant: str, provider_options: dict | None = None) -> str:
-        picked = (provider_options or {}).get("inference_precision") or "?"
-        return self.names[variant].format(precision=picked)
-
-    def arithmetic(self, variant: str, provider_options: dict | None = None) -> str | None:
-        arithmetic = self.arithmetics.get(variant)
-        if arithmetic == "{precision}":
-            return PRECISIONS.get((provider_options or {}).get("inference_precision"))
-        return arithmetic
 
 
 def _onnxruntime(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
@@ -91,14 +80,13 @@ def _keras_source(build: Build) -> Build:
     def guarded(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
         if is_imported(read_metadata_props(case.path)):
             raise ProviderUnavailable(f"{case.model} is an imported ONNX model: it has no Keras source (.keras file) for "
-                                      f"{RUNTIMES[case.provider].row_name(case.variant)} to run", "no-keras-source")
+                                      f"{row_name(case.provider, case.variant)} to run", "no-keras-source")
         return build(case, artifacts, settings)
     return guarded
 
 
 def _openvino(precision: str) -> Build:
-    """``precision``: the INFERENCE_PRECISION_HINT asked for ("default": left to OpenVINO, which picks by CPU);
-    ``--threads`` (when not 0) sets OpenVINO's thread count as it sets onnxruntime's."""
+    """``precision``: the INFERENCE_PRECISION_HINT asked for ("default": left to OpenVINO, which picks by CPU)."""
     def build(case: Case, artifacts: Artifacts, settings: SessionSettings) -> SUT:
         return OpenVinoSUT(case.path, case.variant, precision, threads=settings.intra_op_threads)
     return build
@@ -137,14 +125,15 @@ def make_sut(case: Case, artifacts: Artifacts, settings: SessionSettings = Sessi
 
 def row_name(provider: str, variant: str, provider_options: dict | None = None) -> str:
     """A row's readable name: ``onnxruntime CPU int8``, ``OpenVINO default (bf16)``; the key itself when unknown."""
-    runtime = RUNTIMES.get(provider)
-    return runtime.row_name(variant, provider_options) if runtime and variant in runtime.names else f"{provider} {variant}"
+    names = RUNTIMES[provider].names if provider in RUNTIMES else {}
+    if variant not in names:
+        return f"{provider} {variant}"
+    return names[variant].format(precision=(provider_options or {}).get("inference_precision") or "?")
 
 
 def arithmetic(provider: str, variant: str, provider_options: dict | None = None) -> str | None:
     """What a row computes in (fp32, fp16, bf16, int8), for its yardstick; None for a GPU row or an unknown one."""
-    runtime = RUNTIMES.get(provider)
-    return runtime.arithmetic(variant, provider_options) if runtime else None
-
-
-__all__ = ["RUNTIMES", "REFERENCES", "ROWS", "Runtime", "Case", "SUT", "ProviderUnavailable", "make_sut", "row_name", "arithmetic"]
+    computes = RUNTIMES[provider].arithmetics.get(variant) if provider in RUNTIMES else None
+    if computes == "{precision}":
+        return PRECISIONS.get((provider_options or {}).get("inference_precision"))
+    return computes

@@ -1,20 +1,19 @@
-"""What every runtime's system under test is: the case it runs, the interface it answers, and how it says
-it cannot run here.
-
-A SUT answers queries and never times itself (``bench/measure`` does, for both front doors). This module
-imports only numpy and the layers below, so the registry can name every runtime on a machine that has
-none of the optional ones installed.
+"""What every runtime's system under test is: the case it runs, the interface it answers (it never times
+itself: ``bench/measure`` does), and how it says it cannot run here. Imports only numpy and the layers below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from exporter.contract import ContractError
+from trainer import quiet
 
 
 @dataclass(frozen=True)
@@ -31,12 +30,8 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.variant}-{self.provider}{thread_suffix(self.threads)}"
-
-
-def thread_suffix(threads: int) -> str:
-    """``-t1`` for a case run at one thread; nothing at the runtime's default, so ids of earlier runs still match."""
-    return f"-t{threads}" if threads else ""
+        """``-t1`` for one thread; no suffix at the runtime's default, so ids of earlier runs still match."""
+        return f"{self.model}-{self.variant}-{self.provider}" + (f"-t{self.threads}" if self.threads else "")
 
 
 class ProviderUnavailable(RuntimeError):
@@ -92,13 +87,20 @@ class SUT:
 
 
 class InterpreterSUT(SUT):
-    """A TF Lite flatbuffer on an interpreter (TensorFlow's or LiteRT's): the input is resized whenever
-    the batch size changes. Subclasses set ``interpreter``, ``_input``, ``_output`` and ``_batch``."""
+    """A TF Lite flatbuffer on an interpreter (TensorFlow's or LiteRT's), its default delegate (XNNPACK): the
+    input is resized whenever the batch size changes. Subclasses call ``_open`` first."""
 
-    interpreter: object
-    _input: int
-    _output: int
-    _batch: int | None
+    def _open(self, interpreter: Callable[..., Any], content: bytes, threads: int) -> tuple[dict, dict]:
+        """``interpreter(model_content=content)`` ready to run (its creation timed); its input's and output's details."""
+        start = time.perf_counter()
+        with quiet.native_stderr_filtered():  # the XNNPACK delegate's INFO line, unless --verbose
+            self.interpreter = interpreter(model_content=content, num_threads=threads)
+            self.interpreter.allocate_tensors()
+        self.session_create_s = time.perf_counter() - start
+        (inp,), (out,) = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        self._input, self._output, self._batch = inp["index"], out["index"], int(inp["shape"][0])
+        self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
+        return inp, out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self._batch != len(batch):

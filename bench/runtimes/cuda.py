@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnxruntime as ort
@@ -35,16 +36,20 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CUDA_PREFIX = "CUDAExecutionProvider requested but the session runs on CPU only: "
 MIN_DRIVER = "580"  # CUDA 13.0's minimum Linux driver (R580)
 SETUP_HINT = "`make setup-cuda` installs it"
+OPTIONAL_LIBRARIES = {"cufft"}  # only FFT ops need it
+
+
+def _build_info() -> ModuleType | None:
+    try:
+        from onnxruntime.capi import build_and_package_info  # noqa: PLC0415 - absent in some builds
+    except ImportError:
+        return None
+    return build_and_package_info
 
 
 def _cuda_major() -> str:
     """The CUDA major version this onnxruntime was built for ("13" for onnxruntime-gpu 1.31)."""
-    try:
-        from onnxruntime.capi import build_and_package_info as info  # noqa: PLC0415 - absent in some builds
-
-        return str(getattr(info, "cuda_version", "") or "13").split(".")[0]
-    except ImportError:
-        return "13"
+    return str(getattr(_build_info(), "cuda_version", "") or "13").split(".")[0]
 
 
 def cuda_libraries() -> dict[str, str]:
@@ -55,16 +60,13 @@ def cuda_libraries() -> dict[str, str]:
         "cublasLt": f"libcublasLt.so.{major}",
         "cublas": f"libcublas.so.{major}",
         "curand": "libcurand.so.10",
-        "cufft": f"libcufft.so.{12 if int(major) >= 13 else 11}",  # only FFT ops need it
+        "cufft": f"libcufft.so.{12 if int(major) >= 13 else 11}",
         "cudnn": "libcudnn.so.9",
         "driver": "libcuda.so.1",
     }
 
 
-OPTIONAL_LIBRARIES = {"cufft"}
-
-# --------------------------------------------------------------------------------------------------
-# Loading and capturing
+# --- Loading and capturing
 
 
 _preload_lock = threading.Lock()
@@ -83,11 +85,11 @@ def preload_cuda() -> None:
             return
         preload = getattr(ort, "preload_dlls", None)  # onnxruntime < 1.21 has none: the system paths must do
         with captured_output() as lines:
-            if preload is not None:
-                try:
+            try:
+                if preload is not None:
                     preload(cuda=True, cudnn=True)
-                except (OSError, RuntimeError) as exc:
-                    print(f"preload_dlls failed: {exc}")
+            except (OSError, RuntimeError) as exc:
+                print(f"preload_dlls failed: {exc}")
         _preload_log = lines
 
 
@@ -97,26 +99,17 @@ def mapped_libraries(patterns: Iterable[str]) -> dict[str, str | None]:
     A pattern matches a file name exactly, as a prefix before a version dot (libcudart.so.13 matches
     libcudart.so.13.0.96) or as a glob (libcudnn*.so.9). Reads /proc/self/maps (Linux only; elsewhere None).
     """
-    paths: list[str] = []
-    with contextlib.suppress(OSError):
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            for line in maps:
-                parts = line.split(maxsplit=5)
-                if len(parts) == 6 and parts[5].startswith("/"):
-                    path = parts[5].strip()
-                    if path not in paths:
-                        paths.append(path)
-    found: dict[str, str | None] = {}
-    for pattern in patterns:
-        found[pattern] = next(
-            (p for p in paths if (n := os.path.basename(p)) == pattern or n.startswith(pattern + ".") or fnmatch.fnmatch(n, pattern)),
-            None,
-        )
-    return found
+    names: dict[str, str] = {}  # path -> file name, in mapping order
+    with contextlib.suppress(OSError), open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+        for line in maps:
+            if len(parts := line.split(maxsplit=5)) == 6 and parts[5].startswith("/"):
+                names.setdefault(parts[5].strip(), os.path.basename(parts[5].strip()))
+    return {pattern: next((path for path, name in names.items()
+                           if fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name, f"{pattern}.*")), None)
+            for pattern in patterns}
 
 
-# --------------------------------------------------------------------------------------------------
-# Why CUDA is not there
+# --- Why CUDA is not there
 
 
 @dataclass(frozen=True)
@@ -139,8 +132,6 @@ _CUDNN_MISSING = re.compile(
     r"|(libcudnn\w*\.so\.\d+)[^\n]*?(?:cannot open|not found)"
 )
 _EP_ERROR = re.compile(r"EP Error:? (.+?)(?: when using \[| using \[|\n\s*\n|$)", re.S)
-
-
 NOT_BUILT = Failure("not-built", "this onnxruntime has no CUDA provider; `make setup-cuda` installs onnxruntime-gpu")
 
 
@@ -153,11 +144,9 @@ def classify_cuda_failure(lines: Iterable[str]) -> Failure:
     text = ANSI.sub("", "\n".join(lines))
     if "not in available provider names" in text:
         return NOT_BUILT
-    if (cannot := _CANNOT_OPEN.search(text)) is not None:
-        return _missing_library(cannot.group(1))
-    if (cudnn := _CUDNN_MISSING.search(text)) is not None:
-        return _missing_library(cudnn.group(1) or cudnn.group(2))
-    if (cuda := _CUDA_FAILURE.search(text)) is not None:
+    if missing := _CANNOT_OPEN.search(text) or _CUDNN_MISSING.search(text):
+        return _missing_library(next(name for name in missing.groups() if name))
+    if cuda := _CUDA_FAILURE.search(text):
         code, what = int(cuda.group(1)), cuda.group(2).strip()
         if code == 100:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
@@ -166,13 +155,13 @@ def classify_cuda_failure(lines: Iterable[str]) -> Failure:
             needs = f"CUDA {_cuda_major()} needs driver >= {MIN_DRIVER}"
             return Failure("driver-too-old", f"NVIDIA driver too old (CUDA error 35: {what}); {needs}")
         return Failure("device-error", f"CUDA error {code}: {what}")
-    if (cudnn_err := _CUDNN_FAILURE.search(text)) is not None:
-        return Failure("device-error", f"cuDNN error {cudnn_err.group(1)}: {cudnn_err.group(2).strip()}")
-    if (load := _LOAD_ERROR.search(text)) is not None:  # e.g. an undefined symbol: a version mix-up
+    if cudnn := _CUDNN_FAILURE.search(text):
+        return Failure("device-error", f"cuDNN error {cudnn.group(1)}: {cudnn.group(2).strip()}")
+    if load := _LOAD_ERROR.search(text):  # e.g. an undefined symbol: a version mix-up
         return Failure("toolkit", f"{load.group(1).strip()} (reinstall with `make setup-cuda`)")
-    if (ep := _EP_ERROR.search(text)) is not None:
+    if ep := _EP_ERROR.search(text):
         return Failure("device-error", " ".join(ep.group(1).split())[:500])
-    if (created := re.search(r"Failed to create CUDAExecutionProvider[^\n]*", text)) is not None:
+    if created := re.search(r"Failed to create CUDAExecutionProvider[^\n]*", text):
         return Failure("unknown", created.group(0).strip())
     return Failure("unknown", "onnxruntime gave no reason (run `fmnist-bench doctor`)")
 
@@ -185,8 +174,7 @@ def _missing_library(name: str) -> Failure:
     return Failure("toolkit", f"CUDA toolkit library {name} not found; {SETUP_HINT}")
 
 
-# --------------------------------------------------------------------------------------------------
-# Sessions
+# --- Sessions
 
 
 def cuda_provider_options(algo_search: str = "HEURISTIC") -> dict[str, str]:
@@ -201,17 +189,11 @@ def cuda_provider_options(algo_search: str = "HEURISTIC") -> dict[str, str]:
     return {"device_id": "0", "cudnn_conv_algo_search": choice}
 
 
-def open_session(
-    path: str | os.PathLike[str] | bytes,
-    options: ort.SessionOptions,
-    provider: str,
-    provider_options: dict[str, str] | None = None,
-) -> ort.InferenceSession:
-    """An InferenceSession on ``provider`` ("cpu" or "cuda"), or ProviderUnavailable: never a CPU
-    session for a CUDA request. Nodes CUDA has no kernel for still run on CPU (see node_placement).
-
-    ``path`` may also be the model's bytes.
-    """
+def open_session(path: str | os.PathLike[str] | bytes, options: ort.SessionOptions, provider: str,
+                 provider_options: dict[str, str] | None = None) -> ort.InferenceSession:
+    """An InferenceSession on ``provider`` ("cpu" or "cuda"; ``path`` may also be the model's bytes), or
+    ProviderUnavailable: never a CPU session for a CUDA request. Nodes CUDA has no kernel for still run on CPU
+    (see node_placement)."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
     model = path if isinstance(path, bytes) else os.fspath(path)
@@ -220,9 +202,9 @@ def open_session(
     if PROVIDERS["cuda"] not in ort.get_available_providers():
         raise ProviderUnavailable(NOT_BUILT.message(), NOT_BUILT.kind)
     preload_cuda()
-    providers = [(PROVIDERS["cuda"], dict(provider_options or {})), PROVIDERS["cpu"]]
     with captured_output() as log:
-        session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        session = ort.InferenceSession(model, sess_options=options,
+                                       providers=[(PROVIDERS["cuda"], dict(provider_options or {})), PROVIDERS["cpu"]])
     if PROVIDERS["cuda"] not in session.get_providers():
         failure = classify_cuda_failure(log)
         del session  # now, not with the traceback: a profiling session writes its file when destroyed
@@ -232,12 +214,7 @@ def open_session(
     return session
 
 
-# --------------------------------------------------------------------------------------------------
-# Where the nodes run
-
-
-def _short(provider: str) -> str:
-    return provider.removesuffix("ExecutionProvider")
+# --- Where the nodes run
 
 
 @dataclass(frozen=True)
@@ -266,19 +243,15 @@ class Placement:
         head = f"{prefix}: " if prefix else ""
         if len(self.nodes_by_provider) == 1:
             (only,) = self.nodes_by_provider
-            return f"{head}all {self.total} nodes on {_short(only)}"
+            return f"{head}all {self.total} nodes on {only.removesuffix('ExecutionProvider')}"
         if self.cpu_nodes:
             return f"{head}{self.cpu_nodes} of {self.total} nodes on CPU: {', '.join(self.cpu_op_types)}"
-        return head + ", ".join(f"{n} of {self.total} nodes on {_short(p)}" for p, n in sorted(self.nodes_by_provider.items()))
+        return head + ", ".join(f"{n} of {self.total} nodes on {p.removesuffix('ExecutionProvider')}"
+                                for p, n in sorted(self.nodes_by_provider.items()))
 
 
-def node_placement(
-    path: str | os.PathLike[str] | bytes,
-    options: ort.SessionOptions,
-    provider: str,
-    provider_options: dict[str, str] | None,
-    sample: np.ndarray,
-) -> Placement:
+def node_placement(path: str | os.PathLike[str] | bytes, options: ort.SessionOptions, provider: str,
+                   provider_options: dict[str, str] | None, sample: np.ndarray) -> Placement:
     """Run ``sample`` once under onnxruntime's profiler and count, per provider, the nodes it ran.
 
     The profile is the only public record of the partitioning after graph optimisation (a "CUDA"
@@ -302,35 +275,24 @@ def node_placement(
 
 
 def _placement_from_events(events: list[dict]) -> Placement:
-    nodes: dict[str, tuple[str, str]] = {}
+    nodes: dict[str, tuple[str, str]] = {}  # node -> (provider, op type): one kernel event per node counted
     for event in events:
         args = event.get("args") or {}
-        if event.get("cat") != "Node" or "provider" not in args or not str(event.get("name", "")).endswith("_kernel_time"):
-            continue
-        key = str(args.get("node_index", event["name"]))
-        nodes.setdefault(key, (args["provider"], args.get("op_name", "?")))
-    by_provider: Counter[str] = Counter()
-    cpu_ops: set[str] = set()
-    copies = 0
-    for provider, op in nodes.values():
-        if op in ("MemcpyFromHost", "MemcpyToHost"):
-            copies += 1
-            continue
-        by_provider[provider] += 1
-        if provider == PROVIDERS["cpu"]:
-            cpu_ops.add(op)
-    return Placement(dict(by_provider), sorted(cpu_ops), copies)
+        if event.get("cat") == "Node" and "provider" in args and str(event.get("name", "")).endswith("_kernel_time"):
+            nodes.setdefault(str(args.get("node_index", event["name"])), (args["provider"], args.get("op_name", "?")))
+    kernels = [(provider, op) for provider, op in nodes.values() if op not in ("MemcpyFromHost", "MemcpyToHost")]
+    cpu_ops = sorted({op for provider, op in kernels if provider == PROVIDERS["cpu"]})
+    return Placement(dict(Counter(provider for provider, _ in kernels)), cpu_ops, len(nodes) - len(kernels))
 
 
-# --------------------------------------------------------------------------------------------------
-# Device-only timing
+# --- Device-only timing
 
 
 class DeviceRun:
     """``run()`` executes the session once on data already on its device and waits for it to finish.
 
     session.run() copies the input to the GPU and the output back on every call, so its time is mostly
-    PCIe for small models; this binds both to device memory once. Built by device_timer().
+    PCIe for small models; this binds both to device memory once.
     """
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, x: np.ndarray):
@@ -356,14 +318,10 @@ class DeviceRun:
         return self._output.numpy()
 
 
-def device_timer(session: ort.InferenceSession, input_name: str, output_name: str, x: np.ndarray) -> DeviceRun:
-    """A callable that runs ``session`` on ``x`` with input and output bound to the session's device
-    (IOBinding), so timing it measures device work, not host<->device copies."""
-    return DeviceRun(session, input_name, output_name, x)
+device_timer = DeviceRun  # device_timer(session, input_name, output_name, x): timing it measures device work only
 
 
-# --------------------------------------------------------------------------------------------------
-# Doctor
+# --- Doctor
 
 
 def probe_model() -> bytes:
@@ -380,10 +338,8 @@ def _nvidia_smi() -> str:
     if shutil.which("nvidia-smi") is None:
         return "nvidia-smi not found"
     try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"nvidia-smi failed: {exc}"
     out = (done.stdout or done.stderr).strip().replace("\n", "; ")
@@ -399,18 +355,30 @@ def _nvidia_pci_device() -> bool:
     return False
 
 
+def _probe_failure() -> Failure | None:
+    """Why a Conv cannot run on CUDA here, None when it does."""
+    try:
+        session = open_session(probe_model(), ort.SessionOptions(), "cuda", cuda_provider_options())
+    except ProviderUnavailable as exc:
+        return Failure(exc.kind, str(exc).removeprefix(CUDA_PREFIX))
+    error = ""
+    with captured_output() as run_log:  # the first Conv loads cuDNN's sub-libraries: a last place to fail
+        try:
+            session.run(None, {"x": np.ones((1, 1, 4, 4), np.float32)})
+        except Exception as exc:  # noqa: BLE001 - whatever the run raises is the answer here
+            error = str(exc)
+    return classify_cuda_failure([*run_log, error]) if error else None
+
+
 def doctor() -> tuple[str, int]:
     """A report of this machine's CUDA readiness for onnxruntime and the exit code (0: CUDA usable)."""
-    build = ""
-    with contextlib.suppress(ImportError):
-        from onnxruntime.capi import build_and_package_info as info  # noqa: PLC0415
-
-        build = f"{getattr(info, 'package_name', 'onnxruntime')}, built for CUDA {getattr(info, 'cuda_version', '') or 'none'}"
+    info = _build_info()
+    build = "no build info" if info is None else (f"{getattr(info, 'package_name', 'onnxruntime')}, built for CUDA "
+                                                  f"{getattr(info, 'cuda_version', '') or 'none'}")
     available = ort.get_available_providers()
-    lines = [f"onnxruntime {ort.__version__} ({build or 'no build info'}); providers: {', '.join(available)}"]
+    lines = [f"onnxruntime {ort.__version__} ({build}); providers: {', '.join(available)}"]
     if PROVIDERS["cuda"] not in available:
-        lines.append(f"fix: {NOT_BUILT.detail}")
-        return "\n".join(lines), 1
+        return "\n".join([*lines, f"fix: {NOT_BUILT.detail}"]), 1
 
     preload_cuda()
     libraries = cuda_libraries()
@@ -425,38 +393,24 @@ def doctor() -> tuple[str, int]:
         lines.append(f"  {role:<9} {name:<18} {where}")
     lines.append(f"GPU: {_nvidia_smi()}")
 
-    try:
-        session = open_session(probe_model(), ort.SessionOptions(), "cuda", cuda_provider_options())
-        error = ""
-        with captured_output() as run_log:  # the first Conv loads cuDNN's sub-libraries: a last place to fail
-            try:
-                session.run(None, {"x": np.ones((1, 1, 4, 4), np.float32)})
-            except Exception as exc:  # noqa: BLE001 - whatever the run raises is the answer here
-                error = str(exc)
-        failure = classify_cuda_failure([*run_log, error]) if error else None
-    except ProviderUnavailable as exc:
-        failure = Failure(exc.kind, str(exc).removeprefix(CUDA_PREFIX))
+    failure = _probe_failure()
     if failure is None:
         lines.append("CUDA: a probe Conv ran on CUDAExecutionProvider: CUDA cases will be timed")
         return "\n".join(lines), 0
-
     lines.append(f"CUDA: not usable: {failure.detail}")
-    required = {role: name for role, name in libraries.items() if role not in OPTIONAL_LIBRARIES and role != "driver"}
-    missing = [name for name in required.values() if mapped[name] is None]
+    missing = [name for role, name in libraries.items()
+               if role not in OPTIONAL_LIBRARIES and role != "driver" and mapped[name] is None]
     if missing or failure.kind in ("toolkit", "cudnn", "not-built"):
-        what = ", ".join(missing) or "see above"
-        fix = f"fix: `make setup-cuda` (installs onnxruntime-gpu[cuda,cudnn] and nvidia-cublas into .venv; missing: {what})"
-    elif failure.kind in ("driver", "driver-too-old"):
-        fix = (
-            f"fix: install the NVIDIA driver >= {MIN_DRIVER} (it provides libcuda.so.1)"
-            if failure.kind == "driver-too-old" or _nvidia_pci_device()
-            else "no GPU on this machine: CUDA cases will be skipped"
-        )
+        lines.append("fix: `make setup-cuda` (installs onnxruntime-gpu[cuda,cudnn] and nvidia-cublas into .venv; "
+                     f"missing: {', '.join(missing) or 'see above'})")
+    elif failure.kind == "driver-too-old" or (failure.kind == "driver" and _nvidia_pci_device()):
+        lines.append(f"fix: install the NVIDIA driver >= {MIN_DRIVER} (it provides libcuda.so.1)")
+    elif failure.kind == "driver":
+        lines.append("no GPU on this machine: CUDA cases will be skipped")
     elif failure.kind == "no-device":
-        fix = "no GPU on this machine (or none visible: check CUDA_VISIBLE_DEVICES): CUDA cases will be skipped"
+        lines.append("no GPU on this machine (or none visible: check CUDA_VISIBLE_DEVICES): CUDA cases will be skipped")
     else:
-        fix = "fix: none known; the error above is onnxruntime's own"
-    lines.append(fix)
+        lines.append("fix: none known; the error above is onnxruntime's own")
     return "\n".join(lines), 1
 
 

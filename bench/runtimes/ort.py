@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from bench.measure.profile import onnxruntime_profile
 from bench.runtimes.base import SUT, InterfaceError, ProviderUnavailable
 from bench.runtimes.trivial import trivial_onnx
-from bench.runtimes.cuda import DeviceRun, cuda_provider_options, device_timer, node_placement, open_session
+from bench.runtimes.cuda import DeviceRun, cuda_provider_options, node_placement, open_session
 from bench.settings import SessionSettings
 from exporter.contract import INPUT_NAME, OUTPUT_NAME, ContractError, check_interface, shown
 
@@ -41,8 +42,7 @@ class OrtSUT(SUT):
             # the profile of one run says which, and the report labels the case with it.
             where = node_placement(self.path, settings.options(), provider, self.provider_options,
                                    np.zeros((1, *self.session.get_inputs()[0].shape[1:]), np.float32))
-            self.placement = {"nodes_by_provider": where.nodes_by_provider, "cpu_op_types": where.cpu_op_types,
-                              "copies": where.copies, "label": where.label()}
+            self.placement = {**dataclasses.asdict(where), "label": where.label()}
             self.measures_device = True
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -56,4 +56,4 @@ class OrtSUT(SUT):
 
     def device_run(self, batch: np.ndarray) -> DeviceRun:
         """One call on ``batch`` already on the session's device, output left there (IOBinding)."""
-        return device_timer(self.session, INPUT_NAME, OUTPUT_NAME, batch)
+        return DeviceRun(self.session, INPUT_NAME, OUTPUT_NAME, batch)

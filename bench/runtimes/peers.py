@@ -1,18 +1,13 @@
-"""The runtimes a user would pick instead of onnxruntime: OpenVINO on the exported ONNX files, LiteRT on a
-conversion of the trained ``.keras`` file, measured by the same core (``bench/measure``) as the onnxruntime rows.
+"""The runtimes a user would pick instead of onnxruntime, measured by the same core (``bench/measure``):
 
-- ``openvino``: the ``.onnx`` file compiled for OpenVINO's CPU plugin at OpenVINO's own default inference
-  precision (bf16 on CPUs with AVX-512 BF16 or AMX, f32 elsewhere); the precision it picked is recorded.
-- ``openvino-f32``: the same, with ``INFERENCE_PRECISION_HINT`` forced to f32.
-- ``litert``: ``ai-edge-litert``'s interpreter (the successor of ``tf.lite.Interpreter``) on its default
-  XNNPACK delegate; fp32, and full-integer int8 (post-training quantization calibrated on training images,
-  float32 input and output kept so the interface stays ``(N, 28, 28, 1)`` float32 -> 5 probabilities).
+- ``openvino``: the ``.onnx`` file on OpenVINO's CPU plugin at its own default inference precision (bf16 on CPUs
+  with AVX-512 BF16 or AMX, f32 elsewhere; the one it picked is recorded); ``openvino-f32``: forced to f32.
+- ``litert``: ``ai-edge-litert``'s interpreter (the successor of ``tf.lite.Interpreter``, default XNNPACK
+  delegate) on a conversion of the trained ``.keras`` file: fp32, and full-integer int8 calibrated on training
+  images, float32 input and output kept.
 
-Every SUT imports its runtime when it is built, so the bench package imports and runs with onnxruntime,
-numpy and scikit-learn alone: a runtime that is not installed is a skipped row whose reason names the
-package (:class:`PeerUnavailable` is a ``ProviderUnavailable``, which both front doors record as a skip).
-TensorFlow is needed only to convert for LiteRT; the conversion is cached in ``artifacts/litert/``, so a
-machine holding the cache runs the LiteRT rows without TensorFlow.
+Each SUT imports its runtime when built: one not installed is a skipped row naming the package. TensorFlow is
+needed only to convert for LiteRT; conversions are cached in ``artifacts/litert/``.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import numpy as np
-import onnx
 
 from bench.measure.profile import openvino_profile
 from bench.measure.tools import ToolUnavailable, benchmark_app, litert_benchmark
@@ -32,7 +26,8 @@ from bench.runtimes.base import SUT, Case, InterfaceError, InterpreterSUT, Provi
 from bench.runtimes.reference import tflite_content
 from bench.runtimes.trivial import RECIPE as TRIVIAL_RECIPE
 from bench.runtimes.trivial import trivial_keras, trivial_onnx
-from exporter.contract import INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, read_manifest, sha256_of, shown
+from exporter.contract import (INPUT_SHAPE, OUTPUT_SHAPE, ContractError, check_interface, read_manifest,
+                               read_metadata_props, sha256_of, shown)
 from exporter.publish import current
 from trainer import quiet
 from trainer.artifacts import Artifacts, atomic_path, writing
@@ -70,16 +65,12 @@ def require(module: str, package: str, needed_for: str = "", install: str | None
         raise PeerUnavailable(f"{needed_for}{package} cannot be imported ({str(exc).splitlines()[0][:200]})") from None
 
 
-# --------------------------------------------------------------------------- OpenVINO
-
 class OpenVinoSUT(SUT):
     """The exported ``.onnx`` file compiled by OpenVINO for its CPU plugin, batch dimension left dynamic
     (one compiled model for every batch size, as the onnxruntime session)."""
 
     def __init__(self, path: Path, variant: str, precision: str = "default", hint: str = DEFAULT_HINT,
                  threads: int = 0):
-        if precision not in ("f32", "default"):
-            raise ValueError(f"precision {precision!r}: expected 'f32' or 'default'")
         ov = require("openvino", "openvino")
         self.path, self.variant, self.precision, self.hint, self.threads = Path(path), variant, precision, hint, threads
         config: dict[str, str] = {"PERFORMANCE_HINT": hint}
@@ -101,9 +92,10 @@ class OpenVinoSUT(SUT):
         self.request = compiled.create_infer_request()
         self._compile = lambda extra: core.compile_model(core.read_model(str(self.path)), "CPU", {**config, **extra})
         picked = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16", "f16"
+        ran_hint = compiled.get_property("PERFORMANCE_HINT")
         self.provider_options = {
             "device": "CPU",
-            "performance_hint": _name(compiled.get_property("PERFORMANCE_HINT")),
+            "performance_hint": getattr(ran_hint, "name", str(ran_hint)),
             "inference_precision_asked": precision,
             "inference_precision": picked,
             "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
@@ -123,9 +115,8 @@ class OpenVinoSUT(SUT):
         return OpenVinoSUT(trivial_onnx(), self.variant, self.precision, self.hint, self.threads)
 
     def tool_figures(self, batch: int, seconds: float) -> dict | None:
-        options = self.provider_options
         return _tool_dict("benchmark_app", lambda: benchmark_app(
-            self.path, batch, options["performance_hint"], self.precision, self.threads, seconds))
+            self.path, batch, self.provider_options["performance_hint"], self.precision, self.threads, seconds))
 
     def profile(self, batch: np.ndarray) -> list | None:
         return openvino_profile(self._compile({"PERF_COUNT": True}).create_infer_request(), batch, self.path)
@@ -144,41 +135,24 @@ def _ov_error(exc: Exception) -> str:
     return " ".join(lines)[:300] or type(exc).__name__
 
 
-def _name(value: object) -> str:
-    return getattr(value, "name", str(value))
-
-
-# --------------------------------------------------------------------------- LiteRT
-
 class LiteRTSUT(InterpreterSUT):
     """A LiteRT flatbuffer on ai-edge-litert's interpreter, default delegate (XNNPACK); the input is
     resized whenever the batch size changes, as TFLiteSUT does."""
 
     def __init__(self, path_tflite: Path, threads: int | None = None):
         litert = require("ai_edge_litert.interpreter", "ai-edge-litert")
-        self.path = Path(path_tflite)
-        content = self.path.read_bytes()
-        start = time.perf_counter()
+        self.path, self.threads = Path(path_tflite), threads or os.cpu_count()
         try:
-            with quiet.native_stderr_filtered():  # the XNNPACK delegate's INFO line, unless --verbose
-                self.interpreter = litert.Interpreter(model_content=content, num_threads=threads or os.cpu_count())
-                self.interpreter.allocate_tensors()
+            inp, out = self._open(litert.Interpreter, self.path.read_bytes(), self.threads)
         except (ValueError, RuntimeError) as exc:
             raise InterfaceError(f"{self.path}: LiteRT cannot load it ({str(exc).splitlines()[0][-300:]})") from None
-        self.session_create_s = time.perf_counter() - start
-        (inp,), (out,) = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if (inp["dtype"] != np.float32 or tuple(inp["shape"][1:]) != INPUT_SHAPE or out["dtype"] != np.float32
                 or tuple(out["shape"][1:]) != OUTPUT_SHAPE):
             raise InterfaceError(f"{self.path}: takes {inp['dtype'].__name__} {list(inp['shape'])} and gives "
                                  f"{out['dtype'].__name__} {list(out['shape'])}; expected float32 [batch, 28, 28, 1] -> [batch, 5]")
-        self._input, self._output = inp["index"], out["index"]
-        self._batch = int(inp["shape"][0])
         self.providers_used = ["litert (default delegate: XNNPACK)"]
-        self.provider_options = {"delegate": "XNNPACK (default)", "num_threads": threads or os.cpu_count(),
-                                 "file": self.path.name}
+        self.provider_options = {"delegate": "XNNPACK (default)", "num_threads": self.threads, "file": self.path.name}
         self.name = "litert"
-        self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
-        self.threads = threads or os.cpu_count()
 
     def trivial(self) -> SUT | None:
         cached = self.path.parent / f"trivial.{TRIVIAL_RECIPE}.tflite"
@@ -205,15 +179,10 @@ def _tool_dict(name: str, run) -> dict:
         return {"tool": name, "unavailable": str(exc)}
 
 
-
 def convert_litert(keras_file: Path, variant: str, calibration_images: np.ndarray | None = None) -> bytes:
     """The trained ``.keras`` model as a LiteRT flatbuffer: ``fp32``, or ``int8`` full-integer (weights and
     activations int8, calibrated on ``calibration_images``, (N, 28, 28, 1) float32 TRAINING images; float32
     input and output kept). Needs TensorFlow."""
-    if variant not in ("fp32", "int8"):
-        raise ValueError(f"variant {variant!r}: LiteRT rows are fp32 or int8")
-    if variant == "int8" and (calibration_images is None or not len(calibration_images)):
-        raise ValueError("int8 needs calibration images")
     tf = require("tensorflow", "tensorflow", f"converting {Path(keras_file).name} for LiteRT needs TensorFlow: ", TRAIN_EXTRA)
 
     def full_integer(converter) -> None:
@@ -228,23 +197,16 @@ def convert_litert(keras_file: Path, variant: str, calibration_images: np.ndarra
     return tflite_content(Path(keras_file), full_integer if variant == "int8" else None)
 
 
-def litert_cache_file(artifacts: Artifacts, model: str, variant: str, keras_sha256: str) -> Path:
-    """Where the conversion of the ``.keras`` file with this sha256 lives: a retrained model gets a new name."""
-    return artifacts.root / "litert" / f"{model}.{variant}.{LITERT_RECIPE}.{keras_sha256[:16]}.tflite"
-
-
 def litert_file(artifacts: Artifacts, case: Case) -> Path:
     """The cached LiteRT conversion for ``case``, converted now (and cached) when missing.
 
-    The cache key is the sha256 of the ``.keras`` file the case's ONNX file was exported from (its metadata),
-    so the rows always run the same trained model as the onnxruntime rows, and an edge machine with the cache
-    needs neither the ``.keras`` file nor TensorFlow.
+    The cache key is the sha256 of the ``.keras`` file the case's ONNX file was exported from (its metadata): the
+    rows run the same trained model as the onnxruntime rows, and a retrained model gets a new file.
     """
-    props = {p.key: p.value for p in onnx.load(str(case.path), load_external_data=False).metadata_props}
-    source_sha = props.get("source_keras_sha256")
+    source_sha = read_metadata_props(case.path).get("source_keras_sha256")
     if not source_sha:
         raise PeerUnavailable(f"{case.path.name}: no source_keras_sha256 in its metadata; export again: fmnist-export {case.model}")
-    cached = litert_cache_file(artifacts, case.model, case.variant, source_sha)
+    cached = artifacts.root / "litert" / f"{case.model}.{case.variant}.{LITERT_RECIPE}.{source_sha[:16]}.tflite"
     if cached.is_file():
         return cached
     keras_file = artifacts.model_file(case.model)

@@ -71,19 +71,12 @@ class TFLiteSUT(InterpreterSUT):
         self.threads = threads or None
         tf = quiet.import_tensorflow()  # for reference rows only
         content = tflite_content(Path(path))
-        start = time.perf_counter()
-        with warnings.catch_warnings(), quiet.native_stderr_filtered():
+        with warnings.catch_warnings():
             # tf.lite.Interpreter's deprecation banner (LiteRT is its successor); the interpreter still ships in TF 2.21.
             warnings.simplefilter("ignore", UserWarning)
-            self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count())
-            self.interpreter.allocate_tensors()
-        self.session_create_s = time.perf_counter() - start
-        self._input = self.interpreter.get_input_details()[0]["index"]
-        self._output = self.interpreter.get_output_details()[0]["index"]
-        self._batch = None
+            self._open(tf.lite.Interpreter, content, threads or os.cpu_count())
         self.providers_used = ["tflite (default delegate: XNNPACK)"]
         self.name = "tflite"
-        self.model_bytes = len(content)  # the flatbuffer that runs, not the .keras it came from
 
     def trivial(self) -> SUT:
         return TFLiteSUT(trivial_keras(), self.threads)

@@ -1,10 +1,8 @@
-"""A trivial model with the study's interface, for each runtime: what a single query costs with (almost) no
-compute, the runtime's own call overhead.
+"""A trivial model with the study's interface: a single query on it is the runtime's own call overhead.
 
-``image`` float32 (N, 28, 28, 1) -> flatten -> a 784 x 5 dense layer -> softmax -> ``probabilities`` (N, 5):
-3,920 multiply-adds, a few nanoseconds of arithmetic, so the time of a query on it is the call path: the
-Python binding, input and output copies, the runtime's dispatch and threads waking up. The same SUT class
-runs it with the same settings as the real row, so a single-stream row splits into overhead and compute.
+``image`` (N, 28, 28, 1) -> flatten -> 784 x 5 dense -> softmax -> ``probabilities`` (N, 5): a few nanoseconds of
+arithmetic, so a query's time is the call path (binding, copies, dispatch, threads waking). The same SUT class runs
+it with the real row's settings, so a single-stream row splits into overhead and compute.
 """
 
 from __future__ import annotations
