@@ -58,10 +58,12 @@ def _number(kind: type, low: float, high: float) -> Callable[[str], float]:
 def _csv(expected: str, item: Callable[[str], object] = str,
          choices: Collection[str] = ()) -> Callable[[str], list]:
     """An argparse type: comma-separated values, each through ``item`` (which raises on a bad one) and among
-    ``choices`` when given, duplicates dropped; else one line naming the text and what was ``expected``."""
+    ``choices`` when given, duplicates dropped; else one line naming the text and what was ``expected``. An empty
+    item is skipped in a list of names and refused in a list of numbers (``item`` raises on it)."""
     def parse(text: str) -> list:
         try:
-            values = list(dict.fromkeys(item(value.strip()) for value in text.split(",") if value.strip()))
+            values = list(dict.fromkeys(item(value.strip()) for value in text.split(",")
+                                        if value.strip() or item is not str))
         except (ValueError, argparse.ArgumentTypeError):
             values = []
         if not values or choices and not set(values) <= set(choices):
@@ -75,6 +77,8 @@ def _choices(choices: Collection[str]) -> Callable[[str], list]:
 
 
 def _batch_size(text: str) -> int:
+    if text != "all" and not text.isdigit():  # digits only: no sign, no underscores
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number")
     return WHOLE_SPLIT if text == "all" else _number(int, 1, 1_000_000)(text)
 
 

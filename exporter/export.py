@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -92,7 +91,7 @@ def load_source(name: str, artifacts: Artifacts) -> SourceModel:
         missing = path if not path.exists() else meta_path
         raise ExportError(f"{missing}: no trained {name}; make it with: fmnist-train {name} --artifacts {artifacts.root}")
     meta = RunMetadata.read(meta_path)  # checked whole, base_weights included (it goes into every file's metadata)
-    if hashlib.sha256(path.read_bytes()).hexdigest() != meta.model_file["sha256"]:
+    if sha256_of(path) != meta.model_file["sha256"]:
         raise ExportError(f"{path}: does not match its metadata {meta_path} (sha256 differs); retrain with: fmnist-train {name}")
     try:
         model = load_trained(path)

@@ -7,6 +7,7 @@ Nothing is guessed, and everything about the file is checked before anything is 
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import itertools
@@ -22,9 +23,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
-from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+from onnx.external_data_helper import uses_external_data
 
-from exporter.contract import BATCH_DIM, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, OUTPUT_SHAPE, ManifestFile
+from exporter.contract import (BATCH_DIM, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, OUTPUT_SHAPE, SOURCE_ONNX_PROP,
+                               ManifestFile)
 from exporter.convert import MIN_OPSET
 from exporter.export import (ExportError, ExportOptions, ParityCheck, Publication, check_manifest,
                              evaluation_images, publish_variants)
@@ -120,7 +122,7 @@ def import_onnx(request: ImportRequest, artifacts: Artifacts, options: ExportOpt
         "input": "image: float32 [batch, 28, 28, 1], grey pixels in [0, 1] (Fashion-MNIST / 255)",
         "output": "probabilities: float32 [batch, 5], softmax over class_names",
         "source_onnx_file": request.path.name,
-        "source_onnx_sha256": source.sha256,
+        SOURCE_ONNX_PROP: source.sha256,
         "source_onnx_producer": producer,
         "source_input": f"{interface.input_name} {interface.layout.upper()} {_shown_dims(interface.input_dims)} "
                         f"(from {interface.layout_from})",
@@ -210,7 +212,9 @@ def _load_external_data(proto: onnx.ModelProto, path: Path, size: int) -> None:
         return
     sizes: dict[Path, int] = {}
     for tensor in external:
-        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        # The last entry of a key wins, as onnx's loader reads them: the checks below see the file it will read.
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
         where = f"{shown}: tensor {tensor.name[:60]!r} keeps its data in {location[:80]!r}"
         if (not location or PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute()
                 or ".." in PurePosixPath(location.replace("\\", "/")).parts):
@@ -222,10 +226,12 @@ def _load_external_data(proto: onnx.ModelProto, path: Path, size: int) -> None:
             raise OnnxImportError(f"{where}, which is {'not a file' if target.exists() else 'missing'}")
         sizes[target] = target.stat().st_size
         try:
-            info = ExternalDataInfo(tensor)
+            offset = int(info.get("offset", 0))
+            end = offset + int(info.get("length", sizes[target] - offset))
         except ValueError:
-            raise OnnxImportError(f"{where}, with an offset or length that is not a byte count") from None
-        end = (info.offset or 0) + (sizes[target] - (info.offset or 0) if info.length is None else info.length)
+            offset = end = -1
+        if offset < 0 or end < offset:
+            raise OnnxImportError(f"{where}, with an offset or length that is not a byte count")
         if end > sizes[target]:
             raise OnnxImportError(f"{where}, which is truncated ({sizes[target]:,} bytes, the tensor ends at {end:,})")
     total = size + sum(sizes.values())
@@ -240,15 +246,16 @@ def _load_external_data(proto: onnx.ModelProto, path: Path, size: int) -> None:
 
 def _bodies(*roots: onnx.GraphProto | onnx.FunctionProto) -> Iterator[tuple[onnx.GraphProto | onnx.FunctionProto, str]]:
     """``roots`` (graphs or local functions) and every subgraph inside them, each with where it is, for messages."""
-    stack = [(root, f", in local function {root.name[:60]}" if isinstance(root, onnx.FunctionProto) else "")
-             for root in roots]
-    while stack:
-        body, where = stack.pop()
+    # First in, first out: the graph before its functions and subgraphs, so a message names the first offender.
+    waiting = collections.deque((root, f", in local function {root.name[:60]}" if isinstance(root, onnx.FunctionProto)
+                                 else "") for root in roots)
+    while waiting:
+        body, where = waiting.popleft()
         yield body, where
         for node in body.node:
             for attr in node.attribute:
                 subgraphs = [*([attr.g] if attr.HasField("g") else []), *attr.graphs]
-                stack.extend((sub, f", in a subgraph of {node.op_type}") for sub in subgraphs)
+                waiting.extend((sub, f", in a subgraph of {node.op_type}") for sub in subgraphs)
 
 
 def _tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:

@@ -231,12 +231,13 @@ def test_report_shows_both_beside_the_study_marked_yours(yours: dict):
 
 # --------------------------------------------------------------------------- bad ONNX files
 
-def _external(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
+def _external(model: onnx.ModelProto, *locations: str) -> onnx.ModelProto:
     tensor = next(t for t in model.graph.initializer if t.name == "fc.weight")
     tensor.ClearField("raw_data")
     tensor.ClearField("float_data")
     tensor.data_location = TensorProto.EXTERNAL
-    tensor.external_data.add(key="location", value=location)
+    for location in locations:
+        tensor.external_data.add(key="location", value=location)
     return model
 
 
@@ -257,6 +258,9 @@ BAD_FILES = {
     "unknown domain": (lambda: nchw_logits_model(domain="com.example.ops"), [], "is in operator domain 'com.example.ops'"),
     "external data above": (lambda: _external(nchw_logits_model(), "../weights.bin"), [], "outside the file's folder"),
     "external data absolute": (lambda: _external(nchw_logits_model(), "/etc/passwd"), [], "outside the file's folder"),
+    # A file inside the folder named first, and the one onnx's loader reads (the last) outside it.
+    "external data named twice": (lambda: _external(nchw_logits_model(), "net.onnx", "../weights.bin"), [],
+                                  "keeps its data in '../weights.bin', outside the file's folder"),
     "oversized": (_sparse_oversized, [], "over the 2,147,483,648-byte ceiling"),
     "truncated": (_truncated, [], "not a readable ONNX file (truncated or damaged"),
     "no option, no softmax": (nchw_logits_model, [], "cannot tell whether output 'logits' (from a Gemm node) is probabilities or logits"),

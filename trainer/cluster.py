@@ -208,7 +208,7 @@ def _failure(summary: str, failed: list[tuple[str, BaseException]]) -> Exception
 def _install(archive: bytes, model: str, artifacts: Artifacts) -> None:
     """Move one model's files from a task into ``artifacts`` under its lock, as a serial run holds it: each with one
     rename, the metadata (it says the model is done) last. A checkpoint of an interrupted serial run is superseded."""
-    from trainer.training import model_lock  # noqa: PLC0415
+    from trainer.training import discard_checkpoint, model_lock  # noqa: PLC0415
 
     with model_lock(artifacts, model), _unpacked(archive, artifacts.root / "models") as tmp:
         staging = Artifacts(tmp)
@@ -222,7 +222,7 @@ def _install(archive: bytes, model: str, artifacts: Artifacts) -> None:
                 with writing(target):
                     target.parent.mkdir(exist_ok=True)
                     source.replace(target)
-        shutil.rmtree(artifacts.backup_dir(model), ignore_errors=True)
+        discard_checkpoint(artifacts, model)
 
 
 def _keep_diverged(diverged: _Diverged, root: Path) -> BaseException:

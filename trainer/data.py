@@ -548,6 +548,7 @@ def _npy_child(fd: int, start: int, size: int, memory: int, seconds: int, out: s
 
     stderr = os.open(os.path.join(out, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(stderr, 2)  # what goes wrong past the checks below, for the parent's message; not the user's terminal
+    os.close(stderr)
 
     try:
         with open("/proc/self/statm") as statm:

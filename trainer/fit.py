@@ -28,12 +28,14 @@ import numpy as np
 import pandas as pd
 
 from trainer.artifacts import Artifacts, ArtifactsError, atomic_path, clip, write_json_atomic, writing
-from trainer.config import PRECISION_POLICIES, TrainConfig
+from trainer.config import DEFAULTS, PRECISION_POLICIES, TrainConfig
 from trainer.data import NUM_CLASSES, Dataset, Splits
 from trainer.models import BuiltModel
 
 FEATURE_BATCH = 256
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}  # trainer/config.py's DEFAULTS.optimizers
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
+if set(OPTIMIZERS) != set(DEFAULTS.optimizers):  # the CLI offers config's names; each must build here
+    raise RuntimeError(f"trainer.fit builds {sorted(OPTIMIZERS)}, trainer.config knows {sorted(DEFAULTS.optimizers)}")
 
 
 @dataclass

@@ -35,29 +35,31 @@ def exclusive(lock_file: Path, what: str, wait_s: float = 0.0) -> Iterator[None]
     suits locks held for milliseconds (a table being rewritten), where refusing would lose a finished run.
     """
     key = os.path.realpath(lock_file)
-    _HELD[key] = _HELD.get(key, 0) + 1
-    try:
-        if _HELD[key] > 1:  # an outer block of this process holds it already
-            yield
-            return
+    if key in _HELD:  # an outer block of this process holds it already
+        _HELD[key] += 1
         try:
-            lock_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise LockedError(f"{lock_file}: cannot create the lock for {what} ({exc.strerror})") from None
-        try:
-            _acquire(fd, time.monotonic() + wait_s, f"{lock_file}: {what}")
-            command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200] if sys.argv else ""
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()} ({command}), "
-                           f"since {datetime.now(timezone.utc).isoformat(timespec='seconds')}").encode(), 0)
             yield
         finally:
-            os.close(fd)  # releases the flock
-    finally:
-        _HELD[key] -= 1
-        if not _HELD[key]:
+            _HELD[key] -= 1
+        return
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LockedError(f"{lock_file}: cannot create the lock for {what} ({exc.strerror})") from None
+    try:
+        _acquire(fd, time.monotonic() + wait_s, f"{lock_file}: {what}")
+        command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200] if sys.argv else ""
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()} ({command}), "
+                       f"since {datetime.now(timezone.utc).isoformat(timespec='seconds')}").encode(), 0)
+        _HELD[key] = 1  # counted once held, not while waiting for it
+        try:
+            yield
+        finally:
             del _HELD[key]
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _acquire(fd: int, deadline: float, what: str) -> None:

@@ -29,8 +29,8 @@ ORT_ERROR = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 
 
 # TensorFlow's two log formats: absl's "I0000 00:00:1795599560.736354   19629 cudart_stub.cc:31] ..."
 # and the older "2025-09-17 14:44:05.157831: I external/.../cudart_stub.cc:32] ...".
-_TF_LINE = re.compile(r"^(?:(?P<absl>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+"
-                      r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tsl>[IWEF])) \S+:\d+\] ")
+_TF_LINE = re.compile(r"^(?:(?P<absl>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+"
+                      r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tsl>[IWEF]) )\S+:\d+\] ")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 # Lines that inform, shown at level 0 only: absl's banner, TF Lite's own INFO log, the TF Lite quantizer's
 # settings (LiteRT's int8 in bench/runtimes/peers.py), and the second line of cpu_feature_guard's notice.
