@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from exporter.affine import channel_affine_to_depthwise, float_affine_nodes
 from exporter.cli import main
-from tiny import LENIENT, run_onnx, train, write_idx_dir
+from tiny import LENIENT, run_onnx
+from trainer.artifacts import Artifacts
 
 
 def _affine_graph(scale_shape: tuple[int, ...], input_shape: list) -> onnx.ModelProto:
@@ -51,8 +53,9 @@ def test_dense_affine_stays_in_float(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rewrite", [True, False])
-def test_int8_model2_quantizes_its_batchnorm_as_depthwise_conv(tmp_path: Path, rewrite: bool):
-    art = train("model2", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=600))
+def test_int8_model2_quantizes_its_batchnorm_as_depthwise_conv(tiny_model2: Artifacts, tmp_path: Path, rewrite: bool):
+    shutil.copytree(tiny_model2.root, tmp_path / "art")
+    art = Artifacts(tmp_path / "art")
     flags = [] if rewrite else ["--no-affine-rewrite"]
     assert main(["model2", "--artifacts", str(art.root), "--variants", "int8", *LENIENT, *flags]) == 0
     proto = onnx.load(art.onnx_dir / "model2.int8.onnx")

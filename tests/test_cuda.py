@@ -26,12 +26,12 @@ from onnx import TensorProto, helper
 
 from bench.runtimes.cuda import (
     CUDA_PREFIX,
+    DeviceRun,
     Placement,
     _placement_from_events,
     captured_output,
     classify_cuda_failure,
     cuda_provider_options,
-    device_timer,
     node_placement,
     open_session,
     probe_model,
@@ -209,7 +209,7 @@ def test_placement_labels_and_copies():
 def test_device_timer_on_cpu_gives_what_run_gives(tmp_path: Path):
     session = open_session(tiny_model(tmp_path / "tiny.onnx"), ort.SessionOptions(), "cpu")
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    timer = device_timer(session, "x", "y", x)
+    timer = DeviceRun(session, "x", "y", x)
     assert timer.device == "cpu"
     assert timer() is None
     timer()
@@ -381,14 +381,14 @@ def test_on_a_gpu_cuda_runs_every_node_and_the_device_timer_matches_run(tmp_path
     path = tiny_model(tmp_path / "tiny.onnx")
     result, _ = _python(f"""
         import json, numpy as np, onnxruntime as ort
-        from bench.runtimes.cuda import ProviderUnavailable, cuda_provider_options, device_timer, node_placement, open_session
+        from bench.runtimes.cuda import DeviceRun, ProviderUnavailable, cuda_provider_options, node_placement, open_session
         x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
         try:
             session = open_session({str(path)!r}, ort.SessionOptions(), "cuda", cuda_provider_options())
         except ProviderUnavailable as exc:
             print(json.dumps({{"unavailable": str(exc)}}))
             raise SystemExit
-        timer = device_timer(session, "x", "y", x)
+        timer = DeviceRun(session, "x", "y", x)
         timer()
         placement = node_placement({str(path)!r}, ort.SessionOptions(), "cuda", cuda_provider_options(), x)
         print(json.dumps({{"device": timer.device, "diff": float(np.abs(timer.output() - session.run(["y"], {{"x": x}})[0]).max()),

@@ -3,6 +3,7 @@ Flatten (exporter/simplify.py): each rewrite computes what the graph computed, c
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from exporter.cli import main
 from exporter.fold import affine_after_maxpool, fold_affine_forward
 from exporter.simplify import static_reshapes
-from tiny import LENIENT, run_onnx, train, write_idx_dir
+from tiny import LENIENT, run_onnx
+from trainer.artifacts import Artifacts
 
 RNG = np.random.default_rng(0)
 
@@ -142,10 +144,11 @@ def test_affine_moves_after_a_maxpool(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("graph, muls", [("depthwise", 0), ("fold", 0), ("converted", 4)])
-def test_export_fp32_graphs_pass_the_parity_gate(tmp_path: Path, graph: str, muls: int):
+def test_export_fp32_graphs_pass_the_parity_gate(tiny_model2: Artifacts, tmp_path: Path, graph: str, muls: int):
     """Every --fp32-graph is the same function: the export's parity gate against Keras (1e-4) passes, and
     the file says which layout it has."""
-    art = train("model2", tmp_path / "art", write_idx_dir(tmp_path / "idx", n=600))
+    shutil.copytree(tiny_model2.root, tmp_path / "art")
+    art = Artifacts(tmp_path / "art")
     assert main(["model2", "--artifacts", str(art.root), "--variants", "fp32,fp16", "--fp32-graph", graph, *LENIENT]) == 0
     proto = onnx.load(art.onnx_dir / "model2.onnx")
     assert [n.op_type for n in proto.graph.node].count("Mul") == muls

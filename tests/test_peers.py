@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.measure import machine as machine_module
 from bench.runtimes import peers
 from bench.measure.cases import discover, load_test_split, read_exports
 from bench.cli import build_parser, main, selection
@@ -42,6 +43,12 @@ def _copy_without_litert_cache(tiny_export: Artifacts, dest: Path) -> Artifacts:
 
 @pytest.mark.slow
 def test_peer_rows_run_through_the_measurement_core(tiny_export: Artifacts, tmp_path: Path, monkeypatch, capsys):
+    # The yardsticks, measured through every installed runtime (OpenVINO's among them) at the run's start and end,
+    # with one timed call each rather than five: their precision is test_measure.py's, and five calls of a dozen
+    # large products twice a run were a third of this test.
+    measure_yardsticks = machine_module.measure_yardsticks
+    monkeypatch.setattr(machine_module, "measure_yardsticks",
+                        lambda threads, seconds: measure_yardsticks(threads, seconds, repeats=1))
     records = _run(tiny_export, tmp_path / "first", "--providers", "openvino,openvino-f32,litert", "--variants", "fp32,int8",
                    "--operations", "predict,single-stream", "--yardstick-s", "0.05")
     by_id = {r.id: r for r in records}
@@ -165,9 +172,12 @@ assert main({run!r} + ['--providers', 'litert', '--report-dir', {str(tmp_path / 
 @pytest.mark.slow
 def test_the_bench_runs_without_tensorflow_or_openvino(tiny_export: Artifacts, tmp_path: Path):
     """onnxruntime rows need neither; LiteRT rows need TensorFlow only to convert, not to run a cached conversion."""
-    art = _copy_without_litert_cache(tiny_export, tmp_path / "art")
-    (case,) = discover(art, variants=["fp32"], providers=["litert"])
-    converted = peers.litert_file(art, case)  # converted here, where TensorFlow is
+    (case,) = discover(tiny_export, variants=["fp32"], providers=["litert"])
+    # Converted here, where TensorFlow is (once a session: the peer rows' cache), and copied with the artifacts.
+    cached = peers.litert_file(tiny_export, case)
+    art = Artifacts(tmp_path / "art")
+    shutil.copytree(tiny_export.root, art.root, ignore=shutil.ignore_patterns("reports"))
+    converted = art.root / "litert" / cached.name
     run = ["run", "--artifacts", str(art.root), "--operations", "predict", *FAST_RUN]
     result = run_python(f"""
 from bench.cli import main

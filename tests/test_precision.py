@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -107,14 +106,35 @@ def test_a_bf16_model_computes_in_bf16_on_float32_weights_with_a_float32_output(
 
 
 @pytest.mark.slow
-def test_fp32_and_bf16_models_train_one_after_another_in_one_process(bf16: Artifacts, idx: Path, tmp_path: Path):
+@pytest.mark.parametrize(("first", "second"), [("bf16", "fp32"), ("fp32", "bf16")])
+def test_a_checkpoint_is_never_resumed_under_another_precision_and_each_trains_after_the_other_in_one_process(
+        first: str, second: str, bf16: Artifacts, idx: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    # One training serves both: the run that discards the checkpoint is the command line's, and its model, metadata
+    # and Table 1 show the precision it trained in, right after a run in the other (``bf16``: a whole bf16 run too).
+    dataset = data.load_dataset(idx)
+    splits = data.split_dataset(dataset)
     art = Artifacts(tmp_path / "art")
-    assert train_main(["model1", "--data", str(idx), "--artifacts", str(art.root), *TINY]) == 0
-    model = load_trained(art.model_file("model1"))
-    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    config = resolve_config("model1", epochs=2, batch_size=64, precision=first)  # as the command line resolves it
+    with pytest.raises(KeyboardInterrupt):
+        train_one(config, dataset, splits, art, quiet=True, extra_callbacks=[crash_after(0)])
+    assert json.loads((art.backup_dir("model1") / "epoch-0001" / "state.json").read_text())["epoch"] == 1
+    assert keras.config.dtype_policy().name == "float32"  # restored even though the run died
+
+    capsys.readouterr()
+    assert train_main(["model1", "--data", str(idx), "--artifacts", str(art.root), "--epochs", "2", "--batch-size", "64",
+                       "--precision", second, "--quiet"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "discarding checkpoint" in line]
+    assert len(lines) == 1 and "another configuration" in lines[0] and "(precision differs)" in lines[0]
     meta = RunMetadata.read(art.metadata_file("model1"))
-    assert meta.config["precision"] == "fp32" and meta.extra["dtype_policy"] == "float32"
-    assert list(pd.read_csv(art.reports_dir / "table1.csv")["Precision"]) == ["fp32"]
+    assert meta.training["resumed_from_epoch"] == 0 and meta.config["precision"] == second
+    assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1]
+
+    policy = {"fp32": "float32", "bf16": "mixed_bfloat16"}[second]
+    model = load_trained(art.model_file("model1"))
+    *hidden, output = model.layers
+    assert {layer.dtype_policy.name for layer in hidden} == {policy} and output.dtype_policy.name == "float32"
+    assert meta.extra["dtype_policy"] == policy
+    assert list(pd.read_csv(art.reports_dir / "table1.csv")["Precision"]) == [second]
     # Metadata written before --precision (no such field) is an fp32 model in Table 1.
     payload = json.loads(art.metadata_file("model1").read_text())
     del payload["config"]["precision"]
@@ -122,27 +142,6 @@ def test_fp32_and_bf16_models_train_one_after_another_in_one_process(bf16: Artif
     from trainer.reports import table1
 
     assert list(table1(art, ["model1"])["Precision"]) == ["fp32"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("first", "second"), [("bf16", "fp32"), ("fp32", "bf16")])
-def test_a_checkpoint_is_never_resumed_under_another_precision(first: str, second: str, idx: Path, tmp_path: Path):
-    dataset = data.load_dataset(idx)
-    splits = data.split_dataset(dataset)
-    art = Artifacts(tmp_path / "art")
-    config = resolve_config("model1", epochs=2, batch_size=64, base_weights="none", precision=first)
-    with pytest.raises(KeyboardInterrupt):
-        train_one(config, dataset, splits, art, quiet=True, extra_callbacks=[crash_after(0)])
-    assert json.loads((art.backup_dir("model1") / "epoch-0001" / "state.json").read_text())["epoch"] == 1
-    assert keras.config.dtype_policy().name == "float32"  # restored even though the run died
-
-    log = io.StringIO()
-    meta = train_one(resolve_config("model1", epochs=2, batch_size=64, base_weights="none", precision=second),
-                     dataset, splits, art, quiet=True, log=log)
-    lines = [line for line in log.getvalue().splitlines() if "discarding checkpoint" in line]
-    assert len(lines) == 1 and "another configuration" in lines[0]
-    assert meta.training["resumed_from_epoch"] == 0 and meta.config["precision"] == second
-    assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1]
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tiny import run_python, crash_after
+from tiny import crash_after, run_python, write_idx_dir
 from trainer import data
 from trainer.artifacts import Artifacts
 from trainer.cli import main
@@ -67,26 +68,6 @@ def test_cli_reads_the_reports_npy(report_npy: Path, artifacts_dir: Path):
     assert meta["schema_version"] == 1
 
 
-@pytest.mark.slow
-def test_interrupted_training_resumes_where_it_stopped(idx_dir: Path, tmp_path: Path):
-    dataset = data.load_dataset(idx_dir)
-    splits = data.split_dataset(dataset)
-    art = Artifacts(tmp_path / "art")
-    with pytest.raises(KeyboardInterrupt):
-        train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
-    # Only the newest epoch's checkpoint is kept, published under its epoch's name.
-    assert [p.name for p in art.backup_dir("model1").iterdir()] == ["epoch-0002"]
-    assert not art.model_file("model1").exists()
-
-    log = io.StringIO()
-    meta = train_one(_config(), dataset, splits, art, log=log)
-    assert meta.training["resumed_from_epoch"] == 2
-    assert "resuming at epoch 3/3" in log.getvalue()
-    assert log.getvalue().count("] epoch ") == 1  # only the third epoch ran again
-    assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1, 2]
-    assert not art.backup_dir("model1").exists()
-
-
 class _State(keras.callbacks.Callback):
     """The trainable model's weights and optimizer variables when training begins and after each epoch."""
 
@@ -105,28 +86,66 @@ class _State(keras.callbacks.Callback):
         self.after_epoch[epoch] = self._now()
 
 
-@pytest.mark.slow
-def test_a_resumed_run_continues_from_the_exact_weights_and_optimizer_state(idx_dir: Path, tmp_path: Path):
-    dataset = data.load_dataset(idx_dir)
-    splits = data.split_dataset(dataset)
-    art = Artifacts(tmp_path / "art")
-    first = _State()
-    with pytest.raises(KeyboardInterrupt):
-        train_one(_config(epochs=2), dataset, splits, art, quiet=True, extra_callbacks=[first, crash_after(0)])
-    saved = first.after_epoch[0]
+@dataclass(frozen=True)
+class Interrupted:
+    """model1's 3-epoch run (``_config()``) killed after its second epoch, and the state its checkpoint saved."""
 
+    root: Path
+    dataset: data.Dataset
+    splits: data.Splits
+    saved: list[np.ndarray]  # weights and optimizer variables after epoch 2 (_State)
+
+    def copy(self, folder: Path) -> Artifacts:
+        """A copy of the interrupted artifacts folder, for a test to resume or discard."""
+        shutil.copytree(self.root, folder)
+        return Artifacts(folder)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Interrupted:
+    # Killed once for the module: each test that resumes or discards the checkpoint works on a copy of its own.
+    folder = tmp_path_factory.mktemp("interrupted")
+    dataset = data.load_dataset(write_idx_dir(folder / "idx"))
+    splits = data.split_dataset(dataset)
+    state = _State()
+    with pytest.raises(KeyboardInterrupt):
+        train_one(_config(), dataset, splits, Artifacts(folder / "art"), quiet=True, extra_callbacks=[state, crash_after(1)])
+    return Interrupted(folder / "art", dataset, splits, state.after_epoch[1])
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_where_it_stopped_from_the_exact_weights_and_optimizer_state(
+        interrupted: Interrupted, tmp_path: Path):
     finals = []
     for copy in ("a", "b"):  # two resumes of the same checkpoint
-        shutil.copytree(art.root, tmp_path / copy)
-        resumed = _State()
-        meta = train_one(_config(epochs=2), dataset, splits, Artifacts(tmp_path / copy), quiet=True, extra_callbacks=[resumed])
-        assert meta.training["resumed_from_epoch"] == 1
-        assert len(resumed.at_begin) == len(saved) > len(resumed.model.weights)  # the optimizer's variables too
-        for now, then in zip(resumed.at_begin, saved, strict=True):
+        art = interrupted.copy(tmp_path / copy)
+        # Only the newest epoch's checkpoint is kept, published under its epoch's name.
+        assert [p.name for p in art.backup_dir("model1").iterdir()] == ["epoch-0002"]
+        assert not art.model_file("model1").exists()
+
+        log, resumed = io.StringIO(), _State()
+        meta = train_one(_config(), interrupted.dataset, interrupted.splits, art, log=log, extra_callbacks=[resumed])
+        assert meta.training["resumed_from_epoch"] == 2
+        assert "resuming at epoch 3/3" in log.getvalue()
+        assert log.getvalue().count("] epoch ") == 1  # only the third epoch ran again
+        assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1, 2]
+        assert not art.backup_dir("model1").exists()
+        assert len(resumed.at_begin) == len(interrupted.saved) > len(resumed.model.weights)  # the optimizer's variables too
+        for now, then in zip(resumed.at_begin, interrupted.saved, strict=True):
             np.testing.assert_array_equal(now, then)  # weights, Adam's moments and step count, exactly as saved
-        finals.append(resumed.after_epoch[1])
+        finals.append(resumed.after_epoch[2])
     for a, b in zip(*finals, strict=True):
         np.testing.assert_array_equal(a, b)  # and training continues the same way each time
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_configuration_is_not_resumed(interrupted: Interrupted, tmp_path: Path):
+    art = interrupted.copy(tmp_path / "art")
+    log = io.StringIO()
+    meta = train_one(_config(lr=5e-4), interrupted.dataset, interrupted.splits, art, quiet=True, log=log)
+    assert "discarding checkpoint" in log.getvalue()
+    assert meta.training["resumed_from_epoch"] == 0
+    assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1, 2]
 
 
 @pytest.mark.slow
@@ -150,30 +169,20 @@ def test_a_kill_after_the_last_epoch_keeps_the_trained_weights(idx_dir: Path, tm
 
 
 @pytest.mark.slow
-def test_checkpoint_of_another_configuration_is_not_resumed(idx_dir: Path, tmp_path: Path):
+def test_head_on_cached_features_equals_training_through_the_frozen_base_and_the_cache_is_reused_and_keyed_by_data(
+        idx_dir: Path, tmp_path: Path):
+    # One test: the feature cache is checked on the features this one extracts anyway (a frozen base costs ~10 s).
+    # ResNet50 here (its frozen BatchNorm in inference mode) and VGG16 in test_export.py: both transfer models train.
     dataset = data.load_dataset(idx_dir)
     splits = data.split_dataset(dataset)
+    config = _config("resnet50", epochs=2)
     art = Artifacts(tmp_path / "art")
-    with pytest.raises(KeyboardInterrupt):
-        train_one(_config(), dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
-    log = io.StringIO()
-    meta = train_one(_config(lr=5e-4), dataset, splits, art, quiet=True, log=log)
-    assert "discarding checkpoint" in log.getvalue()
-    assert meta.training["resumed_from_epoch"] == 0
-    assert list(pd.read_csv(art.history_file("model1"))["epoch"]) == [0, 1, 2]
-
-
-@pytest.mark.slow
-def test_head_on_cached_features_equals_training_through_the_frozen_base(idx_dir: Path, tmp_path: Path):
-    dataset = data.load_dataset(idx_dir)
-    splits = data.split_dataset(dataset)
-    config = _config("vgg16", epochs=2)
 
     keras.utils.set_random_seed(0)
-    fast = create_model("vgg16")
+    fast = create_model("resnet50")
     keras.utils.set_random_seed(0)
-    slow = create_model("vgg16")
-    outcome = fit(fast, dataset, splits, config, Artifacts(tmp_path / "art"), quiet=True)
+    slow = create_model("resnet50")
+    outcome = fit(fast, dataset, splits, config, art, quiet=True)
     assert not outcome.features_cached
 
     # The report's way: fit the whole model on images, the frozen base recomputed every batch.
@@ -183,16 +192,12 @@ def test_head_on_cached_features_equals_training_through_the_frozen_base(idx_dir
     fast_p = fast.model.predict(x_test, verbose=0)
     slow_p = slow.model.predict(x_test, verbose=0)
     np.testing.assert_allclose(fast_p, slow_p, atol=1e-4)
-    assert not np.allclose(fast_p, create_model("vgg16").model.predict(x_test, verbose=0), atol=1e-4)  # it did train
+    assert not np.allclose(fast_p, create_model("resnet50").model.predict(x_test, verbose=0), atol=1e-4)  # it did train
 
-
-@pytest.mark.slow
-def test_feature_cache_is_reused_and_keyed_by_data(idx_dir: Path, tmp_path: Path):
-    art = Artifacts(tmp_path / "art")
-    dataset = data.load_dataset(idx_dir)
-    for expected_cached, ds in ((False, dataset), (True, dataset), (False, dataset.limit(200))):
+    # The same base on the same data again takes its features from the cache; other data computes its own.
+    for expected_cached, ds in ((True, dataset), (False, dataset.limit(200))):
         keras.utils.set_random_seed(0)
-        outcome = fit(create_model("resnet50"), ds, data.split_dataset(ds), _config("resnet50", epochs=1), art, quiet=True)
+        outcome = fit(create_model("resnet50"), ds, data.split_dataset(ds), config, art, quiet=True)
         assert outcome.features_cached is expected_cached
     assert len(list(art.features_dir().glob("resnet50-*.npy"))) == 2
 

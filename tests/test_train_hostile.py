@@ -56,10 +56,30 @@ def tiny(idx: Path) -> tuple[data.Dataset, data.Splits]:
 
 
 @pytest.fixture(scope="module")
-def trained(idx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An artifacts folder with model1 trained (1 epoch); copy it before changing it."""
+def after_a_killed_holder(idx: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """model1 trained (1 epoch) by the first run on a fresh artifacts folder after another process, holding model1's
+    lock there, was SIGKILLed; with what was seen on the way: what a try at the lock got while the holder lived,
+    whether its lock file was left, the run's exit status. One training for ``trained`` and for
+    test_a_killed_holder_leaves_no_stale_lock, which checks what was seen."""
     root = tmp_path_factory.mktemp("trained") / "art"
-    assert main(["model1", "--data", str(idx), "--artifacts", str(root), *TINY]) == 0
+    lock = Artifacts(root).lock_file("model1")
+    with _held_by_another_process(lock) as holder:
+        seen: dict = {"holder_pid": holder.pid, "refused": None}
+        try:
+            with exclusive(lock, "model1"):
+                pass
+        except LockedError as exc:
+            seen["refused"] = str(exc)
+    seen["lock_left"] = lock.exists()
+    seen["exit"] = main(["model1", "--data", str(idx), "--artifacts", str(root), *TINY])
+    return root, seen
+
+
+@pytest.fixture(scope="module")
+def trained(after_a_killed_holder: tuple[Path, dict]) -> Path:
+    """An artifacts folder with model1 trained (1 epoch); copy it before changing it."""
+    root, seen = after_a_killed_holder
+    assert seen["exit"] == 0
     return root
 
 
@@ -115,16 +135,12 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder_and_writes
 
 
 @pytest.mark.slow
-def test_a_killed_holder_leaves_no_stale_lock(idx: Path, tmp_path: Path):
-    root = tmp_path / "art"
-    lock = Artifacts(root).lock_file("model1")
-    with _held_by_another_process(lock) as holder:
-        with pytest.raises(LockedError, match=f"pid {holder.pid} "):
-            with exclusive(lock, "model1"):
-                pass
+def test_a_killed_holder_leaves_no_stale_lock(after_a_killed_holder: tuple[Path, dict]):
+    root, seen = after_a_killed_holder
+    assert seen["refused"] is not None and f"pid {seen['holder_pid']} " in seen["refused"]  # refused while it lived
     # SIGKILLed: no cleanup ran, the lock file is still there, yet the next run gets the lock.
-    assert lock.exists()
-    assert main(["model1", "--data", str(idx), "--artifacts", str(root), *TINY]) == 0
+    assert seen["lock_left"]
+    assert seen["exit"] == 0
     assert _history_epochs(Artifacts(root)) == [0]
 
 
@@ -158,47 +174,43 @@ def _checkpoint_names(art: Artifacts) -> list[str]:
     return sorted(p.name for p in art.backup_dir("model1").iterdir())
 
 
-@pytest.mark.slow
-def test_a_kill_between_the_history_row_and_the_checkpoint_loses_no_epoch(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    dataset, splits = tiny
-    art = Artifacts(tmp_path / "art")
-    publish = fit_mod.Checkpoint.on_epoch_end
-
-    def killed_before_checkpoint_2(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt  # the history row of epoch 2 is written; its checkpoint is not
-        publish(self, epoch, logs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(fit_mod.Checkpoint, "on_epoch_end", killed_before_checkpoint_2)
-        with pytest.raises(KeyboardInterrupt):
-            training_mod.train_one(_config(3), dataset, splits, art, quiet=True)
-    assert _checkpoint_names(art) == ["epoch-0001"]
-    assert _history_epochs(art) == [0, 1]
-
-    log = io.StringIO()
-    meta = training_mod.train_one(_config(3), dataset, splits, art, quiet=True, log=log)
-    assert f"resuming at epoch 2/3 from {art.backup_dir('model1') / 'epoch-0001'}" in log.getvalue()
-    assert meta.training["resumed_from_epoch"] == 1  # epoch 2 trains again, and its row is written once
-    assert _history_epochs(art) == [0, 1, 2] and meta.training["epochs_run"] == 3
+def _cli_config(epochs: int) -> TrainConfig:
+    """What fmnist-train resolves ``model1 --epochs N --batch-size 32`` to: a checkpoint the command line wrote
+    resumes only under it (its base_weights, "auto", is part of the checkpoint's identity)."""
+    return resolve_config("model1", epochs=epochs, batch_size=32)
 
 
-@pytest.mark.slow
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(idx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture):
-    root = tmp_path / "art"
-    argv = ["model1", "--data", str(idx), "--artifacts", str(root), "--epochs", "2", "--batch-size", "32"]
+@pytest.fixture(scope="module")
+def killed_in_epoch_2(idx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``fmnist-train model1 --epochs 2`` interrupted at the end of epoch 2, in the two states such a kill leaves:
+    "both", just after epoch 2's checkpoint was published and before epoch 1's was removed, and "newest", just
+    after that removal (where the interrupt came), epoch 2's checkpoint alone. One training for all the tests
+    that copy a state and damage it; copy before changing."""
+    states = tmp_path_factory.mktemp("killed-in-epoch-2")
+    root, both = states / "newest", states / "both"
+    discard = fit_mod._discard
 
-    def killed(folder: Path) -> None:  # the first removal: epoch 1's checkpoint, just after epoch 2's was published
+    def killed_once_removed(folder: Path) -> None:  # the first removal: epoch 1's checkpoint, after epoch 2's is out
+        shutil.copytree(root, both)
+        discard(folder)
         raise KeyboardInterrupt
 
-    with monkeypatch.context() as patch:
-        patch.setattr(fit_mod, "_discard", killed)
-        assert main([*argv, "--quiet"]) == 130
+    argv = ["model1", "--data", str(idx), "--artifacts", str(root), "--epochs", "2", "--batch-size", "32", "--quiet"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fit_mod, "_discard", killed_once_removed)
+        assert main(argv) == 130
+    return {"both": both, "newest": root}
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(killed_in_epoch_2: dict[str, Path], idx: Path,
+                                                                  tmp_path: Path, capsys: pytest.CaptureFixture):
+    root = tmp_path / "art"
+    shutil.copytree(killed_in_epoch_2["both"], root)  # killed where epoch 1's checkpoint was to be removed
+    argv = ["model1", "--data", str(idx), "--artifacts", str(root), "--epochs", "2", "--batch-size", "32"]
     backup = Artifacts(root).backup_dir("model1")
     assert _checkpoint_names(Artifacts(root)) == ["epoch-0001", "epoch-0002"]
     (backup / "epoch-0002" / "state.json").write_text('{"epo')  # damaged since it was published
-    capsys.readouterr()
 
     assert main(argv) == 0
     out, err = capsys.readouterr()
@@ -225,13 +237,12 @@ def _flip_a_byte(path: Path) -> None:
     ("history copy", "its history.csv is missing or damaged"),
     ("live history twice", None),
 ])
-def test_a_damaged_checkpoint_is_discarded_in_one_line(damage: str, note: str | None, tiny, tmp_path: Path):
-    from tiny import crash_after
-
+def test_a_damaged_checkpoint_is_discarded_in_one_line(damage: str, note: str | None, killed_in_epoch_2: dict[str, Path],
+                                                       tiny, tmp_path: Path):
     dataset, splits = tiny
     art = Artifacts(tmp_path / "art")
-    with pytest.raises(KeyboardInterrupt):
-        training_mod.train_one(_config(2), dataset, splits, art, quiet=True, extra_callbacks=[crash_after(1)])
+    shutil.copytree(killed_in_epoch_2["newest"], art.root)  # killed at the end of epoch 2: its checkpoint alone
+    assert _checkpoint_names(art) == ["epoch-0002"]
     checkpoint, history = art.backup_dir("model1") / "epoch-0002", art.history_file("model1")
     if damage == "state.json":
         (checkpoint / "state.json").write_bytes(b'{"identity": {"mod')
@@ -244,7 +255,7 @@ def test_a_damaged_checkpoint_is_discarded_in_one_line(damage: str, note: str | 
         history.write_text(text + text)
 
     log = io.StringIO()
-    meta = training_mod.train_one(_config(2), dataset, splits, art, quiet=True, log=log)
+    meta = training_mod.train_one(_cli_config(2), dataset, splits, art, quiet=True, log=log)
     notes = [line for line in log.getvalue().splitlines() if "checkpoint" in line and "resuming" not in line]
     if note is None:
         assert notes == [] and meta.training["resumed_from_epoch"] == 2
@@ -312,20 +323,20 @@ def _emptied(content: bytes) -> list[bytes]:
     return [b""]
 
 
-@pytest.mark.slow
-def test_a_kill_at_every_write_still_finishes_with_each_epoch_once(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture(scope="module")
+def recorded(tiny, tmp_path_factory: pytest.TempPathFactory) -> _Recorder:
+    """One training of model1 (``_config(2)``) with its artifacts folder recorded after and during every write."""
     dataset, splits = tiny
-    epochs = 2
-    root = tmp_path / "art"
-    art = Artifacts(root)
-    recorder = _Recorder(root, tmp_path / "states")
-    backup = art.backup_dir("model1")
+    work = tmp_path_factory.mktemp("recorded")
+    root = work / "art"
+    recorder = _Recorder(root, work / "states")
+    backup = Artifacts(root).backup_dir("model1")
 
     def in_checkpoint(path: object) -> bool:
         """A file in a checkpoint being written (its temporary folder, in the model's checkpoint folder)."""
         return Path(path).parent.parent == backup
 
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         save_weights, copyfile, replace = keras.Model.save_weights, shutil.copyfile, os.replace
         write_state, append = fit_mod.write_json_atomic, fit_mod._append_whole
 
@@ -378,39 +389,75 @@ def test_a_kill_at_every_write_still_finishes_with_each_epoch_once(tiny, tmp_pat
         patch.setattr(fit_mod, "_append_whole", row_appended)
         patch.setattr(training_mod, "accuracy_loss_plot", plotted)
         patch.setattr(reports_mod, "write_json_atomic", metadata_written)
-        training_mod.train_one(_config(epochs), dataset, splits, art, quiet=True, extra_callbacks=[_AtStart(recorder)])
+        training_mod.train_one(_config(2), dataset, splits, Artifacts(root), quiet=True, extra_callbacks=[_AtStart(recorder)])
+    return recorder
 
+
+@pytest.fixture(scope="module")
+def reruns(recorded: _Recorder, tiny, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Artifacts, object, str]]:
+    """Every recorded state copied and trained again with the same configuration, as the next run after that kill:
+    by state name, the rerun's artifacts folder, the metadata train_one returned (or the exception it raised) and its
+    log. The tests that read them check them; one rerun per state for all of them."""
+    dataset, splits = tiny
+    work = tmp_path_factory.mktemp("rerun")
+    results = {}
+    with pytest.MonkeyPatch.context() as patch:
+        # The reruns check the epochs, not the figures or timings: skip what costs time and writes no checkpoint.
+        patch.setattr(training_mod, "accuracy_loss_plot", lambda history, title, target: target.write_bytes(b"png"))
+        patch.setattr(training_mod, "evaluate", functools.partial(training_mod.evaluate, repeats=1))
+        patch.setattr(training_mod, "machine_info", lambda: {"cpu": "test", "cores": 1})
+        for state in sorted(recorded.states.iterdir()):
+            rerun = Artifacts(work / state.name)
+            shutil.copytree(state, rerun.root)
+            log = io.StringIO()
+            try:
+                outcome: object = training_mod.train_one(_config(2), dataset, splits, rerun, quiet=True, log=log)
+            except Exception as exc:  # noqa: BLE001 - every failure is kept and reported by the tests
+                outcome = exc
+            results[state.name] = (rerun, outcome, log.getvalue())
+    return results
+
+
+@pytest.mark.slow
+def test_a_kill_between_the_history_row_and_the_checkpoint_loses_no_epoch(recorded: _Recorder, reruns):
+    # The kill came just after epoch 2's history row was appended (the second append), before its checkpoint.
+    state = [s for s in sorted(recorded.states.iterdir()) if s.name.endswith("-after-model1.csv")][1]
+    assert _checkpoint_names(Artifacts(state)) == ["epoch-0001"]
+    assert _history_epochs(Artifacts(state)) == [0, 1]
+
+    rerun, meta, log = reruns[state.name]
+    assert isinstance(meta, RunMetadata), meta
+    assert f"resuming at epoch 2/2 from {rerun.backup_dir('model1') / 'epoch-0001'}" in log
+    assert meta.training["resumed_from_epoch"] == 1  # epoch 2 trains again, and its row is written once
+    assert _history_epochs(rerun) == [0, 1] and meta.training["epochs_run"] == 2
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_write_still_finishes_with_each_epoch_once(recorded: _Recorder, reruns):
+    epochs = 2
     # The write order trainer/fit.py documents: each epoch's history row, then its checkpoint written
     # in a temporary folder and published with one rename.
-    assert recorder.writes == ["model1.csv", "state.weights.h5", "history.csv", "state.json", "epoch-0001",
+    assert recorded.writes == ["model1.csv", "state.weights.h5", "history.csv", "state.json", "epoch-0001",
                                "model1.csv", "state.weights.h5", "history.csv", "state.json", "epoch-0002"]
 
-    states = sorted(recorder.states.iterdir())
+    states = sorted(recorded.states.iterdir())
     # The start; after and during each of the 8 writes inside an epoch and after each of the 2 publishing
     # renames; during the removal of epoch 1's checkpoint; 3 after fit().
     assert len(states) == 23
-    # The reruns check the epochs, not the figures or timings: skip what costs time and writes no checkpoint.
-    monkeypatch.setattr(training_mod, "accuracy_loss_plot", lambda history, title, target: target.write_bytes(b"png"))
-    monkeypatch.setattr(training_mod, "evaluate", functools.partial(training_mod.evaluate, repeats=1))
-    monkeypatch.setattr(training_mod, "machine_info", lambda: {"cpu": "test", "cores": 1})
+    assert list(reruns) == [state.name for state in states]  # each one was run again
     failures = []
     for state in states:
-        rerun = Artifacts(tmp_path / "rerun" / state.name)
-        shutil.copytree(state, rerun.root)
-        log = io.StringIO()
-        try:
-            meta = training_mod.train_one(_config(epochs), dataset, splits, rerun, quiet=True, log=log)
-        except Exception as exc:  # noqa: BLE001 - every failure is collected and reported below
-            failures.append(f"{state.name}: {type(exc).__name__}: {exc}")
+        rerun, meta, log = reruns[state.name]
+        if isinstance(meta, Exception):
+            failures.append(f"{state.name}: {type(meta).__name__}: {meta}")
             continue
         seen = _history_epochs(rerun)
         if seen != list(range(epochs)) or meta.training["epochs_run"] != epochs or meta.config["epochs"] != epochs:
             failures.append(f"{state.name}: history epochs {seen}, metadata says {meta.training['epochs_run']} run")
         if rerun.backup_dir("model1").exists() or list(rerun.backup_dir("model1").parent.glob(".*")):
             failures.append(f"{state.name}: a checkpoint was left behind")
-        if any("\n" in line or len(line) > 400 for line in log.getvalue().splitlines()):
+        if any("\n" in line or len(line) > 400 for line in log.splitlines()):
             failures.append(f"{state.name}: a note of more than one line")
-        shutil.rmtree(rerun.root)
     assert not failures, "\n".join(failures)
 
 

@@ -83,6 +83,11 @@ def train_and_export_model1(root: Path) -> "Artifacts":
     return art
 
 
+def train_model2(root: Path) -> "Artifacts":
+    """model2, trained one epoch on 600 tiny images (in ``root/idx``), not exported."""
+    return train("model2", root / "art", write_idx_dir(root / "idx", n=600))
+
+
 # A tiny `fmnist-bench run`: one round, a few queries, no peers' tools, no memory probe (a process per case: the
 # tests of memory ask for it with --memory on). Yardsticks are off for the whole suite (tests/conftest.py).
 FAST_RUN = ["--rounds", "1", "--min-queries", "5", "--min-duration", "0", "--tools", "off", "--memory", "off", "--quiet"]

@@ -318,8 +318,6 @@ class DeviceRun:
         return self._output.numpy()
 
 
-device_timer = DeviceRun  # device_timer(session, input_name, output_name, x): timing it measures device work only
-
 
 # --- Doctor
 
