@@ -410,8 +410,9 @@ def test_memory_bombs_are_stopped_by_the_readers_own_limit(tmp_path: Path, monke
     bombs = {
         "memo.npy": b"\x80\x02]r\xff\xff\xff\x7f.",  # a memo of 2**31 entries
         "bytes8.npy": b"\x80\x04\x8e" + (2**40).to_bytes(8, "little") + b"xx.",  # 1 TB of bytes, allocated before reading
-        # one 1 MB str, encoded 300 times
-        "alias.npy": _pickled({"features": [_Reduce(codecs.encode, (text, "latin1")) for _ in range(300)], "target": [1]}, protocol=2),
+        # one 1 MB str, encoded 10,000 times: 10 GB. (A fork may reuse the heap its parent freed before the limit
+        # counts: 300 MB once fit in what the earlier tests of a worker had freed, and read as "holds bytes".)
+        "alias.npy": _pickled({"features": [_Reduce(codecs.encode, (text, "latin1")) for _ in range(10_000)], "target": [1]}, protocol=2),
     }
     for name, payload in bombs.items():
         path = _npy_with_pickle(tmp_path / name, payload)

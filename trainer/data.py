@@ -436,7 +436,9 @@ def _from_ten_class(images: np.ndarray, labels: np.ndarray, source: str, class_m
 
 # The child's address space: what it has after start-up, plus a fixed allowance, plus this many
 # bytes per byte of the file (the pickle, the arrays built from it, and nested lists of Python
-# floats: those take about 5.5 times the bytes they are pickled in, arrays 2 to 4 times).
+# floats: those take about 5.5 times the bytes they are pickled in, arrays 2 to 4 times). A fork
+# starts with its parent's mappings, so it may also reuse heap the parent had freed: the bound is
+# the parent's size plus the allowance, never more than the machine had already given the command.
 _CHILD_ALLOWANCE = 256 << 20
 _CHILD_BYTES_PER_FILE_BYTE = 6
 # CPU seconds: a fixed allowance plus one per this many bytes of file; the wall-clock limit is 3 times it.
